@@ -1,0 +1,146 @@
+"""The seed network: the original notebook's CNN, rebuilt layer for layer in Keras 3.
+
+The notebook (TensorFlow 1.8) built five 3x3 convolutions and three dense layers with
+truncated-normal(0.1) weights, 0.1 biases, softmax cross-entropy and Adam(1e-4). One
+deliberate difference: its ``tf.layers.dropout`` calls never passed ``training=True`` and
+so never dropped anything; here dropout is active while training, as the notebook meant.
+
+Only Keras 3's backend-neutral API is used, so the same network runs on the TensorFlow,
+JAX and PyTorch backends.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import keras
+
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+LEARNING_RATE = 1e-4
+DROPOUT_RATE = 0.25
+
+#: User-facing precision names -> Keras dtype policies.
+PRECISIONS = {
+    "fp32": "float32",
+    "mixed_bfloat16": "mixed_bfloat16",
+    "mixed_float16": "mixed_float16",
+}
+
+#: User-facing XLA settings -> the value ``Model.compile(jit_compile=...)`` takes.
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
+
+
+def build_model(
+    precision: str = "fp32",
+    jit_compile: str = "auto",
+    learning_rate: float = LEARNING_RATE,
+    steps_per_execution: int = 1,
+    seed: int | None = None,
+) -> keras.Model:
+    """Return the seed network, compiled with Adam and categorical cross-entropy.
+
+    ``precision`` is one of :data:`PRECISIONS`; under ``mixed_float16`` the optimizer is
+    wrapped in a ``LossScaleOptimizer`` (dynamic loss scaling), which float16 needs and
+    bfloat16 does not. The softmax always runs in float32 so the loss is stable.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if jit_compile not in JIT_COMPILE:
+        raise ValueError(f"unknown jit_compile {jit_compile!r}; choose one of {', '.join(JIT_COMPILE)}")
+    policy = PRECISIONS[precision]
+    seeds = itertools.count(seed) if seed is not None else None
+
+    def next_seed() -> int | None:
+        return next(seeds) if seeds is not None else None
+
+    def weights():
+        return keras.initializers.TruncatedNormal(stddev=0.1, seed=next_seed())
+
+    def conv(filters: int, name: str) -> keras.layers.Layer:
+        return keras.layers.Conv2D(
+            filters, 3, padding="same", use_bias=True, name=name, dtype=policy,
+            kernel_initializer=weights(), bias_initializer=keras.initializers.Constant(0.1),
+        )
+
+    def dense(units: int, name: str, activation: str | None) -> keras.layers.Layer:
+        return keras.layers.Dense(
+            units, activation=activation, name=name, dtype=policy,
+            kernel_initializer=weights(), bias_initializer=keras.initializers.Constant(0.1),
+        )
+
+    def pool_drop_relu(x, name: str):
+        # The notebook's order: max-pool, dropout, then ReLU.
+        x = keras.layers.MaxPooling2D(2, strides=2, name=f"{name}_pool", dtype=policy)(x)
+        x = keras.layers.Dropout(DROPOUT_RATE, name=f"{name}_dropout", dtype=policy,
+                                 seed=next_seed())(x)
+        return keras.layers.ReLU(name=f"{name}_relu", dtype=policy)(x)
+
+    def relu(x, name: str):
+        return keras.layers.ReLU(name=f"{name}_relu", dtype=policy)(x)
+
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = relu(conv(32, "conv1")(inputs), "conv1")
+    x = pool_drop_relu(conv(64, "conv2")(x), "conv2")
+    x = relu(conv(128, "conv3")(x), "conv3")
+    x = pool_drop_relu(conv(128, "conv4")(x), "conv4")
+    x = relu(conv(128, "conv5")(x), "conv5")
+    x = keras.layers.Flatten(name="flatten", dtype=policy)(x)
+    x = dense(128, "fc1", "relu")(x)
+    x = dense(128, "fc2", "relu")(x)
+    logits = dense(NUM_CLASSES, "fc3", None)(x)
+    outputs = keras.layers.Activation("softmax", name="softmax", dtype="float32")(logits)
+
+    model = keras.Model(inputs, outputs, name="cifar10_seed_cnn")
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if policy == "mixed_float16":
+        # float16 gradients underflow without it; Keras only adds it by itself when the
+        # *model's* policy is mixed_float16, and a Functional model's stays float32.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(
+        optimizer=optimizer,
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=JIT_COMPILE[jit_compile],
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+def forward_flops_per_image(model: keras.Model) -> int:
+    """Multiply-add FLOPs of one forward pass (2 FLOPs per multiply-accumulate).
+
+    Counted analytically from the model's Conv2D and Dense layers; bias adds, ReLU,
+    pooling, dropout and softmax are left out (under 0.5 % of the total here).
+    """
+    return sum(2 * macs for macs, _ in _weight_layer_macs(model))
+
+
+def training_flops_per_image(model: keras.Model) -> int:
+    """FLOPs of one training step per image: forward + backward.
+
+    The backward pass of each Conv2D/Dense layer costs two forward passes (the gradient
+    with respect to its weights and with respect to its input), except the first layer,
+    whose input gradient nobody needs. This is the usual "3x forward" count, made exact.
+    The optimizer's element-wise update (about 1.5 M parameters, once per batch) is not
+    counted.
+    """
+    total = 0
+    for macs, is_first in _weight_layer_macs(model):
+        forward = 2 * macs
+        total += forward + (forward if is_first else 2 * forward)
+    return total
+
+
+def _weight_layer_macs(model: keras.Model) -> list[tuple[int, bool]]:
+    """(multiply-accumulates per image, is it the first weight layer) for each Conv2D/Dense."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, out_h, out_w, out_c = layer.output.shape
+            k_h, k_w, in_c, _ = layer.kernel.shape
+            found.append(out_h * out_w * k_h * k_w * in_c * out_c)
+        elif isinstance(layer, keras.layers.Dense):
+            in_features, out_features = layer.kernel.shape
+            found.append(in_features * out_features)
+    return [(macs, i == 0) for i, macs in enumerate(found)]
