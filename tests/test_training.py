@@ -1,0 +1,84 @@
+"""cifar_model.training: one timed run; its counts, timings and result fields agree."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cifar_model import load_dataset, synthetic_dataset, train
+from cifar_model.training import plan_steps
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return synthetic_dataset(n_train=256, n_test=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny):
+    return train(tiny, batch_size=32, epochs=2, max_steps_per_epoch=5, warmup_steps=2, seed=0)
+
+
+def test_step_count_and_warmup_flags(short_run):
+    records = short_run.records
+    assert [(r.epoch, r.step) for r in records] == [(e, s) for e in range(2) for s in range(5)]
+    assert [r.warmup for r in records] == [True, True] + [False] * 8
+    assert short_run.total_steps == 10 and short_run.steady_steps == 8
+    assert short_run.first_step_seconds == records[0].seconds
+    assert len(short_run.epoch_seconds) == 2
+
+
+def test_timings_are_consistent(short_run):
+    step_sum = sum(r.seconds for r in short_run.records)
+    assert 0 < step_sum <= short_run.train_seconds
+    assert sum(short_run.epoch_seconds) <= short_run.train_seconds
+    steady = short_run.steady_step_seconds
+    # Steady steps are timed back to back: their sum fits inside their wall-clock span and
+    # fills most of it (a timer that caught only the dispatch would leave it mostly empty).
+    assert steady.sum() <= short_run.steady_wall_seconds
+    assert steady.sum() >= 0.8 * short_run.steady_wall_seconds
+    # The first step traces the function: it is reported apart, and is the slowest.
+    assert short_run.first_step_seconds > np.median(steady)
+    assert short_run.data_seconds >= 0 and short_run.build_seconds > 0
+
+
+def test_result_fields(short_run, tiny):
+    assert short_run.data == "synthetic" and short_run.heldout_accuracy is None
+    assert "synthetic" in short_run.accuracy_note and short_run.heldout_images == 0
+    assert math.isfinite(short_run.train_loss) and 0 <= short_run.train_accuracy <= 1
+    assert short_run.params == 1_454_922 and short_run.training_flops_per_image > 5e8
+    assert (short_run.batch_size, short_run.steps_per_epoch, short_run.epochs) == (32, 5, 2)
+    restored = json.loads(json.dumps(short_run.to_dict()))
+    assert len(restored["records"]) == 10 and restored["records"][3]["warmup"] is False
+
+
+def test_steps_per_execution_records_blocks_of_steps(tiny):
+    result = train(tiny, batch_size=32, epochs=1, max_steps_per_epoch=6, warmup_steps=2,
+                   steps_per_execution=2, seed=0, evaluate=False)
+    assert [r.steps for r in result.records] == [2, 2, 2]
+    assert [r.step for r in result.records] == [0, 2, 4]
+    assert [r.warmup for r in result.records] == [True, False, False]
+    assert result.total_steps == 6 and len(result.steady_step_seconds) == 2
+
+
+def test_plan_steps():
+    assert plan_steps(40_000, 128, None) == 312          # the notebook's "Total batches are 312"
+    assert plan_steps(40_000, 128, 50) == 50
+    assert plan_steps(100, 32, 10) == 3
+    with pytest.raises(ValueError, match="larger than"):
+        plan_steps(10, 32, None)
+
+
+@pytest.mark.slow
+def test_the_network_learns_on_real_cifar10(real_cifar_dir):
+    dataset = load_dataset(real_cifar_dir, split="standard")
+    result = train(dataset, batch_size=64, epochs=1, max_steps_per_epoch=150, warmup_steps=3, seed=0)
+    # Accuracy on the *whole* official test split, never a sampled batch.
+    assert result.heldout_images == 10_000 and "whole held-out split" in result.accuracy_note
+    # Chance is 10 %; its standard error on 10,000 images is 0.3 %.
+    assert result.heldout_accuracy > 0.15
+    assert result.heldout_loss < 2.30                      # below log(10): better than uniform
+    assert result.data == "cifar10" and result.eval_seconds > 0
