@@ -2,33 +2,34 @@
 
 Usable on its own, without the ``bench`` harness::
 
-    from cifar_model import build_model, load_dataset, train
+    from cifar_model import load_dataset, train
     result = train(load_dataset(), batch_size=128, epochs=1, max_steps_per_epoch=50)
+
+Names are imported on first use, so ``import cifar_model.data`` (numpy only) does not
+pull in Keras and TensorFlow.
 """
 
-from cifar_model.data import (
-    CLASS_NAMES,
-    SPLITS,
-    DataError,
-    Dataset,
-    DatasetNotFound,
-    load_cifar10,
-    load_dataset,
-    read_cifar10,
-    synthetic_dataset,
-)
-from cifar_model.model import (
-    JIT_COMPILE,
-    PRECISIONS,
-    build_model,
-    forward_flops_per_image,
-    training_flops_per_image,
-)
-from cifar_model.training import StepRecord, StepTimer, TrainResult, train
+from __future__ import annotations
 
-__all__ = [
-    "CLASS_NAMES", "SPLITS", "DataError", "Dataset", "DatasetNotFound", "load_cifar10",
-    "load_dataset", "read_cifar10", "synthetic_dataset", "JIT_COMPILE", "PRECISIONS",
-    "build_model", "forward_flops_per_image", "training_flops_per_image", "StepRecord",
-    "StepTimer", "TrainResult", "train",
-]
+import importlib
+
+_EXPORTS = {
+    "data": ("CLASS_NAMES", "SPLITS", "DataError", "Dataset", "DatasetNotFound", "load_cifar10",
+             "load_dataset", "read_cifar10", "synthetic_dataset"),
+    "model": ("JIT_COMPILE", "PRECISIONS", "build_model", "forward_flops_per_image",
+              "training_flops_per_image"),
+    "training": ("StepRecord", "StepTimer", "TrainResult", "train"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cifar_model' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"cifar_model.{module}"), name)
+
+
+def __dir__():
+    return __all__
