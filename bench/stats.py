@@ -1,0 +1,90 @@
+"""Step-time statistics: small pure functions over arrays of seconds.
+
+Medians and percentiles rather than means: a training step's time has a long right tail
+(a garbage collection, another process on a shared machine), and the median says what a
+typical step costs. Confidence intervals come from the bootstrap: resampling the steps
+with replacement needs no assumption about the distribution's shape. It does assume the
+steps are exchangeable; consecutive steps are mildly correlated, so the intervals are a
+little narrower than they should be, which the regression check's threshold absorbs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Describes one sample of step times (seconds)."""
+
+    n: int
+    mean: float
+    median: float
+    p5: float
+    p95: float
+    q1: float
+    q3: float
+    iqr: float
+    min: float
+    max: float
+    stdev: float
+    median_ci_low: float
+    median_ci_high: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarise(samples, confidence: float = DEFAULT_CONFIDENCE,
+              resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Summary:
+    """Median, spread and a bootstrap confidence interval of the median of ``samples``."""
+    x = _as_samples(samples)
+    p5, q1, median, q3, p95 = np.percentile(x, [5, 25, 50, 75, 95])
+    low, high = bootstrap_ci(x, np.median, confidence, resamples, seed)
+    return Summary(n=len(x), mean=float(x.mean()), median=float(median), p5=float(p5),
+                   p95=float(p95), q1=float(q1), q3=float(q3), iqr=float(q3 - q1),
+                   min=float(x.min()), max=float(x.max()),
+                   stdev=float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+                   median_ci_low=low, median_ci_high=high)
+
+
+def bootstrap_ci(samples, statistic=np.median, confidence: float = DEFAULT_CONFIDENCE,
+                 resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of ``statistic`` (applied along axis 1)."""
+    x = _as_samples(samples)
+    rng = np.random.default_rng(seed)
+    draws = statistic(rng.choice(x, size=(resamples, len(x)), replace=True), axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def ratio_of_medians(baseline, current, confidence: float = DEFAULT_CONFIDENCE,
+                     resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """median(current) / median(baseline), with a bootstrap confidence interval.
+
+    Both samples are resampled independently; a ratio above 1 means ``current`` is slower.
+    Returns (ratio, low, high).
+    """
+    base, cur = _as_samples(baseline), _as_samples(current)
+    rng = np.random.default_rng(seed)
+    base_medians = np.median(rng.choice(base, size=(resamples, len(base)), replace=True), axis=1)
+    cur_medians = np.median(rng.choice(cur, size=(resamples, len(cur)), replace=True), axis=1)
+    ratios = cur_medians / base_medians
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(np.median(cur) / np.median(base)), float(low), float(high)
+
+
+def _as_samples(samples) -> np.ndarray:
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("no samples")
+    if not np.all(np.isfinite(x)) or np.any(x < 0):
+        raise ValueError("samples must be finite, non-negative durations")
+    return x
