@@ -1,0 +1,140 @@
+"""The fingerprint of a machine and its software: a number without its machine is not a result.
+
+Like airspeed velocity's machine file, the fingerprint is plain data written next to
+every run (``env.json``). :func:`machine_id` condenses its hardware part into a readable,
+stable name used for default baseline names and the per-machine peak cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+from bench.devices import Inventory
+
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench")
+ENV_PREFIXES = ("TF_", "CUDA_", "XLA_", "KERAS_", "OMP_", "MKL_", "ONEDNN_", "DNNL_", "NVIDIA_",
+                "CIFAR10_", "TF_ENABLE_ONEDNN_OPTS")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16",
+             "amx_tile", "neon", "asimd", "sve")
+
+
+def system_name() -> str:
+    """The OS the way the notebook's table named it: "Ubuntu 18.04", "macOS 14.5"."""
+    system = platform.system()
+    if system == "Linux":
+        try:
+            release = platform.freedesktop_os_release()
+            return release.get("PRETTY_NAME") or release.get("NAME") or "Linux"
+        except OSError:
+            return f"Linux {platform.release()}"
+    if system == "Darwin":
+        return f"macOS {platform.mac_ver()[0]}".strip()
+    if system == "Windows":
+        return f"Windows {platform.release()}"
+    return system or "unknown OS"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set extensions that decide training speed (from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("flags", "features")):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
+def relevant_environment() -> dict[str, str]:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
+
+
+def git_state(directory: Path | None = None) -> dict:
+    """The project's git commit and whether the work tree had uncommitted changes."""
+    cwd = directory or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                                text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def fingerprint(inventory: Inventory) -> dict:
+    """Everything about this machine and stack that can change a measurement."""
+    cpu = inventory.get("cpu")
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "system": system_name(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "hostname": socket.gethostname(),
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "tensorflow": {
+            "version": inventory.tensorflow_version,
+            "keras": inventory.keras_version,
+            "built_with_cuda": inventory.built_with_cuda,
+            "cuda_version": inventory.cuda_version,
+            "cudnn_version": inventory.cudnn_version,
+            "onednn_enabled": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0",
+        },
+        "cpu": {
+            "model": cpu.name if cpu else None,
+            "physical_cores": psutil.cpu_count(logical=False),
+            "logical_cpus": psutil.cpu_count(logical=True),
+            "usable_cpus": affinity,
+            "flags": cpu_flags(),
+        },
+        "memory_bytes": psutil.virtual_memory().total,
+        "gpus": [{"id": d.id, "name": d.name, "memory_bytes": d.memory_bytes,
+                  "compute_capability": d.compute_capability, "usable": d.usable}
+                 for d in inventory.gpus],
+        "driver_version": inventory.driver_version,
+        "environment": relevant_environment(),
+        "git": git_state(),
+        "notes": inventory.notes,
+    }
+
+
+def machine_id(env: dict) -> str:
+    """A readable, stable name for the hardware: ``amd-epyc-2cpu-23gib-2f9c1a``.
+
+    Only hardware and OS go in (not library versions), so a TensorFlow upgrade on the
+    same machine keeps its name and can be compared against its old baseline.
+    """
+    cpu = env.get("cpu", {})
+    gpus = "+".join(g["name"] for g in env.get("gpus", [])) or "nogpu"
+    stable = "|".join(str(part) for part in (
+        cpu.get("model"), cpu.get("logical_cpus"), round(env.get("memory_bytes", 0) / 2**30),
+        gpus, env.get("machine"), env.get("system")))
+    digest = hashlib.sha256(stable.encode()).hexdigest()[:6]
+    model = re.sub(r"[^a-z0-9]+", "-", str(cpu.get("model", "cpu")).lower()).strip("-")[:32]
+    gpu_part = re.sub(r"[^a-z0-9]+", "-", gpus.lower()).strip("-")[:32]
+    memory = round(env.get("memory_bytes", 0) / 2**30)
+    return f"{model}-{cpu.get('logical_cpus')}cpu-{memory}gib-{gpu_part}-{digest}"
