@@ -1,4 +1,4 @@
-"""The commands: ``devices``, ``run``, ``summary``, ``readme``.
+"""The commands: ``devices``, ``run``, ``baseline``, ``check``, ``summary``, ``readme``.
 
 Every argument is validated before anything is written: bad input gets one line on
 stderr that names the problem and the fix, and exit status 2.
@@ -7,6 +7,7 @@ stderr that names the problem and the fix, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -15,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import devices as devices_module
-from bench import environment, plots, readme, results, runner
+from bench import environment, plots, readme, regression, results, runner
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_RUNS_DIR = Path("results") / "runs"
@@ -115,6 +116,34 @@ def build_parser() -> Parser:
                                             "as failed")
     run.add_argument("--require-devices", action="store_true",
                      help="a requested device that is missing is an error instead of a skipped row")
+
+    run.add_argument("--check-against", metavar="BASELINE",
+                     help="after the run, compare it with this baseline (name or directory), as "
+                          "'check' does; exit 1 on a regression")
+    run.add_argument("--max-slowdown", default="10%",
+                     help="with --check-against: the slowdown that counts as a regression (default 10%%)")
+
+    baseline = commands.add_parser("baseline", help="save a run as a named baseline, or list them")
+    baseline_commands = baseline.add_subparsers(dest="baseline_command", metavar="ACTION",
+                                                parser_class=Parser)
+    baseline_commands.required = True
+    save = baseline_commands.add_parser("save", help="store a run's rows, steps and environment")
+    save.add_argument("--run", help="run directory (default: the latest under results/runs)")
+    save.add_argument("--name", help="baseline name (default: this machine's fingerprint id)")
+    save.add_argument("--replace", action="store_true", help="overwrite a baseline of that name")
+    baseline_commands.add_parser("list", help="the saved baselines")
+
+    check = commands.add_parser("check", help="compare a run with a baseline; exit 1 on a slowdown")
+    check.add_argument("--baseline", required=True, help="baseline name (results/baselines/NAME) "
+                                                         "or a baseline or run directory")
+    check.add_argument("--run", help="run directory (default: the latest under results/runs)")
+    check.add_argument("--max-slowdown", default="10%",
+                       help="a cell regressed when its step time is confidently this much slower "
+                            "(default 10%%)")
+    check.add_argument("--confidence", default="0.95", help="confidence level of the intervals "
+                                                            "(default 0.95)")
+    check.add_argument("--markdown", help="also write the report as Markdown to this file")
+    check.add_argument("--json", help="also write the report as JSON to this file")
 
     summary = commands.add_parser("summary", help="print the table of a run")
     summary.add_argument("--run", help="run directory (default: the latest under results/runs)")
@@ -267,6 +296,10 @@ def build_run_config(args) -> tuple[runner.RunConfig, list[str] | None, Path]:
 
 def cmd_run(args, argv: list[str]) -> int:
     config, device_ids, out = build_run_config(args)
+    baseline = None
+    if args.check_against:
+        max_slowdown = slowdown_arg(args.max_slowdown)
+        baseline = load_baseline_arg(args.check_against)
     kind, path, note = resolve_data(args, config.split)
     config = replace(config, data=kind, data_path=path, data_note=note)
     inventory = devices_module.detect()
@@ -311,7 +344,16 @@ def cmd_run(args, argv: list[str]) -> int:
         say(f"interrupted: {len(rows)} of {len(cells)} cell(s) finished and kept in {out}")
         return EXIT_INTERRUPTED
     say(f"results: {out}")
-    return EXIT_FAILED if (rows["status"] == "failed").any() else EXIT_OK
+    status = EXIT_FAILED if (rows["status"] == "failed").any() else EXIT_OK
+    if baseline is not None:
+        try:
+            comparison = regression.compare(baseline, results.read_run(out), max_slowdown)
+        except regression.BaselineError as exc:
+            raise UsageError(str(exc)) from None
+        print(regression.comparison_markdown(comparison))
+        if comparison.regressions:
+            status = EXIT_FAILED
+    return status
 
 
 # --------------------------------------------------------------------------- summary, readme
@@ -341,6 +383,82 @@ def cmd_readme(args) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- baselines, check
+
+def slowdown_arg(text: str) -> float:
+    try:
+        return regression.parse_slowdown(text)
+    except ValueError as exc:
+        raise UsageError(f"--max-slowdown: {exc}") from None
+
+
+def load_baseline_arg(name_or_path: str) -> results.Run:
+    try:
+        return regression.load_baseline(name_or_path)
+    except regression.BaselineError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_report_path(option: str, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; name a file")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{option} {path}: its directory does not exist or is not writable")
+    return path
+
+
+def cmd_baseline(args) -> int:
+    if args.baseline_command == "list":
+        saved = regression.list_baselines()
+        if not saved:
+            print(f"no baselines under {regression.DEFAULT_BASELINES_DIR}")
+        for meta in saved:
+            print(f"{meta.get('name')}: run {meta.get('run_id')}, {meta.get('cells')} cell(s), "
+                  f"saved {meta.get('saved_at')}, machine {meta.get('machine')}")
+        return EXIT_OK
+    run = load_run_arg(args.run)
+    try:
+        path = regression.save_baseline(run, args.name, replace=args.replace)
+    except regression.BaselineError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"baseline '{path.name}' saved at {path} from run {run.directory}")
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    max_slowdown = slowdown_arg(args.max_slowdown)
+    try:
+        confidence = float(args.confidence)
+    except ValueError:
+        confidence = -1
+    if not 0.5 <= confidence < 1:
+        raise UsageError(f"--confidence: '{args.confidence}' must be a number from 0.5 to below 1")
+    markdown_path = check_report_path("--markdown", args.markdown)
+    json_path = check_report_path("--json", args.json)
+    baseline = load_baseline_arg(args.baseline)
+    current = load_run_arg(args.run)
+    try:
+        comparison = regression.compare(baseline, current, max_slowdown, confidence)
+    except regression.BaselineError as exc:
+        raise UsageError(str(exc)) from None
+    report = regression.comparison_markdown(comparison)
+    print(report)
+    if comparison.environment_differences:
+        print("warning: the environments differ: " + "; ".join(comparison.environment_differences),
+              file=sys.stderr)
+    if markdown_path:
+        results.write_atomically(markdown_path, report)
+    if json_path:
+        results.write_atomically(json_path, json.dumps(comparison.as_dict(), indent=2) + "\n")
+    if comparison.regressions:
+        print("regression: " + "; ".join(c.cell for c in comparison.regressions), file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -350,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_devices(args)
         if args.command == "run":
             return cmd_run(args, argv)
+        if args.command == "baseline":
+            return cmd_baseline(args)
+        if args.command == "check":
+            return cmd_check(args)
         if args.command == "summary":
             return cmd_summary(args)
         if args.command == "readme":

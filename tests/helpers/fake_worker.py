@@ -11,6 +11,8 @@ import signal
 import sys
 import time
 
+from fake_results import fake_result  # same folder: on sys.path when run as a script
+
 MARK = "@@bench "
 
 
@@ -19,25 +21,10 @@ def emit(event, **fields):
 
 
 def result(spec):
-    step = spec["batch_size"] / 1000
     steps = spec["steps"] or 4
-    records = [{"epoch": 0, "step": i, "steps": 1, "seconds": step * (3 if i == 0 else 1),
-                "warmup": i < spec["warmup"]} for i in range(steps)]
-    steady = [r for r in records if not r["warmup"]]
-    return {
-        "records": records, "batch_size": spec["batch_size"], "epochs": 1,
-        "steps_per_epoch": steps, "warmup_steps": spec["warmup"], "data": spec["data"],
-        "split": spec["split"], "train_seconds": sum(r["seconds"] for r in records) + 0.01,
-        "data_seconds": 0.5, "startup_seconds": 0.1, "build_seconds": 0.2, "eval_seconds": None,
-        "epoch_seconds": [sum(r["seconds"] for r in records)],
-        "steady_wall_seconds": sum(r["seconds"] for r in steady) + 0.001,
-        "train_loss": 2.3, "train_accuracy": 0.1, "heldout_accuracy": None, "heldout_loss": None,
-        "heldout_images": 0, "accuracy_note": "not measured: synthetic data",
-        "peak_rss_bytes": 2**30, "peak_gpu_bytes": None, "cpu_util_pct": 90.0,
-        "training_flops_per_image": 519544320, "started_at": "2026-01-01T00:00:00+00:00",
-        "versions": {"tensorflow": "fake", "keras": "fake", "numpy": "fake", "python": "3"},
-        "device_name": None,
-    }
+    step = spec["batch_size"] / 1000
+    return fake_result(spec["batch_size"], [step * 3] + [step] * (steps - 1), spec["warmup"],
+                       spec["data"], spec["split"])
 
 
 def main():

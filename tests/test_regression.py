@@ -1,0 +1,232 @@
+"""bench.regression and the check/baseline commands: the decision rule, matching, baselines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import regression, results
+from bench.devices import Device, Requested
+from bench.runner import Cell
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from fake_results import fake_result  # noqa: E402
+
+ENV = {"system": "Test OS", "python": "3.11.7", "cpu": {"model": "Test CPU", "logical_cpus": 2,
+                                                        "usable_cpus": 2},
+       "memory_bytes": 2**34, "gpus": [], "machine": "x86_64",
+       "tensorflow": {"version": "2.21.0", "keras": "3.15.1", "onednn_enabled": True}}
+
+
+def step_times(median: float, n: int = 60, spread: float = 0.05, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).lognormal(np.log(median), spread, n)
+
+
+def write_run(directory: Path, cells: dict[int, np.ndarray], env: dict = ENV, warmup: int = 3,
+              device: str = "Test CPU") -> Path:
+    """A run directory whose CPU cells (batch size -> steady step times) are as given."""
+    directory.mkdir(parents=True)
+    writer = results.RunWriter(directory, directory.name)
+    writer.write_env(env)
+    cpu = Requested("cpu", Device("cpu", "CPU", device))
+    context = {"run_id": directory.name, "system": env["system"], "git_commit": None}
+    for batch, steady in cells.items():
+        cell = Cell(cpu, batch, "fp32", "auto", 0, 1, 0)
+        result = fake_result(batch, [1.0] * warmup + list(steady), warmup)
+        writer.add(results.ok_row(cell.columns(), result, **context),
+                   results.step_rows(directory.name, cell.cell_id, result["records"]))
+    return directory
+
+
+# --------------------------------------------------------------------------- the decision rule
+
+@pytest.mark.parametrize("seed", range(5))
+def test_identical_distributions_are_not_a_regression(seed):
+    base, cur = step_times(0.1, seed=seed), step_times(0.1, seed=seed + 100)
+    assert regression.decide(base, cur).verdict == regression.WITHIN_NOISE
+
+
+def test_a_clear_2x_slowdown_is_a_regression():
+    verdict = regression.decide(step_times(0.1), step_times(0.2, seed=1))
+    assert verdict.verdict == regression.REGRESSION and 1.8 < verdict.low <= verdict.ratio < 2.2
+
+
+def test_a_small_shift_inside_the_noise_is_within_noise():
+    # 4 % slower with 20 % step-to-step spread: not confidently beyond the 10 % threshold
+    verdict = regression.decide(step_times(0.1, spread=0.2), step_times(0.104, spread=0.2, seed=1))
+    assert verdict.verdict == regression.WITHIN_NOISE and verdict.low < 1.1
+
+
+def test_a_shift_just_above_the_threshold_but_noisy_is_not_flagged():
+    # 15 % slower on average, but so noisy that a 10 % slowdown cannot be ruled out
+    verdict = regression.decide(step_times(0.1, n=15, spread=0.4), step_times(0.115, n=15, spread=0.4, seed=3))
+    assert verdict.verdict == regression.WITHIN_NOISE
+
+
+def test_a_clear_speedup_is_faster():
+    verdict = regression.decide(step_times(0.2), step_times(0.1, seed=1))
+    assert verdict.verdict == regression.FASTER and verdict.high < 1 / 1.1
+
+
+@pytest.mark.parametrize("text, value", [("10%", 0.10), ("10", 0.10), ("0.1", 0.10), ("2.5%", 0.025)])
+def test_parse_slowdown(text, value):
+    assert regression.parse_slowdown(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["fast", "-5%", "0", "nan"])
+def test_parse_slowdown_rejects(text):
+    with pytest.raises(ValueError):
+        regression.parse_slowdown(text)
+
+
+# --------------------------------------------------------------------------- matching
+
+def test_cells_are_matched_and_the_unmatched_listed(tmp_path):
+    base = results.read_run(write_run(tmp_path / "base", {32: step_times(0.1), 64: step_times(0.2)}))
+    cur = results.read_run(write_run(tmp_path / "cur", {32: step_times(0.2, seed=1),
+                                                        128: step_times(0.4)}))
+    comparison = regression.compare(base, cur)
+    assert [c.cell for c in comparison.cells] == ["CPU Test CPU bs32"]
+    assert comparison.cells[0].verdict == regression.REGRESSION
+    assert comparison.only_in_baseline == ["CPU Test CPU bs64"]
+    assert comparison.only_in_current == ["CPU Test CPU bs128"]
+    report = regression.comparison_markdown(comparison)
+    assert "REGRESSION" in report and "only in the baseline" in report and "bs128" in report
+
+
+def test_another_device_name_does_not_match(tmp_path):
+    base = results.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}))
+    cur = results.read_run(write_run(tmp_path / "cur", {32: step_times(0.1)}, device="Other CPU"))
+    with pytest.raises(regression.BaselineError, match="nothing to compare"):
+        regression.compare(base, cur)
+
+
+def test_environment_differences_are_named(tmp_path):
+    changed = {**ENV, "tensorflow": {**ENV["tensorflow"], "version": "2.20.0"},
+               "cpu": {**ENV["cpu"], "usable_cpus": 1}}
+    base = results.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}))
+    cur = results.read_run(write_run(tmp_path / "cur", {32: step_times(0.1, seed=2)}, env=changed))
+    differences = regression.compare(base, cur).environment_differences
+    assert "TensorFlow: 2.21.0 -> 2.20.0" in differences
+    assert "CPUs usable by the process: 2 -> 1" in differences
+
+
+# --------------------------------------------------------------------------- baselines
+
+def test_save_and_load_a_baseline(tmp_path):
+    run = results.read_run(write_run(tmp_path / "run", {32: step_times(0.1)}))
+    root = tmp_path / "baselines"
+    path = regression.save_baseline(run, root=root)
+    assert path.name.startswith("test-cpu-2cpu-16gib-nogpu-")       # from the machine fingerprint
+    assert sorted(p.name for p in path.iterdir()) == ["baseline.json", "env.json", "runs.csv", "steps.csv"]
+    meta = json.loads((path / "baseline.json").read_text())
+    assert meta["schema"] == regression.BASELINE_SCHEMA and meta["cells"] == 1
+    loaded = regression.load_baseline(path.name, root=root)
+    np.testing.assert_allclose(loaded.steady_steps(run.runs["cell_id"][0]),
+                               run.steady_steps(run.runs["cell_id"][0]))
+    with pytest.raises(regression.BaselineError, match="already exists"):
+        regression.save_baseline(run, root=root)
+    assert regression.save_baseline(run, root=root, replace=True) == path
+    assert [m["name"] for m in regression.list_baselines(root)] == [path.name]
+
+
+def test_malformed_and_foreign_baselines_are_refused(tmp_path):
+    root = tmp_path / "baselines"
+    with pytest.raises(regression.BaselineError, match="not found"):
+        regression.load_baseline("missing", root=root)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "runs.csv").write_text("name,score\nalice,3\n")
+    (foreign / "steps.csv").write_text("x\n1\n")
+    with pytest.raises(regression.BaselineError, match="missing column"):
+        regression.load_baseline(str(foreign), root=root)
+    wrong_schema = write_run(tmp_path / "wrong", {32: step_times(0.1)})
+    (wrong_schema / "baseline.json").write_text('{"schema": "something-else/9"}')
+    with pytest.raises(regression.BaselineError, match="not a cifar-bench baseline"):
+        regression.load_baseline(str(wrong_schema), root=root)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(regression.BaselineError, match="not a baseline directory"):
+        regression.load_baseline(str(tmp_path / "a-file"), root=root)
+
+
+# --------------------------------------------------------------------------- the real CLI
+
+def bench(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def test_check_exit_statuses(tmp_path):
+    write_run(tmp_path / "base", {32: step_times(0.1), 64: step_times(0.2)})
+    write_run(tmp_path / "same", {32: step_times(0.1, seed=7), 64: step_times(0.2, seed=8)})
+    write_run(tmp_path / "slow", {32: step_times(0.2, seed=9), 64: step_times(0.2, seed=10)})
+    write_run(tmp_path / "other", {512: step_times(0.1)})
+
+    same = bench("check", "--baseline", tmp_path / "base", "--run", tmp_path / "same", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.count("| within noise ") == 2
+
+    slow = bench("check", "--baseline", tmp_path / "base", "--run", tmp_path / "slow",
+                 "--markdown", tmp_path / "report.md", "--json", tmp_path / "report.json", cwd=tmp_path)
+    assert slow.returncode == 1
+    assert "regression: CPU Test CPU bs32" in slow.stderr and "bs64" not in slow.stderr
+    assert (tmp_path / "report.md").read_text() == slow.stdout.rstrip("\n") + "\n"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [c["verdict"] for c in report["cells"]] == ["regression", "within noise"]
+
+    for args, fragment in [
+        (["--baseline", tmp_path / "nowhere"], "not found"),
+        (["--baseline", tmp_path / "base", "--run", tmp_path / "other"], "nothing to compare"),
+        (["--baseline", tmp_path / "base", "--run", tmp_path / "same", "--max-slowdown", "lots"],
+         "--max-slowdown"),
+        (["--baseline", tmp_path / "base", "--run", tmp_path / "same", "--json", tmp_path], "directory"),
+    ]:
+        done = bench("check", *args, cwd=tmp_path)
+        assert done.returncode == 2 and fragment in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_baseline_save_command(tmp_path):
+    write_run(tmp_path / "results" / "runs" / "20260101-000000", {32: step_times(0.1)})
+    saved = bench("baseline", "save", "--name", "nightly", cwd=tmp_path)
+    assert saved.returncode == 0, saved.stderr
+    assert (tmp_path / "results" / "baselines" / "nightly" / "baseline.json").exists()
+    again = bench("baseline", "save", "--name", "nightly", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    listed = bench("baseline", "list", cwd=tmp_path)
+    assert listed.stdout.startswith("nightly: run 20260101-000000, 1 cell(s)")
+    check = bench("check", "--baseline", "nightly", cwd=tmp_path)   # by name, latest run
+    assert check.returncode == 0, check.stderr
+
+
+QUICK = ["run", "--devices", "cpu", "--batch-sizes", "32", "--steps", "40", "--warmup", "5",
+         "--data", "synthetic", "--synthetic-images", "1280"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/taskset").exists() and not Path("/bin/taskset").exists(),
+                    reason="needs taskset (util-linux)")
+def test_end_to_end_identical_runs_pass_and_a_single_core_run_is_flagged(tmp_path):
+    first = bench(*QUICK, "--out", tmp_path / "first", cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = bench(*QUICK, "--out", tmp_path / "second", "--check-against", tmp_path / "first",
+                   cwd=tmp_path, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "within noise" in second.stdout and "REGRESSION" not in second.stdout
+    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "bench", *QUICK, "--out",
+                             tmp_path / "pinned"], cwd=tmp_path, text=True, capture_output=True,
+                            timeout=300)
+    assert pinned.returncode == 0, pinned.stderr
+    check = bench("check", "--baseline", tmp_path / "first", "--run", tmp_path / "pinned", cwd=tmp_path)
+    assert check.returncode == 1, check.stdout
+    assert "regression: CPU" in check.stderr and "bs32" in check.stderr
+    assert "CPUs usable by the process: 2 -> 1" in check.stderr
+    ratio = pd.read_csv(tmp_path / "first" / "runs.csv")["images_per_s"][0] / \
+        pd.read_csv(tmp_path / "pinned" / "runs.csv")["images_per_s"][0]
+    assert ratio > 1.3  # one core of two: clearly slower
