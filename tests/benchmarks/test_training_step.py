@@ -1,0 +1,60 @@
+"""Single training steps of the seed network, timed by pytest-benchmark.
+
+Parametrised by device and batch size; GPU cases skip when TensorFlow sees no GPU. Every
+timed call ends with the step's loss on the host (``train_on_batch`` returns it as a
+host value), so the time covers the device's work, not only its dispatch; warm-up rounds
+(tracing, allocation) are run first and not recorded.
+
+Save a baseline and fail on a slowdown with pytest-benchmark's own options::
+
+    tox -e benchmark -- --benchmark-autosave
+    tox -e benchmark -- --benchmark-compare --benchmark-compare-fail=median:10%
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cifar_model import build_model, synthetic_dataset
+from cifar_model.training import make_train_pipeline
+
+DEVICES = ("cpu", "gpu")
+BATCH_SIZES = (32, 128)
+ROUNDS, WARMUP_ROUNDS = 15, 3
+
+
+def require(device: str) -> None:
+    if device == "gpu" and not tf.config.list_physical_devices("GPU"):
+        pytest.skip("no GPU visible to TensorFlow")
+
+
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_step(benchmark, device, batch_size):
+    require(device)
+    rng = np.random.default_rng(0)
+    with keras.device(f"{device}:0"):
+        model = build_model(seed=0)
+        images = tf.constant(rng.standard_normal((batch_size, 32, 32, 3), dtype=np.float32))
+        labels = tf.constant(keras.utils.to_categorical(rng.integers(0, 10, batch_size), 10))
+
+        def one_step():
+            # returns the loss as a host value: the device is synced inside the timed call
+            return model.train_on_batch(images, labels, return_dict=True)
+
+        benchmark.extra_info.update(device=device, batch_size=batch_size, unit="seconds per step")
+        logs = benchmark.pedantic(one_step, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    assert np.isfinite(logs["loss"])
+
+
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+def test_input_pipeline_batch(benchmark, batch_size):
+    """One batch from the training input pipeline (gather + one-hot), no training."""
+    dataset = synthetic_dataset(n_train=4096, n_test=1)
+    batches = iter(make_train_pipeline(dataset.x_train, dataset.y_train, batch_size, seed=0))
+    benchmark.extra_info.update(batch_size=batch_size, unit="seconds per batch")
+    images, _ = benchmark.pedantic(lambda: next(batches), rounds=50, iterations=1, warmup_rounds=5)
+    assert images.shape == (batch_size, 32, 32, 3)
