@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import keras
 import numpy as np
@@ -22,6 +22,7 @@ from cifar_model.data import NUM_CLASSES, Dataset
 from cifar_model.model import build_model, training_flops_per_image
 
 PREFETCH_BATCHES = 4
+UNSYNCED_SKIP = 2  # untimed steps before an unsynced block (the train function is already traced)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ class TrainResult:
     accuracy_note: str
     training_flops_per_image: int
     params: int
-    extra: dict = field(default_factory=dict)
+    xla: bool                       # what jit_compile resolved to ("auto": on with a GPU, off on CPU)
+    unsynced_steps: int = 0         # steps of the unsynced throughput phase (0: not run)
+    unsynced_seconds: float | None = None
 
     @property
     def first_step_seconds(self) -> float:
@@ -79,6 +82,13 @@ class TrainResult:
     def steady_step_seconds(self) -> np.ndarray:
         """Seconds per step of every steady (non-warm-up) record."""
         return np.array([r.seconds / r.steps for r in self.steady_records])
+
+    @property
+    def unsynced_images_per_s(self) -> float | None:
+        """Throughput with no per-step sync: unsynced_steps x batch / their wall time."""
+        if not self.unsynced_steps or not self.unsynced_seconds:
+            return None
+        return self.unsynced_steps * self.batch_size / self.unsynced_seconds
 
     @property
     def steady_steps(self) -> int:
@@ -143,6 +153,31 @@ class StepTimer(keras.callbacks.Callback):
             self.steady_ended = ended
 
 
+class UnsyncedTimer(keras.callbacks.Callback):
+    """Times a block of steps with one sync at the end, for comparison with :class:`StepTimer`.
+
+    It hooks only the start of step ``skip`` and the end of training, so Keras dispatches
+    the steps in between without waiting on each one (its asynchronous callback mode);
+    ``on_train_end`` runs after Keras has fetched the final logs, i.e. after the last step's
+    work is done.
+    """
+
+    def __init__(self, skip: int):
+        super().__init__()
+        self.skip = skip
+        self.first_timed_step: int | None = None
+        self.started: float | None = None
+        self.ended: float | None = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.started is None and batch >= self.skip:  # >=: steps_per_execution skips indices
+            self.first_timed_step = batch
+            self.started = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.ended = time.perf_counter()
+
+
 def make_train_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None):
     """TensorFlow-only: an endless, reshuffled-every-epoch stream of full batches.
 
@@ -194,16 +229,22 @@ def train(
     seed: int | None = None,
     evaluate: bool = True,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    unsynced_steps: int = 0,
 ) -> TrainResult:
     """Train the seed network on ``dataset`` and measure it.
 
     ``device`` is a Keras device name (``"cpu:0"``, ``"gpu:0"``) or None for the
     backend's default. Held-out loss and accuracy are computed on the *whole* held-out
     split after training (skipped for synthetic data, whose accuracy means nothing).
+
+    With ``unsynced_steps`` > 0, after evaluation the same model trains that many more
+    steps (after :data:`UNSYNCED_SKIP` untimed ones) timed as one block with a single sync
+    at the end: the cost of per-step syncing is the difference to the steady figures.
     """
-    if batch_size < 1 or epochs < 1 or warmup_steps < 0 or steps_per_execution < 1:
+    if batch_size < 1 or epochs < 1 or warmup_steps < 0 or steps_per_execution < 1 \
+            or unsynced_steps < 0:
         raise ValueError("batch_size, epochs and steps_per_execution must be >= 1, "
-                         "warmup_steps >= 0")
+                         "warmup_steps and unsynced_steps >= 0")
     steps_per_epoch = plan_steps(len(dataset.x_train), batch_size, max_steps_per_epoch)
     if seed is not None:
         keras.utils.set_random_seed(seed)
@@ -237,6 +278,15 @@ def train(
             heldout_loss, heldout_accuracy = float(scores["loss"]), float(scores["accuracy"])
             accuracy_note = f"whole held-out split of the {dataset.split} split ({len(dataset.x_test)} images)"
 
+        unsynced_seconds = None
+        if unsynced_steps:
+            unsynced = UnsyncedTimer(UNSYNCED_SKIP)
+            total = UNSYNCED_SKIP + unsynced_steps
+            model.fit(pipeline, epochs=1, steps_per_epoch=total, shuffle=False, verbose=0,
+                      callbacks=[unsynced])
+            unsynced_seconds = unsynced.ended - unsynced.started
+            unsynced_steps = total - unsynced.first_timed_step
+
     steady_wall = (timer.steady_ended - timer.steady_started
                    if timer.steady_started is not None and timer.steady_ended is not None else math.nan)
     return TrainResult(
@@ -253,6 +303,8 @@ def train(
         accuracy_note=accuracy_note,
         training_flops_per_image=training_flops_per_image(model),
         params=model.count_params(),
+        xla=bool(model.jit_compile),
+        unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
     )
 
 

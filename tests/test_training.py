@@ -50,6 +50,9 @@ def test_result_fields(short_run, tiny):
     assert "synthetic" in short_run.accuracy_note and short_run.heldout_images == 0
     assert math.isfinite(short_run.train_loss) and 0 <= short_run.train_accuracy <= 1
     assert short_run.params == 1_454_922 and short_run.training_flops_per_image > 5e8
+    import tensorflow as tf
+    # jit_compile="auto": Keras turns XLA on only when TensorFlow sees a GPU
+    assert short_run.xla is bool(tf.config.list_physical_devices("GPU"))
     assert (short_run.batch_size, short_run.steps_per_epoch, short_run.epochs) == (32, 5, 2)
     restored = json.loads(json.dumps(short_run.to_dict()))
     assert len(restored["records"]) == 10 and restored["records"][3]["warmup"] is False
@@ -82,3 +85,20 @@ def test_the_network_learns_on_real_cifar10(real_cifar_dir):
     assert result.heldout_accuracy > 0.15
     assert result.heldout_loss < 2.30                      # below log(10): better than uniform
     assert result.data == "cifar10" and result.eval_seconds > 0
+
+
+def test_unsynced_phase_times_a_block_with_one_sync(tiny):
+    result = train(tiny, batch_size=32, epochs=1, max_steps_per_epoch=6, warmup_steps=2, seed=0,
+                   unsynced_steps=5)
+    assert result.unsynced_steps == 5 and result.unsynced_seconds > 0
+    assert result.unsynced_images_per_s == 5 * 32 / result.unsynced_seconds
+    assert result.total_steps == 6          # the unsynced block is not in the timed records
+    # both are throughput of the same network on the same data: same order of magnitude
+    steady = 32 / np.median(result.steady_step_seconds)
+    assert 0.5 < result.unsynced_images_per_s / steady < 2
+
+
+def test_xla_setting_is_resolved(tiny):
+    on = train(tiny, batch_size=32, epochs=1, max_steps_per_epoch=3, warmup_steps=1,
+               jit_compile="on", evaluate=False)
+    assert on.xla is True and on.jit_compile == "on"
