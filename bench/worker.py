@@ -7,7 +7,8 @@ with ``@@bench ``: progress while training, then one ``result`` (or ``error``) l
 Everything else (TensorFlow's own chatter) goes to stderr, which the runner keeps in the
 cell's log file.
 
-``python -m bench.worker --probe`` prints what TensorFlow knows about itself and its GPUs.
+``python -m bench.worker --probe`` prints what TensorFlow knows about itself and its GPUs;
+``python -m bench.worker --peak`` (spec on stdin) times a large matrix multiply per precision.
 """
 
 from __future__ import annotations
@@ -46,6 +47,44 @@ def probe() -> dict:
             "built_with_cuda": bool(tf.test.is_built_with_cuda()),
             "cuda_version": build.get("cuda_version"), "cudnn_version": build.get("cudnn_version"),
             "gpus": gpus}
+
+
+MATMUL_DTYPES = {"fp32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
+def measure_peak(precision: str, size: int, min_seconds: float = 1.0, max_repeats: int = 50) -> dict:
+    """TensorFlow-only: the best rate of a ``size``x``size`` matrix multiply in the precision's
+    compute dtype on the visible device (2 size^3 FLOPs per multiply, synced each time).
+
+    The result is reduced to a scalar on the device and fetched, so each timing covers the
+    work (the n^2 reduction is 1/(2n) of it) and not a large copy to the host.
+    """
+    import tensorflow as tf
+
+    dtype = getattr(tf, MATMUL_DTYPES[precision])
+    device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+    with tf.device(device):
+        a = tf.cast(tf.random.normal((size, size), seed=1), dtype)
+        b = tf.cast(tf.random.normal((size, size), seed=2), dtype)
+        matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)),
+                             autograph=False)
+        for _ in range(2):  # trace, allocate, warm the caches
+            matmul(a, b).numpy()
+        times: list[float] = []
+        while len(times) < 3 or (sum(times) < min_seconds and len(times) < max_repeats):
+            started = time.perf_counter()
+            matmul(a, b).numpy()
+            times.append(time.perf_counter() - started)
+    flops = 2 * size**3
+    times.sort()
+    return {"precision": precision, "dtype": MATMUL_DTYPES[precision], "size": size,
+            "repeats": len(times), "tflops": flops / times[0] / 1e12,
+            "median_tflops": flops / times[len(times) // 2] / 1e12}
+
+
+def run_peak(spec: dict) -> dict:
+    configure_threads(spec.get("cpu_threads", 0))
+    return {precision: measure_peak(precision, spec["size"]) for precision in spec["precisions"]}
 
 
 def usable_cpus() -> int:
@@ -153,6 +192,7 @@ def run_cell(spec: dict) -> dict:
         steps_per_execution=spec.get("steps_per_execution", 1),
         device="gpu:0" if spec["device_type"] == "GPU" else "cpu:0",
         seed=spec.get("seed"), callbacks=[progress, cpu_meter],
+        unsynced_steps=spec.get("unsynced_steps", 0),
     )
     return {
         **result.to_dict(),
@@ -190,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         spec = json.loads(sys.stdin.read())
-        emit("result", result=run_cell(spec))
+        emit("result", result=run_peak(spec) if argv == ["--peak"] else run_cell(spec))
         return 0
     except Exception as exc:  # noqa: BLE001 - any failure becomes this cell's failed row
         traceback.print_exc()
