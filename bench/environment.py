@@ -23,8 +23,6 @@ from bench.devices import Inventory
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench")
 ENV_PREFIXES = ("TF_", "CUDA_", "XLA_", "KERAS_", "OMP_", "MKL_", "ONEDNN_", "DNNL_", "NVIDIA_",
                 "CIFAR10_", "TF_ENABLE_ONEDNN_OPTS")
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16",
-             "amx_tile", "neon", "asimd", "sve")
 
 
 def system_name() -> str:
@@ -51,19 +49,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def cpu_flags() -> list[str]:
-    """The instruction-set extensions that decide training speed (from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("flags", "features")):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in CPU_FLAGS if flag in present]
-    except OSError:
-        pass
-    return []
 
 
 def relevant_environment() -> dict[str, str]:
@@ -109,7 +94,7 @@ def fingerprint(inventory: Inventory) -> dict:
             "physical_cores": psutil.cpu_count(logical=False),
             "logical_cpus": psutil.cpu_count(logical=True),
             "usable_cpus": affinity,
-            "flags": cpu_flags(),
+            "flags": list(cpu.features) if cpu else [],
         },
         "memory_bytes": psutil.virtual_memory().total,
         "gpus": [{"id": d.id, "name": d.name, "memory_bytes": d.memory_bytes,

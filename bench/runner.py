@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import results
-from bench.devices import Requested
+from bench.devices import Requested, auto_precision
 from bench.worker import MARK
 
 
@@ -45,6 +45,7 @@ class RunConfig:
     cell_timeout: float | None = None
     seed: int = 0
     synthetic_images: int | None = None
+    unsynced_steps: int = 0               # > 0: also time that many steps with one sync at the end
 
 
 @dataclass(frozen=True)
@@ -83,19 +84,36 @@ def plan(config: RunConfig, devices: list[Requested]) -> list[Cell]:
     """Devices x batch sizes x settings, repeats outermost.
 
     Repeating the whole sweep (rather than each cell back to back) spreads slow drifts of
-    a shared machine over every cell instead of loading them onto one.
+    a shared machine over every cell instead of loading them onto one. Precision ``auto``
+    becomes the device's own choice (:func:`bench.devices.auto_precision`); a cell that
+    then equals another is planned once.
     """
-    return [Cell(device, batch, precision, jit, threads, spe, repeat)
-            for repeat, device, batch, precision, jit, threads, spe in itertools.product(
-                range(config.repeats), devices, config.batch_sizes, config.precisions,
-                config.jit_compile, config.cpu_threads, config.steps_per_execution)]
+    cells: dict[str, Cell] = {}
+    for repeat, device, batch, precision, jit, threads, spe in itertools.product(
+            range(config.repeats), devices, config.batch_sizes, config.precisions,
+            config.jit_compile, config.cpu_threads, config.steps_per_execution):
+        if precision == "auto" and device.device is not None:
+            precision = auto_precision(device.device)
+        cell = Cell(device, batch, precision, jit, threads, spe, repeat)
+        cells.setdefault(cell.cell_id, cell)
+    return list(cells.values())
 
 
-def worker_environment(cell: Cell, base: dict | None = None) -> dict:
-    """The worker's environment: only the cell's device visible, before TensorFlow starts."""
+def peak_combinations(cells: list[Cell]) -> list[tuple[Requested, str, int]]:
+    """Each (usable device, precision, threads) the cells need a peak for, in plan order."""
+    combos = {}
+    for cell in cells:
+        if cell.device.device is not None and cell.device.device.usable:
+            combos.setdefault((cell.device.id, cell.precision, cell.cpu_threads),
+                              (cell.device, cell.precision, cell.cpu_threads))
+    return list(combos.values())
+
+
+def worker_environment(device: Requested, base: dict | None = None) -> dict:
+    """A worker's environment: only ``device`` visible, before TensorFlow starts."""
     env = dict(os.environ if base is None else base)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"          # the same numbering as nvidia-smi
-    env["CUDA_VISIBLE_DEVICES"] = "-1" if cell.device_type == "CPU" else str(cell.device.device.index)
+    env["CUDA_VISIBLE_DEVICES"] = "-1" if device.id == "cpu" else str(device.device.index)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -108,7 +126,7 @@ def worker_spec(cell: Cell, config: RunConfig) -> dict:
             "cpu_threads": cell.cpu_threads, "steps_per_execution": cell.steps_per_execution,
             "data": config.data, "data_path": config.data_path, "data_note": config.data_note,
             "split": config.split, "seed": config.seed + cell.repeat,
-            "synthetic_images": config.synthetic_images}
+            "synthetic_images": config.synthetic_images, "unsynced_steps": config.unsynced_steps}
 
 
 @dataclass
@@ -292,13 +310,16 @@ class RichReporter(Reporter):
 
 
 def execute(config: RunConfig, cells: list[Cell], writer: results.RunWriter, context: dict,
-            reporter: Reporter, log_dir: Path, worker_command: list[str] | None = None) -> list[dict]:
+            reporter: Reporter, log_dir: Path, worker_command: list[str] | None = None,
+            peaks: dict | None = None) -> list[dict]:
     """Run every cell; each outcome becomes a row on disk before the next cell starts.
 
-    ``context`` holds the run-wide row values (run id, system, git commit). Ctrl-C
+    ``context`` holds the run-wide row values (run id, system, git commit); ``peaks`` the
+    measured peak of each (device, precision, threads), for the efficiency columns. Ctrl-C
     propagates as KeyboardInterrupt after the running worker is stopped; every finished
     row is already on disk.
     """
+    peaks = peaks or {}
     log_dir.mkdir(parents=True, exist_ok=True)
     for index, cell in enumerate(cells):
         reporter.cell_started(index, len(cells), cell)
@@ -309,7 +330,7 @@ def execute(config: RunConfig, cells: list[Cell], writer: results.RunWriter, con
             row = results.skipped_row(planned, cell.device.reason, **context)
             writer.add(row)
         else:
-            outcome = run_worker(worker_spec(cell, config), worker_environment(cell),
+            outcome = run_worker(worker_spec(cell, config), worker_environment(cell.device),
                                  log_dir / f"{cell.cell_id}.log", config.cell_timeout,
                                  on_event=lambda event, cell=cell: reporter.cell_event(cell, event),
                                  command=worker_command)
@@ -317,7 +338,8 @@ def execute(config: RunConfig, cells: list[Cell], writer: results.RunWriter, con
                 row = results.failed_row(planned, outcome.reason, **context)
                 writer.add(row)
             else:
-                row = results.ok_row(planned, outcome.result, **context)
+                peak = peaks.get((cell.device.id, cell.precision, cell.cpu_threads))
+                row = results.ok_row(planned, outcome.result, peak=peak, **context)
                 writer.add(row, results.step_rows(context["run_id"], cell.cell_id,
                                                   outcome.result["records"]))
         reporter.cell_finished(index, len(cells), cell, row)

@@ -71,3 +71,22 @@ def test_cpu_name_is_the_marketing_name():
         pytest.skip("no 'model name' in /proc/cpuinfo")
     assert devices.cpu_name() == " ".join(model.split())
     assert devices.cpu_name() not in ("x86_64", "aarch64")
+
+
+@pytest.mark.parametrize("device, precision", [
+    (devices.Device("cpu", "CPU", "Zen 4", features=("avx512f", "avx512_bf16")), "mixed_bfloat16"),
+    (devices.Device("cpu", "CPU", "Sapphire Rapids", features=("amx_bf16",)), "mixed_bfloat16"),
+    (devices.Device("cpu", "CPU", "Haswell", features=("avx2", "fma")), "fp32"),
+    (devices.Device("gpu:0", "GPU", "A100", compute_capability="8.0"), "mixed_bfloat16"),
+    (devices.Device("gpu:0", "GPU", "T4", compute_capability="7.5"), "fp32"),
+    (devices.Device("gpu:0", "GPU", "unknown", compute_capability=None), "fp32"),
+])
+def test_auto_precision(device, precision):
+    assert devices.auto_precision(device) == precision
+
+
+def test_cpu_features_are_read_from_the_machine():
+    features = devices.cpu_device().features
+    assert set(features) <= set(devices.CPU_FEATURES)
+    if platform.machine() == "x86_64" and "avx2" in open("/proc/cpuinfo").read():
+        assert "avx2" in features

@@ -17,6 +17,9 @@ from bench.devices import Device, Requested
 
 FAKE_WORKER = [sys.executable, str(Path(__file__).parent / "helpers" / "fake_worker.py")]
 CPU = Requested("cpu", Device("cpu", "CPU", "Test CPU", 2, 2, 2**34))
+BF16_CPU = Requested("cpu", Device("cpu", "CPU", "BF16 CPU", features=("avx512f", "avx512_bf16")))
+AMPERE = Requested("gpu:0", Device("gpu:0", "GPU", "A100", compute_capability="8.0"))
+MAXWELL = Requested("gpu:1", Device("gpu:1", "GPU", "GTX 960M", compute_capability="5.0"))
 GPU1 = Requested("gpu:1", Device("gpu:1", "GPU", "Test GPU", memory_bytes=2**34))
 NO_GPU = Requested("gpu:0", None, "no GPU detected on this machine")
 CONFIG = runner.RunConfig(batch_sizes=(32, 64), epochs=1, steps=6, warmup=2, data="synthetic",
@@ -43,8 +46,8 @@ def test_plan_is_devices_by_batch_sizes_by_settings_with_repeats_outermost():
 
 def test_worker_sees_only_its_own_device():
     base = {"CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin"}
-    cpu_env = runner.worker_environment(runner.Cell(CPU, 32, "fp32", "auto", 0, 1, 0), base)
-    gpu_env = runner.worker_environment(runner.Cell(GPU1, 32, "fp32", "auto", 0, 1, 0), base)
+    cpu_env = runner.worker_environment(CPU, base)
+    gpu_env = runner.worker_environment(GPU1, base)
     assert cpu_env["CUDA_VISIBLE_DEVICES"] == "-1"
     assert gpu_env["CUDA_VISIBLE_DEVICES"] == "1" and gpu_env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert base["CUDA_VISIBLE_DEVICES"] == "0,1" and gpu_env["PATH"] == "/bin"
@@ -104,3 +107,22 @@ def test_rows_are_on_disk_before_the_next_cell_starts(tmp_path):
     runner.execute(config, runner.plan(config, [CPU]), results.RunWriter(tmp_path, "r"), CONTEXT,
                    Spy(), tmp_path / "logs", worker_command=FAKE_WORKER)
     assert seen == [0, 1, 2]
+
+
+def test_auto_precision_is_resolved_per_device_and_deduplicated():
+    config = runner.RunConfig(batch_sizes=(64,), epochs=1, steps=5, warmup=1,
+                              precisions=("auto", "mixed_bfloat16", "fp32"))
+    planned = {(c.device.id, c.precision) for c in runner.plan(config, [BF16_CPU, CPU, AMPERE, MAXWELL])}
+    assert planned == {("cpu", "mixed_bfloat16"), ("cpu", "fp32"), ("gpu:0", "mixed_bfloat16"),
+                       ("gpu:0", "fp32"), ("gpu:1", "fp32"), ("gpu:1", "mixed_bfloat16")}
+    cells = runner.plan(runner.RunConfig(batch_sizes=(64,), epochs=1, steps=5, warmup=1,
+                                         precisions=("auto",)), [BF16_CPU, CPU, NO_GPU])
+    assert [(c.device.device.name if c.device.device else None, c.precision) for c in cells] == [
+        ("BF16 CPU", "mixed_bfloat16"), ("Test CPU", "fp32"), (None, "auto")]
+
+
+def test_peaks_are_needed_once_per_usable_device_precision_and_threads():
+    config = runner.RunConfig(batch_sizes=(32, 64), epochs=1, steps=5, warmup=1, repeats=2,
+                              precisions=("fp32", "mixed_bfloat16"))
+    combos = runner.peak_combinations(runner.plan(config, [CPU, NO_GPU]))
+    assert [(d.id, p, t) for d, p, t in combos] == [("cpu", "fp32", 0), ("cpu", "mixed_bfloat16", 0)]
