@@ -1,4 +1,4 @@
-"""The commands: ``devices``, ``run``, ``baseline``, ``check``, ``summary``, ``readme``.
+"""The commands: ``devices``, ``run``, ``peak``, ``baseline``, ``check``, ``summary``, ``readme``.
 
 Every argument is validated before anything is written: bad input gets one line on
 stderr that names the problem and the fix, and exit status 2.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from dataclasses import replace
@@ -17,18 +18,21 @@ from pathlib import Path
 
 from bench import devices as devices_module
 from bench import environment, plots, readme, regression, results, runner
+from bench import peak as peak_module
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_RUNS_DIR = Path("results") / "runs"
 
 PROFILES = {
     # quick: every default cell finishes on a 2-core CPU in a few minutes
+    # (precision auto: bf16 where the device computes in it; README, "Defaults, and why")
     "quick": {"batch_sizes": (64, 128, 256), "epochs": 1, "steps": 50, "warmup": 5,
-              "split": "standard"},
-    # seed: the notebook's run: seed split, batch 128, Adam 1e-4, 26 full epochs
-    "seed": {"batch_sizes": (128,), "epochs": 26, "steps": None, "warmup": 5, "split": "seed"},
+              "split": "standard", "precisions": ("auto",)},
+    # seed: the notebook's run: seed split, batch 128, Adam 1e-4, 26 full epochs, fp32
+    "seed": {"batch_sizes": (128,), "epochs": 26, "steps": None, "warmup": 5, "split": "seed",
+             "precisions": ("fp32",)},
 }
-PRECISION_CHOICES = ("fp32", "mixed_bfloat16", "mixed_float16")
+PRECISION_CHOICES = ("auto", "fp32", "mixed_bfloat16", "mixed_float16")
 JIT_CHOICES = ("auto", "on", "off")
 
 
@@ -102,8 +106,9 @@ def build_parser() -> Parser:
                           "40,000 / 10,000 (quick: standard; seed: seed)")
     run.add_argument("--synthetic-images", help="training images of synthetic data "
                                                 "(default: as many as the split has)")
-    run.add_argument("--precision", default="fp32",
-                     help="comma-separated: fp32, mixed_bfloat16, mixed_float16 (default fp32)")
+    run.add_argument("--precision",
+                     help="comma-separated: auto (bf16 where the device computes in it, else fp32), "
+                          "fp32, mixed_bfloat16, mixed_float16 (quick: auto; seed: fp32)")
     run.add_argument("--jit-compile", default="auto", help="XLA, comma-separated: auto, on, off")
     run.add_argument("--cpu-threads", default="0",
                      help="TensorFlow intra-op threads, comma-separated; 0 = TensorFlow's default")
@@ -117,6 +122,11 @@ def build_parser() -> Parser:
     run.add_argument("--require-devices", action="store_true",
                      help="a requested device that is missing is an error instead of a skipped row")
 
+    run.add_argument("--unsynced-steps", default="0",
+                     help="after training, also time N more steps with a single sync at the end, "
+                          "to show what per-step timing costs (default 0: off)")
+    run.add_argument("--no-peak", action="store_true",
+                     help="skip measuring the devices' peak (no efficiency columns)")
     run.add_argument("--check-against", metavar="BASELINE",
                      help="after the run, compare it with this baseline (name or directory), as "
                           "'check' does; exit 1 on a regression")
@@ -145,12 +155,23 @@ def build_parser() -> Parser:
     check.add_argument("--markdown", help="also write the report as Markdown to this file")
     check.add_argument("--json", help="also write the report as JSON to this file")
 
+    peak = commands.add_parser("peak", help="measure each device's peak TFLOP/s per precision "
+                                            "(large dense matmul), cached per machine")
+    peak.add_argument("--devices", help="as for run (default: every device found)")
+    peak.add_argument("--precision", default="fp32,mixed_bfloat16,mixed_float16",
+                      help="comma-separated (default: all three)")
+    peak.add_argument("--cpu-threads", default="0", help="TensorFlow intra-op threads; 0 = default")
+    peak.add_argument("--refresh", action="store_true", help="measure again even when cached")
+
     summary = commands.add_parser("summary", help="print the table of a run")
     summary.add_argument("--run", help="run directory (default: the latest under results/runs)")
 
     update = commands.add_parser("readme", help="regenerate the README statistics table from a run")
     update.add_argument("--run", help="run directory (default: the latest under results/runs)")
     update.add_argument("--readme", default="README.md", help="the file to update (default README.md)")
+    update.add_argument("--marker", default=readme.DEFAULT_MARKER,
+                        help="which generated block: the text between <!-- bench:MARKER:start --> "
+                             "and <!-- bench:MARKER:end --> (default: table)")
     return parser
 
 
@@ -276,12 +297,14 @@ def build_run_config(args) -> tuple[runner.RunConfig, list[str] | None, Path]:
         batch_sizes=batch_sizes, epochs=epochs, steps=steps, warmup=warmup,
         repeats=positive_int(args.repeats, "--repeats"), data=args.data,
         split=args.split or profile["split"],
-        precisions=choice_list(args.precision, "--precision", PRECISION_CHOICES),
+        precisions=(choice_list(args.precision, "--precision", PRECISION_CHOICES)
+                    if args.precision is not None else profile["precisions"]),
         jit_compile=choice_list(args.jit_compile, "--jit-compile", JIT_CHOICES),
         cpu_threads=int_list(args.cpu_threads, "--cpu-threads", "0,1,2", allow_zero=True),
         steps_per_execution=int_list(args.steps_per_execution, "--steps-per-execution", "1,8"),
         cell_timeout=timeout, seed=positive_int(args.seed, "--seed", allow_zero=True),
         synthetic_images=synthetic_images,
+        unsynced_steps=positive_int(args.unsynced_steps, "--unsynced-steps", allow_zero=True),
     )
     run_id = new_run_id()
     out = Path(args.out) if args.out else DEFAULT_RUNS_DIR / run_id
@@ -329,8 +352,10 @@ def cmd_run(args, argv: list[str]) -> int:
     reporter_class = runner.RichReporter if sys.stderr.isatty() else runner.Reporter
     interrupted = False
     try:
+        peaks = {} if args.no_peak else measured_peaks(
+            runner.peak_combinations(cells), env, inventory, out / "logs", refresh=False, say=say)
         with reporter_class() as reporter:
-            runner.execute(config, cells, writer, context, reporter, out / "logs")
+            runner.execute(config, cells, writer, context, reporter, out / "logs", peaks=peaks)
     except KeyboardInterrupt:
         interrupted = True
     rows = writer.frame()
@@ -375,12 +400,58 @@ def cmd_readme(args) -> int:
     run = load_run_arg(args.run)
     table = results.summary_markdown(run.runs, run.env, command=run.env.get("command"))
     try:
-        changed = readme.update_readme(args.readme, table)
+        if not re.fullmatch(r"[a-z0-9-]+", args.marker):
+            raise UsageError(f"--marker '{args.marker}': use lowercase letters, digits and dashes")
+        changed = readme.update_readme(args.readme, table, args.marker)
     except readme.ReadmeError as exc:
         raise UsageError(str(exc)) from None
     print(f"{args.readme}: {'table updated' if changed else 'already up to date'} "
           f"from run {run.directory}")
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------- peak
+
+def measured_peaks(combos, env: dict, inventory, log_dir: Path, refresh: bool, say) -> dict:
+    found = peak_module.peaks_for(combos, env, inventory.tensorflow_version, log_dir,
+                                  refresh=refresh, say=say)
+    for (device_id, precision, threads), value in found.items():
+        say(f"peak {device_id} {precision} (threads {threads or 'default'}): {value['tflops']:.3f} "
+            f"TFLOP/s, best of {value['repeats']} {value['size']}x{value['size']} "
+            f"{value['dtype']} matmuls{' (cached)' if value['cached'] else ''}")
+    return found
+
+
+def cmd_peak(args) -> int:
+    precisions = choice_list(args.precision, "--precision", PRECISION_CHOICES)
+    threads = int_list(args.cpu_threads, "--cpu-threads", "0,1,2", allow_zero=True)
+    try:
+        device_ids = devices_module.parse_device_ids(args.devices) if args.devices else ["all"]
+    except ValueError as exc:
+        raise UsageError(f"--devices: {exc}") from None
+    inventory = devices_module.detect()
+    requested = devices_module.resolve(device_ids, inventory)
+    for r in requested:
+        if r.device is None or not r.device.usable:
+            print(f"{r.id}: skipped: {r.reason}", file=sys.stderr)
+    env = environment.fingerprint(inventory)
+    log_dir = peak_module.PEAKS_DIR / "logs"
+    cells = runner.plan(runner.RunConfig(batch_sizes=(1,), epochs=1, steps=None, warmup=0,
+                                         precisions=precisions, cpu_threads=threads), requested)
+    found = measured_peaks(runner.peak_combinations(cells), env, inventory, log_dir, args.refresh,
+                           say=lambda text: print(text, file=sys.stderr))
+    import pandas as pd
+
+    rows = [{"Device": device_id, "Precision": precision, "Threads": threads or "default",
+             "Matmul": f"{v['size']}×{v['size']} {v['dtype']}",
+             "Peak TFLOP/s (best)": f"{v['tflops']:.3f}", "Median TFLOP/s": f"{v['median_tflops']:.3f}",
+             "Repeats": v["repeats"], "Cached": "yes" if v["cached"] else "no"}
+            for (device_id, precision, threads), v in found.items()]
+    if rows:
+        print(pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
+    print(f"\nTensorFlow {inventory.tensorflow_version}; cache: "
+          f"{peak_module.PeakCache(env).path} (per machine fingerprint)")
+    return EXIT_OK if rows else EXIT_FAILED
 
 
 # --------------------------------------------------------------------------- baselines, check
@@ -468,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_devices(args)
         if args.command == "run":
             return cmd_run(args, argv)
+        if args.command == "peak":
+            return cmd_peak(args)
         if args.command == "baseline":
             return cmd_baseline(args)
         if args.command == "check":

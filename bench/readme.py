@@ -10,16 +10,24 @@ from pathlib import Path
 
 from bench.results import write_atomically
 
-START = "<!-- bench:table:start -->"
-END = "<!-- bench:table:end -->"
+DEFAULT_MARKER = "table"
+
+
+def markers(name: str = DEFAULT_MARKER) -> tuple[str, str]:
+    """The comment pair around a generated block: ``<!-- bench:NAME:start -->`` ... ``end``."""
+    return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+
+
+START, END = markers()
 
 
 class ReadmeError(Exception):
     """The README cannot be updated: missing, unreadable, or its markers are wrong."""
 
 
-def replace_table(text: str, table: str, name: str = "README") -> str:
-    """``text`` with everything between the markers replaced by ``table``."""
+def replace_table(text: str, table: str, name: str = "README", marker: str = DEFAULT_MARKER) -> str:
+    """``text`` with everything between the ``marker`` pair replaced by ``table``."""
+    START, END = markers(marker)  # noqa: N806 - the same names as the module's defaults
     starts, ends = text.count(START), text.count(END)
     if starts == 0 or ends == 0:
         raise ReadmeError(f"{name}: no '{START}' ... '{END}' markers; add both around the "
@@ -35,7 +43,7 @@ def replace_table(text: str, table: str, name: str = "README") -> str:
     return f"{before}{START}\n{table.strip()}\n{END}{after}"
 
 
-def update_readme(readme: str | Path, table: str) -> bool:
+def update_readme(readme: str | Path, table: str, marker: str = DEFAULT_MARKER) -> bool:
     """Write ``table`` between the README's markers. Returns whether the file changed."""
     path = Path(readme)
     try:
@@ -44,7 +52,7 @@ def update_readme(readme: str | Path, table: str) -> bool:
         raise ReadmeError(f"{path}: no such file; pass --readme PATH") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReadmeError(f"{path}: cannot be read ({exc})") from None
-    updated = replace_table(text, table, str(path))
+    updated = replace_table(text, table, str(path), marker)
     if updated == text:
         return False
     try:

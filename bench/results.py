@@ -82,8 +82,14 @@ RUN_COLUMNS = {
     "peak_rss_mb": "peak resident memory of the worker process (MiB)",
     "peak_gpu_mem_mb": "peak GPU memory held by TensorFlow (MiB, GPU cells)",
     "cpu_util_pct": "mean CPU use of the worker while training, % of the CPUs it could use",
+    "xla": "whether XLA compiled the train step (what jit_compile resolved to)",
+    "unsynced_steps": "steps of the unsynced throughput phase (0: not run)",
+    "unsynced_images_per_s": "images/s over a block of steps with one sync at the end",
+    "sync_overhead_pct": "throughput lost to per-step syncing: 100 x (1 - images_per_s / unsynced_images_per_s)",
     "flops_per_image": "analytic training FLOPs per image (forward + backward)",
     "achieved_tflops": "flops_per_image x images_per_s / 1e12",
+    "peak_tflops": "measured peak of the device in this precision (large matmul, python -m bench peak)",
+    "efficiency_pct": "100 x achieved_tflops / peak_tflops",
     "tensorflow_version": "TensorFlow in the worker",
     "keras_version": "Keras in the worker",
     "numpy_version": "NumPy in the worker",
@@ -102,7 +108,8 @@ STEP_COLUMNS = {
 }
 INTEGER_COLUMNS = ("repeat", "batch_size", "cpu_threads", "steps_per_execution", "epochs",
                    "steps_per_epoch", "steps", "warmup_steps", "steady_steps", "heldout_images",
-                   "flops_per_image")
+                   "flops_per_image", "unsynced_steps")
+BOOLEAN_COLUMNS = {"warmup", "xla"}
 TEXT_COLUMNS = {"run_id", "cell_id", "status", "reason", "system", "device_id", "device_name",
                 "device_type", "precision", "jit_compile", "data", "split", "accuracy_note",
                 "tensorflow_version", "keras_version", "numpy_version", "python_version",
@@ -130,8 +137,11 @@ def failed_row(cell: dict, reason: str, **context) -> dict:
     return {**base_row(cell, **context), "status": "failed", "reason": reason}
 
 
-def ok_row(cell: dict, result: dict, **context) -> dict:
-    """A measured cell: the worker's raw result condensed into the schema's columns."""
+def ok_row(cell: dict, result: dict, peak: dict | None = None, **context) -> dict:
+    """A measured cell: the worker's raw result condensed into the schema's columns.
+
+    ``peak`` is the device's measured peak in the cell's precision ({"tflops": ...}).
+    """
     records = result["records"]
     steady = np.array([r["seconds"] / r["steps"] for r in records if not r["warmup"]])
     steady_steps = sum(r["steps"] for r in records if not r["warmup"])
@@ -153,6 +163,7 @@ def ok_row(cell: dict, result: dict, **context) -> dict:
         peak_gpu_mem_mb=_mib(result.get("peak_gpu_bytes")),
         cpu_util_pct=result.get("cpu_util_pct"),
         flops_per_image=result["training_flops_per_image"],
+        xla=result.get("xla"), unsynced_steps=result.get("unsynced_steps", 0),
         started_at=result.get("started_at"),
         **{f"{name}_version": version for name, version in result.get("versions", {}).items()},
     )
@@ -169,6 +180,13 @@ def ok_row(cell: dict, result: dict, **context) -> dict:
             projected_seed_run_s=NOTEBOOK_EPOCHS * (NOTEBOOK_TRAIN_IMAGES // batch) * summary.mean,
             achieved_tflops=result["training_flops_per_image"] * batch / summary.median / 1e12,
         )
+        if result.get("unsynced_seconds"):
+            unsynced = result["unsynced_steps"] * batch / result["unsynced_seconds"]
+            row.update(unsynced_images_per_s=unsynced,
+                       sync_overhead_pct=100 * (1 - row["images_per_s"] / unsynced))
+        if peak:
+            row.update(peak_tflops=peak["tflops"],
+                       efficiency_pct=100 * row["achieved_tflops"] / peak["tflops"])
     return row
 
 
@@ -260,11 +278,12 @@ def read_table(path: Path, columns: dict, required: set[str] | None = None) -> p
             frame[name] = ""
     frame = frame[list(columns)].copy()
     for name in columns:
-        if name == "warmup":
-            bad = ~frame[name].isin(["True", "False"])
+        if name in BOOLEAN_COLUMNS:
+            allowed = ["True", "False"] if name == "warmup" else ["True", "False", ""]  # a step is
+            bad = ~frame[name].isin(allowed)                                        # always one or other
             if bad.any():
-                raise ResultsError(f"{path}: column warmup must be True/False")
-            frame[name] = frame[name] == "True"
+                raise ResultsError(f"{path}: column {name} must be True/False")
+            frame[name] = frame[name].map({"True": True, "False": False, "": None})
         elif name not in TEXT_COLUMNS:
             numbers = pd.to_numeric(frame[name].replace("", np.nan), errors="coerce")
             bad = numbers.isna() & (frame[name] != "")
@@ -323,8 +342,18 @@ def _number(value: float | None, fmt: str, suffix: str = "") -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:{fmt}}{suffix}"
 
 
+def numeric(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with its number columns as floats (None -> NaN), whether read or in memory."""
+    runs = runs.copy()
+    for name in RUN_COLUMNS:
+        if name in runs.columns and name not in TEXT_COLUMNS | BOOLEAN_COLUMNS:
+            runs[name] = pd.to_numeric(runs[name], errors="coerce")
+    return runs
+
+
 def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per cell (repeats aggregated by their median), in the notebook's columns."""
+    runs = numeric(runs)
     dims = [d for d in DIMENSIONS if d in runs.columns]
     fixed = [d for d in dims[2:] if runs[d].nunique(dropna=False) <= 1]
     shown_dims = [d for d in dims[2:] if d not in fixed]
@@ -336,35 +365,50 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
         ok = group[group["status"] == "ok"]
         row = {"System": first["system"], "Device": first["device_name"] or first["device_id"],
                "Device Type": first["device_type"], "Batch size": int(first["batch_size"])}
-        row.update({_LABELS[d]: _dim_text(d, first[d]) for d in shown_dims})
+        row.update({_LABELS[d]: _dim_text(d, first[d], first.get("xla")) for d in shown_dims})
         if ok.empty:
             status = group.iloc[-1]
             row["Time"] = f"{status['status']}: {status['reason']}"
             rows.append(row)
             continue
         median_step = ok["step_median_s"].median()
-        accuracy = ok["heldout_accuracy"].mean()
         row.update({
             "Time": format_duration(ok["train_s"].median()),
-            "Accuracy": "–" if pd.isna(accuracy) else f"{accuracy * 100:.2f} %",
+            "Accuracy": _accuracy_text(ok["heldout_accuracy"].dropna()),
             "Images/s": _number(ok["images_per_s"].median(), ",.0f"),
             "Median step": _number(median_step * 1000, ".1f", " ms"),
             "Speed-up vs CPU": _speedup(key, dims, medians, median_step),
+            "TFLOP/s": _number(ok["achieved_tflops"].median(), ".3f"),
+            "Efficiency": _number(ok["efficiency_pct"].median(), ".0f", " %"),
             "Est. notebook run": format_duration(ok["projected_seed_run_s"].median()),
         })
+        if ok["unsynced_images_per_s"].notna().any():
+            row["Unsynced images/s"] = _number(ok["unsynced_images_per_s"].median(), ",.0f")
+            row["Sync overhead"] = _number(ok["sync_overhead_pct"].median(), "+.1f", " %")
         if len(group) > 1:
             row["Repeats"] = f"{len(ok)}/{len(group)}"
         rows.append(row)
     return pd.DataFrame(rows).fillna("–")
 
 
+def _accuracy_text(accuracies: pd.Series) -> str:
+    """Mean held-out accuracy; with repeats, ± the standard deviation across them (seeds)."""
+    if accuracies.empty:
+        return "–"
+    if len(accuracies) == 1:
+        return f"{accuracies.iloc[0] * 100:.2f} %"
+    return f"{accuracies.mean() * 100:.2f} % ± {accuracies.std(ddof=1) * 100:.2f}"
+
+
 _LABELS = {"precision": "Precision", "jit_compile": "XLA", "cpu_threads": "CPU threads",
            "steps_per_execution": "Steps/execution"}
 
 
-def _dim_text(dim: str, value) -> str:
+def _dim_text(dim: str, value, xla=None) -> str:
     if dim == "cpu_threads" and not value:
         return "default"
+    if dim == "jit_compile" and value == "auto" and xla in (True, False):
+        return f"auto ({'on' if xla else 'off'})"
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
@@ -380,13 +424,14 @@ def _speedup(key: tuple, dims: list[str], groups: dict, median_step: float) -> s
 
 def describe_settings(runs: pd.DataFrame) -> list[str]:
     """The notes under the table: what every figure is and how it was measured."""
+    runs = numeric(runs)
     ok = runs[runs["status"] == "ok"]
     notes = []
     if not ok.empty:
         first = ok.iloc[0]
         epochs, steps, warmup = int(first["epochs"]), int(first["steps_per_epoch"]), int(first["warmup_steps"])
-        fixed = [f"{_LABELS[d]} {_dim_text(d, runs[d].iloc[0])}" for d in DIMENSIONS[2:]
-                 if runs[d].nunique(dropna=False) <= 1]
+        fixed = [f"{_LABELS[d]} {_dim_text(d, runs[d].iloc[0], first.get('xla'))}"
+                 for d in DIMENSIONS[2:] if runs[d].nunique(dropna=False) <= 1]
         notes += [
             f"**Time**: wall time of the whole training run of the cell: {epochs} epoch(s) × "
             f"{steps} steps at the row's batch size, warm-up included; TensorFlow start-up "
@@ -398,10 +443,19 @@ def describe_settings(runs: pd.DataFrame) -> list[str]:
             "is on the host (device synced).",
             "**Median step**: median steady step time. **Speed-up vs CPU**: the CPU row's median "
             "step ÷ this row's, same batch size and settings.",
+            "**TFLOP/s**: analytic training FLOPs per image (forward + backward of the conv and "
+            f"dense layers, {_number(first['flops_per_image'] / 1e6, '.1f', ' M')}) × images/s. "
+            "**Efficiency**: TFLOP/s ÷ the device's measured peak in that precision (a large "
+            "dense matrix multiply in TensorFlow, `python -m bench peak`).",
             f"**Est. notebook run**: projected time of the notebook's training ({NOTEBOOK_EPOCHS} "
             f"epochs of {NOTEBOOK_TRAIN_IMAGES:,} images) at the mean steady step time: an estimate, "
             "not a measurement.",
         ]
+        if ok["unsynced_images_per_s"].notna().any():
+            notes.append("**Unsynced images/s**: the same model trained a further "
+                         f"{int(ok['unsynced_steps'].max())} steps timed as one block with a single sync "
+                         "at the end. **Sync overhead**: throughput the per-step sync costs, "
+                         "1 − images/s ÷ unsynced images/s (negative: within noise of zero).")
         if fixed:
             notes.append("All rows: " + ", ".join(fixed) + ".")
     if "GPU" not in set(ok["device_type"]):
@@ -419,8 +473,10 @@ def _accuracy_note(ok: pd.DataFrame) -> str:
     split = measured["split"].iloc[0]
     images = int(measured["heldout_images"].iloc[0])
     where = "the official test set" if split == "standard" else "the last 10,000 training images"
+    spread = (" With repeats: mean ± standard deviation across them (each repeat uses "
+              "another seed)." if ok["repeat"].max() > 0 else "")
     return (f"on the whole held-out split ({images:,} images, {where}) after that training, "
-            "not the best mini-batch.")
+            "not the best mini-batch." + spread)
 
 
 def summary_markdown(runs: pd.DataFrame, env: dict, command: str | None = None) -> str:

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.devices import auto_precision, cpu_device
+
 TINY = ["--steps", "6", "--warmup", "2", "--data", "synthetic", "--synthetic-images", "256"]
 
 
@@ -33,8 +35,8 @@ def assert_usage_error(done: subprocess.CompletedProcess, fragment: str) -> None
 def synthetic_run(tmp_path_factory):
     """One small run: CPU and a (missing) GPU at two batch sizes."""
     root = tmp_path_factory.mktemp("cli")
-    done = bench("run", "--devices", "cpu,gpu", "--batch-sizes", "16,32", *TINY, "--out",
-                 root / "run", cwd=root)
+    done = bench("run", "--devices", "cpu,gpu", "--batch-sizes", "16,32", *TINY, "--unsynced-steps",
+                 "4", "--out", root / "run", cwd=root)
     return root, root / "run", done
 
 
@@ -89,6 +91,38 @@ def test_timing_is_self_consistent(synthetic_run):
         assert steady["seconds"].sum() <= cell["steady_wall_s"]
         assert cell["first_step_s"] == own["seconds"].iloc[0]
         assert cell["startup_s"] > 0 and cell["data_load_s"] > 0
+
+
+def test_efficiency_and_sync_overhead_columns(synthetic_run):
+    _, out, done = synthetic_run
+    runs = pd.read_csv(out / "runs.csv")
+    ok = runs[runs["status"] == "ok"]
+    expected = auto_precision(cpu_device())           # the default precision is auto
+    assert (ok["precision"] == expected).all() and (ok["xla"] == False).all()  # noqa: E712 - off on CPU
+    np.testing.assert_allclose(ok["achieved_tflops"], ok["flops_per_image"] * ok["images_per_s"] / 1e12,
+                               rtol=1e-9)
+    assert (ok["peak_tflops"] > 0).all()
+    np.testing.assert_allclose(ok["efficiency_pct"], 100 * ok["achieved_tflops"] / ok["peak_tflops"],
+                               rtol=1e-9)
+    assert (ok["unsynced_steps"] == 4).all() and (ok["unsynced_images_per_s"] > 0).all()
+    np.testing.assert_allclose(ok["sync_overhead_pct"],
+                               100 * (1 - ok["images_per_s"] / ok["unsynced_images_per_s"]), rtol=1e-9)
+    summary = (out / "summary.md").read_text()
+    for column in ("TFLOP/s", "Efficiency", "Unsynced images/s", "Sync overhead"):
+        assert column in summary
+    assert "XLA auto (off)" in summary
+    assert f"peak cpu {expected} (threads default)" in done.stderr
+
+
+def test_precision_and_xla_are_matrix_dimensions(tmp_path):
+    done = bench("run", "--devices", "cpu", "--batch-sizes", "16", *TINY, "--precision",
+                 "fp32,mixed_bfloat16", "--jit-compile", "off", "--no-peak", "--out", tmp_path / "run",
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = pd.read_csv(tmp_path / "run" / "runs.csv")
+    assert list(runs["precision"]) == ["fp32", "mixed_bfloat16"] and list(runs["jit_compile"]) == ["off"] * 2
+    assert runs["efficiency_pct"].isna().all() and "peak" not in done.stderr
+    assert "| Precision" in done.stdout and "mixed_bfloat16" in done.stdout
 
 
 def test_summary_and_readme_commands(synthetic_run, tmp_path):

@@ -35,3 +35,13 @@ def test_bad_markers_are_refused_and_the_file_is_untouched(tmp_path, text, messa
 def test_missing_readme(tmp_path):
     with pytest.raises(readme.ReadmeError, match="no such file"):
         readme.update_readme(tmp_path / "nope.md", "table")
+
+
+def test_named_markers_leave_other_blocks_alone(tmp_path):
+    start, end = readme.markers("levers")
+    path = tmp_path / "README.md"
+    path.write_text(TEXT + f"{start}\nold levers\n{end}\n")
+    assert readme.update_readme(path, "levers table", marker="levers")
+    assert "old table" in path.read_text() and "levers table" in path.read_text()
+    with pytest.raises(readme.ReadmeError, match="bench:other:start"):
+        readme.update_readme(path, "x", marker="other")

@@ -45,11 +45,14 @@ def test_skipped_and_failed_rows_say_so_in_the_table():
 
 
 def test_repeats_are_aggregated_by_their_median():
-    runs = pd.DataFrame([row("CPU", 64, 0.2, repeat=0), row("CPU", 64, 0.4, repeat=1),
-                         row("CPU", 64, 0.3, repeat=2)])
+    runs = pd.DataFrame([row("CPU", 64, 0.2, repeat=0, heldout_accuracy=0.40),
+                         row("CPU", 64, 0.4, repeat=1, heldout_accuracy=0.42),
+                         row("CPU", 64, 0.3, repeat=2, heldout_accuracy=0.44)])
     table = results.summary_frame(runs)
     assert len(table) == 1 and table["Median step"].iloc[0] == "300.0 ms"
     assert table["Repeats"].iloc[0] == "3/3"
+    assert table["Accuracy"].iloc[0] == "42.00 % ± 2.00"   # the spread across seeds is shown
+    assert "mean ± standard deviation" in " ".join(results.describe_settings(runs))
 
 
 @pytest.mark.parametrize("seconds, text", [(8.61, "8.6 s"), (1272, "21 m 12 s"),

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from cifar_model import build_model, synthetic_dataset
-from cifar_model.training import make_train_pipeline
+from cifar_model.training import StepTimer, make_train_pipeline
 
 DEVICES = ("cpu", "gpu")
 BATCH_SIZES = (32, 128)
@@ -58,3 +58,45 @@ def test_input_pipeline_batch(benchmark, batch_size):
     benchmark.extra_info.update(batch_size=batch_size, unit="seconds per batch")
     images, _ = benchmark.pedantic(lambda: next(batches), rounds=50, iterations=1, warmup_rounds=5)
     assert images.shape == (batch_size, 32, 32, 3)
+
+
+OVERHEAD_BLOCK_STEPS = 10
+_overhead_medians: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def overhead_model():
+    dataset = synthetic_dataset(n_train=4096, n_test=1)
+    with keras.device("cpu:0"):
+        model = build_model(seed=0)
+    return model, make_train_pipeline(dataset.x_train, dataset.y_train, 64, seed=0)
+
+
+@pytest.mark.benchmark(group="step-timing-overhead")
+@pytest.mark.parametrize("mode", ["synced", "unsynced"])
+def test_step_timing_overhead(benchmark, overhead_model, mode):
+    """A block of training steps through ``model.fit``, with and without per-step syncing.
+
+    ``synced`` carries the harness's StepTimer (each step's loss fetched to the host);
+    ``unsynced`` carries no per-step callback, so Keras dispatches the steps without
+    waiting and syncs once at the end. Both run in this session, so their ratio is the
+    timing overhead measured in one run; it must stay within 2 % on a CPU.
+    """
+    model, pipeline = overhead_model
+    callbacks = [StepTimer(warmup_steps=0)] if mode == "synced" else []
+
+    def block():
+        with keras.device("cpu:0"):
+            model.fit(pipeline, epochs=1, steps_per_epoch=OVERHEAD_BLOCK_STEPS, shuffle=False,
+                      verbose=0, callbacks=callbacks)
+
+    benchmark.extra_info.update(mode=mode, steps=OVERHEAD_BLOCK_STEPS, batch_size=64,
+                                unit="seconds per block of steps")
+    benchmark.pedantic(block, rounds=8, iterations=1, warmup_rounds=1)
+    if benchmark.stats is None:  # --benchmark-disable: nothing was timed
+        return
+    _overhead_medians[mode] = benchmark.stats.stats.median
+    if len(_overhead_medians) == 2:
+        ratio = _overhead_medians["synced"] / _overhead_medians["unsynced"]
+        benchmark.extra_info["synced_over_unsynced"] = ratio
+        assert ratio < 1.02, f"per-step syncing costs {100 * (ratio - 1):.1f} % (limit 2 %)"
