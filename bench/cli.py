@@ -236,7 +236,7 @@ def check_output_dir(path: Path) -> None:
                          "choose a directory you can write to")
 
 
-def resolve_data(args, split: str) -> tuple[str, str | None, str]:
+def resolve_data(args) -> tuple[str, str | None, str]:
     """(data kind, CIFAR-10 path, note); an unusable explicit directory is a UsageError."""
     from cifar_model.data import DataError, DatasetNotFound, locate_cifar10, read_cifar10
 
@@ -323,7 +323,7 @@ def cmd_run(args, argv: list[str]) -> int:
     if args.check_against:
         max_slowdown = slowdown_arg(args.max_slowdown)
         baseline = load_baseline_arg(args.check_against)
-    kind, path, note = resolve_data(args, config.split)
+    kind, path, note = resolve_data(args)
     config = replace(config, data=kind, data_path=path, data_note=note)
     inventory = devices_module.detect()
     requested = devices_module.resolve(device_ids or ["all"], inventory)

@@ -45,6 +45,7 @@ RUN_COLUMNS = {
     "device_type": "CPU or GPU",
     "batch_size": "images per training step",
     "precision": "fp32, mixed_bfloat16 or mixed_float16 (Keras dtype policy)",
+    "precision_requested": "the precision as asked for (auto resolves per device)",
     "jit_compile": "XLA: auto, on or off",
     "cpu_threads": "TensorFlow intra-op threads (0: TensorFlow's default)",
     "steps_per_execution": "training steps per call into the compiled train function",
@@ -111,7 +112,7 @@ INTEGER_COLUMNS = ("repeat", "batch_size", "cpu_threads", "steps_per_execution",
                    "flops_per_image", "unsynced_steps")
 BOOLEAN_COLUMNS = {"warmup", "xla"}
 TEXT_COLUMNS = {"run_id", "cell_id", "status", "reason", "system", "device_id", "device_name",
-                "device_type", "precision", "jit_compile", "data", "split", "accuracy_note",
+                "device_type", "precision", "precision_requested", "jit_compile", "data", "split", "accuracy_note",
                 "tensorflow_version", "keras_version", "numpy_version", "python_version",
                 "started_at", "git_commit"}
 
@@ -358,9 +359,7 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
     fixed = [d for d in dims[2:] if runs[d].nunique(dropna=False) <= 1]
     shown_dims = [d for d in dims[2:] if d not in fixed]
     rows = []
-    grouped = runs.groupby(dims, sort=False, dropna=False)
-    medians = {key: group for key, group in grouped}
-    for key, group in grouped:
+    for _, group in runs.groupby(dims, sort=False, dropna=False):
         first = group.iloc[0]
         ok = group[group["status"] == "ok"]
         row = {"System": first["system"], "Device": first["device_name"] or first["device_id"],
@@ -377,7 +376,7 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
             "Accuracy": _accuracy_text(ok["heldout_accuracy"].dropna()),
             "Images/s": _number(ok["images_per_s"].median(), ",.0f"),
             "Median step": _number(median_step * 1000, ".1f", " ms"),
-            "Speed-up vs CPU": _speedup(key, dims, medians, median_step),
+            "Speed-up vs CPU": _speedup(first, runs, median_step),
             "TFLOP/s": _number(ok["achieved_tflops"].median(), ".3f"),
             "Efficiency": _number(ok["efficiency_pct"].median(), ".0f", " %"),
             "Est. notebook run": format_duration(ok["projected_seed_run_s"].median()),
@@ -412,14 +411,26 @@ def _dim_text(dim: str, value, xla=None) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def _speedup(key: tuple, dims: list[str], groups: dict, median_step: float) -> str:
+#: What must match for a row to be compared with a CPU row: the precision *as requested*,
+#: so that with "auto" each device is compared at its own default.
+SPEEDUP_SETTINGS = ("batch_size", "precision_requested", "jit_compile", "cpu_threads",
+                    "steps_per_execution")
+
+
+def _speedup(row: pd.Series, runs: pd.DataFrame, median_step: float) -> str:
     """The CPU row's median step / this row's, at the same batch size and settings."""
-    for other_key, other in groups.items():
-        same_settings = other_key[1:] == key[1:]
-        ok = other[(other["status"] == "ok") & (other["device_type"] == "CPU")]
-        if same_settings and not ok.empty:
-            return f"{ok['step_median_s'].median() / median_step:.2f}×"
-    return "–"
+    runs = runs.assign(precision_requested=_requested_precision(runs))
+    wanted = runs.loc[row.name]
+    cpu = runs[(runs["status"] == "ok") & (runs["device_type"] == "CPU")]
+    for setting in SPEEDUP_SETTINGS:
+        cpu = cpu[cpu[setting] == wanted[setting]]
+    return f"{cpu['step_median_s'].median() / median_step:.2f}×" if not cpu.empty else "–"
+
+
+def _requested_precision(runs: pd.DataFrame) -> pd.Series:
+    """``precision_requested``, falling back to ``precision`` for rows that lack it."""
+    requested = runs["precision_requested"] if "precision_requested" in runs else runs["precision"]
+    return requested.where(requested.notna() & (requested != ""), runs["precision"])
 
 
 def describe_settings(runs: pd.DataFrame) -> list[str]:

@@ -59,6 +59,7 @@ class Cell:
     cpu_threads: int
     steps_per_execution: int
     repeat: int
+    requested_precision: str = ""   # as asked ("auto" resolves per device); "" means = precision
 
     @property
     def cell_id(self) -> str:
@@ -76,6 +77,7 @@ class Cell:
         return {"cell_id": self.cell_id, "repeat": self.repeat, "device_id": self.device.id,
                 "device_name": device.name if device else "", "device_type": self.device_type,
                 "batch_size": self.batch_size, "precision": self.precision,
+                "precision_requested": self.requested_precision or self.precision,
                 "jit_compile": self.jit_compile, "cpu_threads": self.cpu_threads,
                 "steps_per_execution": self.steps_per_execution}
 
@@ -92,9 +94,10 @@ def plan(config: RunConfig, devices: list[Requested]) -> list[Cell]:
     for repeat, device, batch, precision, jit, threads, spe in itertools.product(
             range(config.repeats), devices, config.batch_sizes, config.precisions,
             config.jit_compile, config.cpu_threads, config.steps_per_execution):
+        resolved = precision
         if precision == "auto" and device.device is not None:
-            precision = auto_precision(device.device)
-        cell = Cell(device, batch, precision, jit, threads, spe, repeat)
+            resolved = auto_precision(device.device)
+        cell = Cell(device, batch, resolved, jit, threads, spe, repeat, requested_precision=precision)
         cells.setdefault(cell.cell_id, cell)
     return list(cells.values())
 

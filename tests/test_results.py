@@ -35,6 +35,14 @@ def test_speedup_against_the_cpu_row_of_the_same_batch_size_and_settings():
     assert list(table["Accuracy"])[0] == "25.00 %"
 
 
+def test_with_auto_precision_each_device_is_compared_at_its_own_default():
+    runs = pd.DataFrame([row("CPU", 64, 0.2, precision="mixed_bfloat16", precision_requested="auto"),
+                         row("GPU", 64, 0.02, precision="fp32", precision_requested="auto"),
+                         row("GPU", 64, 0.01, precision="mixed_bfloat16",
+                             precision_requested="mixed_bfloat16")])
+    assert list(results.summary_frame(runs)["Speed-up vs CPU"]) == ["1.00×", "10.00×", "–"]
+
+
 def test_skipped_and_failed_rows_say_so_in_the_table():
     runs = pd.DataFrame([row("CPU", 64, 0.2),
                          row("GPU", 64, None, status="skipped", reason="no GPU detected")])
