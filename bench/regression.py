@@ -5,7 +5,8 @@ Like airspeed velocity, results and comparison are kept apart: a baseline is pla
 and this module only reads two such sets and decides.
 
 The decision for a cell uses every steady step of both sides, not one number: the ratio
-of median step times (current / baseline) with a bootstrap confidence interval. A cell is
+of median step times (current / baseline) with a bootstrap confidence interval
+(hierarchical over repeats when a side has several). A cell is
 a regression only when the whole interval lies above ``1 + max_slowdown``, faster when the
 whole interval lies below ``1 / (1 + max_slowdown)``, and otherwise within noise.
 """
@@ -157,6 +158,8 @@ class CellComparison:
     verdict: str
     baseline_steps: int
     current_steps: int
+    baseline_repeats: int = 1
+    current_repeats: int = 1
 
 
 @dataclass
@@ -184,14 +187,14 @@ def _cell_label(key: dict) -> str:
     return " ".join([f"{key['device_type']} {key['device_name']}", f"bs{key['batch_size']}", *extras])
 
 
-def _keyed(run: results.Run) -> dict[tuple, tuple[dict, np.ndarray]]:
-    """Each matched cell's key -> (key as dict, pooled steady step times of its ok repeats)."""
+def _keyed(run: results.Run) -> dict[tuple, tuple[dict, list[np.ndarray]]]:
+    """Each matched cell's key -> (key as dict, steady step times of each ok repeat)."""
     ok = run.runs[run.runs["status"] == "ok"]
     cells = {}
     for key, group in ok.groupby(list(MATCH_KEYS), sort=False, dropna=False):
-        samples = np.concatenate([run.steady_steps(c) for c in group["cell_id"]])
-        if len(samples):
-            cells[tuple(str(v) for v in key)] = (dict(zip(MATCH_KEYS, key)), samples)
+        repeats = [steps for steps in map(run.steady_steps, group["cell_id"]) if len(steps)]
+        if repeats:
+            cells[tuple(str(v) for v in key)] = (dict(zip(MATCH_KEYS, key)), repeats)
     return cells
 
 
@@ -242,11 +245,12 @@ def compare(baseline: results.Run, current: results.Run, max_slowdown: float = 0
         batch = float(spec["batch_size"])
         comparison.cells.append(CellComparison(
             cell=_cell_label(spec), key={k: str(v) for k, v in spec.items()},
-            baseline_images_per_s=batch / float(np.median(base)),
-            current_images_per_s=batch / float(np.median(cur)),
+            baseline_images_per_s=batch / float(np.median(np.concatenate(base))),
+            current_images_per_s=batch / float(np.median(np.concatenate(cur))),
             change_pct=(verdict.ratio - 1) * 100, low_pct=(verdict.low - 1) * 100,
             high_pct=(verdict.high - 1) * 100, verdict=verdict.verdict,
-            baseline_steps=len(base), current_steps=len(cur)))
+            baseline_steps=sum(map(len, base)), current_steps=sum(map(len, cur)),
+            baseline_repeats=len(base), current_repeats=len(cur)))
     return comparison
 
 
@@ -262,6 +266,7 @@ def comparison_frame(comparison: Comparison) -> pd.DataFrame:
         f"{level} interval": f"[{c.low_pct:+.1f} %, {c.high_pct:+.1f} %]",
         "Verdict": c.verdict.upper() if c.verdict == REGRESSION else c.verdict,
         "Steady steps (base/current)": f"{c.baseline_steps}/{c.current_steps}",
+        "Repeats": f"{c.baseline_repeats}/{c.current_repeats}",
     } for c in comparison.cells])
 
 
@@ -275,7 +280,8 @@ def comparison_markdown(comparison: Comparison) -> str:
         "",
         f"- Step time change: median steady step time of the run ÷ the baseline's, minus 1 "
         f"(+ is slower); interval: {comparison.confidence * 100:g} % bootstrap confidence interval "
-        "from every steady step of both sides (warm-up excluded).",
+        "from every steady step of both sides (warm-up excluded); with repeats, the repeats are "
+        "resampled too, so the interval also covers run-to-run variation.",
         f"- Regression: the whole interval above +{threshold:g} % (--max-slowdown). Faster: the "
         f"whole interval below {(1 / (1 + comparison.max_slowdown) - 1) * 100:+.1f} %. Otherwise "
         "within noise.",

@@ -66,19 +66,40 @@ def bootstrap_ci(samples, statistic=np.median, confidence: float = DEFAULT_CONFI
 
 def ratio_of_medians(baseline, current, confidence: float = DEFAULT_CONFIDENCE,
                      resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
-    """median(current) / median(baseline), with a bootstrap confidence interval.
+    """median(current) / median(baseline) step time, with a bootstrap confidence interval.
 
-    Both samples are resampled independently; a ratio above 1 means ``current`` is slower.
-    Returns (ratio, low, high).
+    Each side is an array of step times, or a list of arrays, one per repeat (each repeat
+    a fresh process). With repeats the bootstrap is hierarchical: repeats are drawn with
+    replacement, then steps within each, so the interval also covers run-to-run variation,
+    which step-to-step resampling alone cannot see. A ratio above 1 means ``current`` is
+    slower. Returns (ratio, low, high).
     """
-    base, cur = _as_samples(baseline), _as_samples(current)
+    base, cur = _groups(baseline), _groups(current)
     rng = np.random.default_rng(seed)
-    base_medians = np.median(rng.choice(base, size=(resamples, len(base)), replace=True), axis=1)
-    cur_medians = np.median(rng.choice(cur, size=(resamples, len(cur)), replace=True), axis=1)
-    ratios = cur_medians / base_medians
+    ratios = _resampled_medians(cur, resamples, rng) / _resampled_medians(base, resamples, rng)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
-    return float(np.median(cur) / np.median(base)), float(low), float(high)
+    point = np.median(np.concatenate(cur)) / np.median(np.concatenate(base))
+    return float(point), float(low), float(high)
+
+
+def _groups(samples) -> list[np.ndarray]:
+    """One array per repeat; a flat sequence of numbers is a single repeat."""
+    if isinstance(samples, (list, tuple)) and samples and np.ndim(samples[0]) == 1:
+        return [_as_samples(group) for group in samples]
+    return [_as_samples(samples)]
+
+
+def _resampled_medians(groups: list[np.ndarray], resamples: int, rng) -> np.ndarray:
+    if len(groups) == 1:
+        x = groups[0]
+        return np.median(rng.choice(x, size=(resamples, len(x)), replace=True), axis=1)
+    medians = np.empty(resamples)
+    for i in range(resamples):
+        chosen = rng.integers(0, len(groups), size=len(groups))
+        medians[i] = np.median(np.concatenate(
+            [rng.choice(groups[g], size=len(groups[g]), replace=True) for g in chosen]))
+    return medians
 
 
 def _as_samples(samples) -> np.ndarray:

@@ -28,19 +28,21 @@ def step_times(median: float, n: int = 60, spread: float = 0.05, seed: int = 0) 
     return np.random.default_rng(seed).lognormal(np.log(median), spread, n)
 
 
-def write_run(directory: Path, cells: dict[int, np.ndarray], env: dict = ENV, warmup: int = 3,
-              device: str = "Test CPU") -> Path:
-    """A run directory whose CPU cells (batch size -> steady step times) are as given."""
+def write_run(directory: Path, cells: dict[int, np.ndarray | list[np.ndarray]], env: dict = ENV,
+              warmup: int = 3, device: str = "Test CPU") -> Path:
+    """A run directory whose CPU cells (batch size -> steady step times, or a list of them, one
+    per repeat) are as given."""
     directory.mkdir(parents=True)
     writer = results.RunWriter(directory, directory.name)
     writer.write_env(env)
     cpu = Requested("cpu", Device("cpu", "CPU", device))
     context = {"run_id": directory.name, "system": env["system"], "git_commit": None}
-    for batch, steady in cells.items():
-        cell = Cell(cpu, batch, "fp32", "auto", 0, 1, 0)
-        result = fake_result(batch, [1.0] * warmup + list(steady), warmup)
-        writer.add(results.ok_row(cell.columns(), result, **context),
-                   results.step_rows(directory.name, cell.cell_id, result["records"]))
+    for batch, repeats in cells.items():
+        for repeat, steady in enumerate(repeats if isinstance(repeats, list) else [repeats]):
+            cell = Cell(cpu, batch, "fp32", "auto", 0, 1, repeat)
+            result = fake_result(batch, [1.0] * warmup + list(steady), warmup)
+            writer.add(results.ok_row(cell.columns(), result, **context),
+                       results.step_rows(directory.name, cell.cell_id, result["records"]))
     return directory
 
 
@@ -67,6 +69,15 @@ def test_a_shift_just_above_the_threshold_but_noisy_is_not_flagged():
     # 15 % slower on average, but so noisy that a 10 % slowdown cannot be ruled out
     verdict = regression.decide(step_times(0.1, n=15, spread=0.4), step_times(0.115, n=15, spread=0.4, seed=3))
     assert verdict.verdict == regression.WITHIN_NOISE
+
+
+def test_run_to_run_variation_seen_through_repeats_is_not_a_regression():
+    # each repeat is tight, but repeats disagree by up to 8 %: one repeat of each side would
+    # look like a confident 7 % slowdown; with the repeats resampled it is within noise
+    base = [step_times(m, spread=0.01, seed=i) for i, m in enumerate((0.100, 0.093, 0.101))]
+    cur = [step_times(m, spread=0.01, seed=10 + i) for i, m in enumerate((0.107, 0.099, 0.094))]
+    assert regression.decide(base[0], cur[0], max_slowdown=0.05).verdict == regression.REGRESSION
+    assert regression.decide(base, cur, max_slowdown=0.05).verdict == regression.WITHIN_NOISE
 
 
 def test_a_clear_speedup_is_faster():
@@ -98,6 +109,15 @@ def test_cells_are_matched_and_the_unmatched_listed(tmp_path):
     assert comparison.only_in_current == ["CPU Test CPU bs128"]
     report = regression.comparison_markdown(comparison)
     assert "REGRESSION" in report and "only in the baseline" in report and "bs128" in report
+
+
+def test_repeats_of_a_cell_are_compared_as_repeats(tmp_path):
+    base = results.read_run(write_run(tmp_path / "base", {32: [step_times(0.1, seed=s) for s in (1, 2, 3)]}))
+    cur = results.read_run(write_run(tmp_path / "cur", {32: [step_times(0.1, seed=s) for s in (4, 5)]}))
+    cell = regression.compare(base, cur).cells[0]
+    assert (cell.baseline_repeats, cell.current_repeats) == (3, 2)
+    assert (cell.baseline_steps, cell.current_steps) == (180, 120)
+    assert "| 3/2 " in regression.comparison_markdown(regression.compare(base, cur))
 
 
 def test_another_device_name_does_not_match(tmp_path):

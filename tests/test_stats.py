@@ -37,3 +37,14 @@ def test_ratio_of_medians_identical_and_doubled():
 def test_rejects_invalid_samples(bad):
     with pytest.raises(ValueError):
         stats.summarise(bad)
+
+
+def test_repeats_widen_the_interval_by_their_disagreement():
+    rng = np.random.default_rng(3)
+    # three runs whose medians differ by a few percent, each with little step-to-step noise
+    runs = [rng.lognormal(np.log(m), 0.01, 50) for m in (0.100, 0.106, 0.097)]
+    current = [rng.lognormal(np.log(m), 0.01, 50) for m in (0.104, 0.099, 0.108)]
+    _, pooled_low, pooled_high = stats.ratio_of_medians(np.concatenate(runs), np.concatenate(current))
+    ratio, low, high = stats.ratio_of_medians(runs, current)
+    assert low <= ratio <= high
+    assert (high - low) > 2 * (pooled_high - pooled_low)
