@@ -433,7 +433,7 @@ def _requested_precision(runs: pd.DataFrame) -> pd.Series:
     return requested.where(requested.notna() & (requested != ""), runs["precision"])
 
 
-def describe_settings(runs: pd.DataFrame) -> list[str]:
+def describe_settings(runs: pd.DataFrame, env: dict | None = None) -> list[str]:
     """The notes under the table: what every figure is and how it was measured."""
     runs = numeric(runs)
     ok = runs[runs["status"] == "ok"]
@@ -471,7 +471,12 @@ def describe_settings(runs: pd.DataFrame) -> list[str]:
             notes.append("All rows: " + ", ".join(fixed) + ".")
     if "GPU" not in set(ok["device_type"]):
         skipped = runs[(runs["device_type"] == "GPU") | (runs["status"] == "skipped")]
-        reason = skipped["reason"].iloc[0] if not skipped.empty else "no GPU was requested"
+        if not skipped.empty:
+            reason = skipped["reason"].iloc[0]
+        elif env is not None and not env.get("gpus"):
+            reason = "this machine has no GPU"
+        else:
+            reason = "no GPU was requested"
         notes.append(f"**No GPU was measured** in this run ({reason}).")
     return notes
 
@@ -500,7 +505,7 @@ def summary_markdown(runs: pd.DataFrame, env: dict, command: str | None = None) 
     header = (f"Run `{run_id}` ({when}) on {env.get('system', '?')}, {cpu}, "
               f"TensorFlow {tf_version}, data: {_data_label(runs)}.")
     lines = [header, "", table, ""]
-    lines += [f"- {note}" for note in describe_settings(runs)]
+    lines += [f"- {note}" for note in describe_settings(runs, env)]
     if command:
         lines += ["", f"Produced by `{command}`."]
     return "\n".join(lines) + "\n"

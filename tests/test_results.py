@@ -50,6 +50,10 @@ def test_skipped_and_failed_rows_say_so_in_the_table():
     assert table["Time"].iloc[1] == "skipped: no GPU detected"
     notes = " ".join(results.describe_settings(runs))
     assert "No GPU was measured" in notes and "no GPU detected" in notes
+    cpu_only = runs[runs["device_type"] == "CPU"]
+    assert "this machine has no GPU" in " ".join(results.describe_settings(cpu_only, {"gpus": []}))
+    assert "no GPU was requested" in " ".join(
+        results.describe_settings(cpu_only, {"gpus": [{"name": "A100"}]}))
 
 
 def test_repeats_are_aggregated_by_their_median():
