@@ -19,6 +19,7 @@ from pathlib import Path
 from bench import devices as devices_module
 from bench import environment, plots, readme, regression, results, runner
 from bench import peak as peak_module
+from cifar_model.data import DATA_PLACEMENTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_RUNS_DIR = Path("results") / "runs"
@@ -114,6 +115,11 @@ def build_parser() -> Parser:
                      help="TensorFlow intra-op threads, comma-separated; 0 = TensorFlow's default")
     run.add_argument("--steps-per-execution", default="1",
                      help="training steps per call of the compiled train function, comma-separated")
+    run.add_argument("--data-placement", default="auto",
+                     help="where the training images live, comma-separated: auto (in GPU memory "
+                          "when the set takes at most a quarter of it, else host), host (tf.data "
+                          "feeds each batch from host memory), device (the whole set in the "
+                          "training device's memory)")
     run.add_argument("--seed", default="0", help="random seed (repeat r uses seed + r)")
     run.add_argument("--out", help="run directory (default results/runs/<run-id>/); must not "
                                    "exist or be empty")
@@ -302,6 +308,7 @@ def build_run_config(args) -> tuple[runner.RunConfig, list[str] | None, Path]:
         jit_compile=choice_list(args.jit_compile, "--jit-compile", JIT_CHOICES),
         cpu_threads=int_list(args.cpu_threads, "--cpu-threads", "0,1,2", allow_zero=True),
         steps_per_execution=int_list(args.steps_per_execution, "--steps-per-execution", "1,8"),
+        data_placements=choice_list(args.data_placement, "--data-placement", DATA_PLACEMENTS),
         cell_timeout=timeout, seed=positive_int(args.seed, "--seed", allow_zero=True),
         synthetic_images=synthetic_images,
         unsynced_steps=positive_int(args.unsynced_steps, "--unsynced-steps", allow_zero=True),

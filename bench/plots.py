@@ -26,7 +26,8 @@ def _series_label(row: pd.Series, varying: list[str]) -> str:
 
 
 def _varying(runs: pd.DataFrame) -> list[str]:
-    return [d for d in ("precision", "jit_compile", "cpu_threads", "steps_per_execution")
+    return [d for d in ("precision", "jit_compile", "cpu_threads", "steps_per_execution",
+                      "data_placement")
             if runs[d].nunique(dropna=False) > 1]
 
 

@@ -30,7 +30,7 @@ BASELINE_JSON = "baseline.json"
 BASELINE_SCHEMA = "cifar-bench-baseline/1"
 DEFAULT_BASELINES_DIR = Path("results") / "baselines"
 MATCH_KEYS = ("device_type", "device_name", "batch_size", "precision", "jit_compile",
-              "cpu_threads", "steps_per_execution")
+              "cpu_threads", "steps_per_execution", "data_placement")
 REGRESSION, FASTER, WITHIN_NOISE = "regression", "faster", "within noise"
 
 #: (label, where in env.json) of what can change a measurement between two runs.
@@ -183,7 +183,7 @@ class Comparison:
 
 
 def _cell_label(key: dict) -> str:
-    extras = [f"{k}={key[k]}" for k in MATCH_KEYS[3:] if str(key[k]) not in ("fp32", "auto", "0", "1")]
+    extras = [f"{k}={key[k]}" for k in MATCH_KEYS[3:] if str(key[k]) not in ("fp32", "auto", "0", "1", "host")]
     return " ".join([f"{key['device_type']} {key['device_name']}", f"bs{key['batch_size']}", *extras])
 
 

@@ -30,7 +30,7 @@ NOTEBOOK_TRAIN_IMAGES = 40_000     # ... of the seed split's 40,000 training ima
 
 #: Dimensions of the benchmark matrix: a cell is one value of each.
 DIMENSIONS = ("device_id", "batch_size", "precision", "jit_compile", "cpu_threads",
-              "steps_per_execution")
+              "steps_per_execution", "data_placement")
 
 #: runs.csv, in order: column -> what it holds. Times are seconds of wall-clock time.
 RUN_COLUMNS = {
@@ -49,6 +49,11 @@ RUN_COLUMNS = {
     "jit_compile": "XLA: auto, on or off",
     "cpu_threads": "TensorFlow intra-op threads (0: TensorFlow's default)",
     "steps_per_execution": "training steps per call into the compiled train function",
+    "data_placement": "where the training images lived: host (tf.data gathers each batch in host "
+                      "memory, prefetched) or device (the whole set in device memory, gathered "
+                      "inside the step)",
+    "data_placement_requested": "the data placement as asked for (auto resolves per device)",
+    "data_device": "the TensorFlow device that held the training images (CPU:0, GPU:0)",
     "data": "cifar10 or synthetic",
     "split": "standard (50k/10k official) or seed (notebook: 40k/10k)",
     "epochs": "epochs trained",
@@ -112,7 +117,8 @@ INTEGER_COLUMNS = ("repeat", "batch_size", "cpu_threads", "steps_per_execution",
                    "flops_per_image", "unsynced_steps")
 BOOLEAN_COLUMNS = {"warmup", "xla"}
 TEXT_COLUMNS = {"run_id", "cell_id", "status", "reason", "system", "device_id", "device_name",
-                "device_type", "precision", "precision_requested", "jit_compile", "data", "split", "accuracy_note",
+                "device_type", "precision", "precision_requested", "jit_compile", "data_placement",
+                "data_placement_requested", "data_device", "data", "split", "accuracy_note",
                 "tensorflow_version", "keras_version", "numpy_version", "python_version",
                 "started_at", "git_commit"}
 
@@ -151,7 +157,7 @@ def ok_row(cell: dict, result: dict, peak: dict | None = None, **context) -> dic
     row.update(
         epochs=result["epochs"], steps_per_epoch=result["steps_per_epoch"],
         steps=sum(r["steps"] for r in records), warmup_steps=result["warmup_steps"],
-        data=result["data"], split=result["split"],
+        data=result["data"], split=result["split"], data_device=result.get("data_device"),
         train_s=result["train_seconds"], first_step_s=records[0]["seconds"] / records[0]["steps"],
         data_load_s=result["data_seconds"], startup_s=result["startup_seconds"],
         build_s=result["build_seconds"], eval_s=result["eval_seconds"],
@@ -305,6 +311,9 @@ def read_run(directory: str | os.PathLike) -> Run:
     bad = ~runs["status"].isin(STATUSES)
     if bad.any():
         raise ResultsError(f"{directory / RUNS_CSV}: unknown status {runs['status'][bad].iloc[0]!r}")
+    if (runs["data_placement"] == "").all():
+        # written before data placement was a setting, when every cell was fed from the host
+        runs["data_placement"] = runs["data_placement_requested"] = "host"
     steps = read_table(directory / STEPS_CSV, STEP_COLUMNS)
     try:
         env = json.loads((directory / ENV_JSON).read_text(encoding="utf-8"))
@@ -400,7 +409,7 @@ def _accuracy_text(accuracies: pd.Series) -> str:
 
 
 _LABELS = {"precision": "Precision", "jit_compile": "XLA", "cpu_threads": "CPU threads",
-           "steps_per_execution": "Steps/execution"}
+           "steps_per_execution": "Steps/execution", "data_placement": "Data placement"}
 
 
 def _dim_text(dim: str, value, xla=None) -> str:
@@ -414,12 +423,13 @@ def _dim_text(dim: str, value, xla=None) -> str:
 #: What must match for a row to be compared with a CPU row: the precision *as requested*,
 #: so that with "auto" each device is compared at its own default.
 SPEEDUP_SETTINGS = ("batch_size", "precision_requested", "jit_compile", "cpu_threads",
-                    "steps_per_execution")
+                    "steps_per_execution", "data_placement_requested")
 
 
 def _speedup(row: pd.Series, runs: pd.DataFrame, median_step: float) -> str:
     """The CPU row's median step / this row's, at the same batch size and settings."""
-    runs = runs.assign(precision_requested=_requested_precision(runs))
+    runs = runs.assign(precision_requested=_requested(runs, "precision"),
+                       data_placement_requested=_requested(runs, "data_placement"))
     wanted = runs.loc[row.name]
     cpu = runs[(runs["status"] == "ok") & (runs["device_type"] == "CPU")]
     for setting in SPEEDUP_SETTINGS:
@@ -427,10 +437,11 @@ def _speedup(row: pd.Series, runs: pd.DataFrame, median_step: float) -> str:
     return f"{cpu['step_median_s'].median() / median_step:.2f}×" if not cpu.empty else "–"
 
 
-def _requested_precision(runs: pd.DataFrame) -> pd.Series:
-    """``precision_requested``, falling back to ``precision`` for rows that lack it."""
-    requested = runs["precision_requested"] if "precision_requested" in runs else runs["precision"]
-    return requested.where(requested.notna() & (requested != ""), runs["precision"])
+def _requested(runs: pd.DataFrame, setting: str) -> pd.Series:
+    """``<setting>_requested``, falling back to ``setting`` itself for rows that lack it."""
+    column = f"{setting}_requested"
+    requested = runs[column] if column in runs else runs[setting]
+    return requested.where(requested.notna() & (requested != ""), runs[setting])
 
 
 def describe_settings(runs: pd.DataFrame, env: dict | None = None) -> list[str]:

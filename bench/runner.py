@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench import results
 from bench.devices import Requested, auto_precision
+from cifar_model.data import resolve_data_placement, split_sizes, training_set_bytes
 from bench.worker import MARK
 
 
@@ -42,6 +43,7 @@ class RunConfig:
     jit_compile: tuple[str, ...] = ("auto",)
     cpu_threads: tuple[int, ...] = (0,)
     steps_per_execution: tuple[int, ...] = (1,)
+    data_placements: tuple[str, ...] = ("auto",)
     cell_timeout: float | None = None
     seed: int = 0
     synthetic_images: int | None = None
@@ -60,12 +62,15 @@ class Cell:
     steps_per_execution: int
     repeat: int
     requested_precision: str = ""   # as asked ("auto" resolves per device); "" means = precision
+    data_placement: str = "host"    # where the training images live: host or device
+    requested_data_placement: str = ""
 
     @property
     def cell_id(self) -> str:
         device = self.device.id.replace(":", "")
         return (f"{device}_bs{self.batch_size}_{self.precision}_xla-{self.jit_compile}"
-                f"_thr{self.cpu_threads}_spe{self.steps_per_execution}_r{self.repeat}")
+                f"_thr{self.cpu_threads}_spe{self.steps_per_execution}"
+                f"_data-{self.data_placement}_r{self.repeat}")
 
     @property
     def device_type(self) -> str:
@@ -79,7 +84,9 @@ class Cell:
                 "batch_size": self.batch_size, "precision": self.precision,
                 "precision_requested": self.requested_precision or self.precision,
                 "jit_compile": self.jit_compile, "cpu_threads": self.cpu_threads,
-                "steps_per_execution": self.steps_per_execution}
+                "steps_per_execution": self.steps_per_execution,
+                "data_placement": self.data_placement,
+                "data_placement_requested": self.requested_data_placement or self.data_placement}
 
 
 def plan(config: RunConfig, devices: list[Requested]) -> list[Cell]:
@@ -87,17 +94,27 @@ def plan(config: RunConfig, devices: list[Requested]) -> list[Cell]:
 
     Repeating the whole sweep (rather than each cell back to back) spreads slow drifts of
     a shared machine over every cell instead of loading them onto one. Precision ``auto``
-    becomes the device's own choice (:func:`bench.devices.auto_precision`); a cell that
-    then equals another is planned once.
+    becomes the device's own choice (:func:`bench.devices.auto_precision`), data placement
+    ``auto`` the device's memory if the training set fits there
+    (:func:`cifar_model.data.resolve_data_placement`); a cell that then equals another is
+    planned once.
     """
+    train_images = (config.synthetic_images if config.data == "synthetic" and config.synthetic_images
+                    else split_sizes(config.split)[0])
     cells: dict[str, Cell] = {}
-    for repeat, device, batch, precision, jit, threads, spe in itertools.product(
+    for repeat, device, batch, precision, jit, threads, spe, placement in itertools.product(
             range(config.repeats), devices, config.batch_sizes, config.precisions,
-            config.jit_compile, config.cpu_threads, config.steps_per_execution):
-        resolved = precision
-        if precision == "auto" and device.device is not None:
-            resolved = auto_precision(device.device)
-        cell = Cell(device, batch, resolved, jit, threads, spe, repeat, requested_precision=precision)
+            config.jit_compile, config.cpu_threads, config.steps_per_execution,
+            config.data_placements):
+        resolved, resolved_placement = precision, placement
+        if device.device is not None:
+            if precision == "auto":
+                resolved = auto_precision(device.device)
+            resolved_placement = resolve_data_placement(
+                placement, device.device.type, device.device.memory_bytes,
+                training_set_bytes(train_images))
+        cell = Cell(device, batch, resolved, jit, threads, spe, repeat, requested_precision=precision,
+                    data_placement=resolved_placement, requested_data_placement=placement)
         cells.setdefault(cell.cell_id, cell)
     return list(cells.values())
 
@@ -127,7 +144,7 @@ def worker_spec(cell: Cell, config: RunConfig) -> dict:
             "batch_size": cell.batch_size, "epochs": config.epochs, "steps": config.steps,
             "warmup": config.warmup, "precision": cell.precision, "jit_compile": cell.jit_compile,
             "cpu_threads": cell.cpu_threads, "steps_per_execution": cell.steps_per_execution,
-            "data": config.data, "data_path": config.data_path, "data_note": config.data_note,
+            "data_placement": cell.data_placement, "data": config.data, "data_path": config.data_path, "data_note": config.data_note,
             "split": config.split, "seed": config.seed + cell.repeat,
             "synthetic_images": config.synthetic_images, "unsynced_steps": config.unsynced_steps}
 

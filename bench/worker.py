@@ -193,6 +193,7 @@ def run_cell(spec: dict) -> dict:
         device="gpu:0" if spec["device_type"] == "GPU" else "cpu:0",
         seed=spec.get("seed"), callbacks=[progress, cpu_meter],
         unsynced_steps=spec.get("unsynced_steps", 0),
+        data_placement=spec.get("data_placement", "host"),
     )
     return {
         **result.to_dict(),

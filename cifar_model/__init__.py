@@ -15,7 +15,8 @@ import importlib
 
 _EXPORTS = {
     "data": ("CLASS_NAMES", "SPLITS", "DataError", "Dataset", "DatasetNotFound", "load_cifar10",
-             "load_dataset", "read_cifar10", "synthetic_dataset"),
+             "load_dataset", "read_cifar10", "synthetic_dataset", "DATA_PLACEMENTS",
+             "resolve_data_placement"),
     "model": ("JIT_COMPILE", "PRECISIONS", "build_model", "forward_flops_per_image",
               "training_flops_per_image"),
     "training": ("StepRecord", "StepTimer", "TrainResult", "train"),

@@ -470,3 +470,33 @@ def load_dataset(data_dir: str | os.PathLike | None = None, split: str = "standa
     except DatasetNotFound as exc:
         return synthetic_dataset(split, n_train, n_test,
                                  note=f"synthetic fallback: {exc}; accuracy is meaningless")
+
+
+#: Where the training images live while training: ``host`` (tf.data gathers each batch in
+#: host memory and prefetches it) or ``device`` (the whole training set in the training
+#: device's memory, each batch gathered there); ``auto`` picks per device.
+DATA_PLACEMENTS = ("auto", "host", "device")
+#: ``auto`` keeps the training set on a GPU when it takes at most this share of its memory.
+RESIDENT_MAX_FRACTION = 0.25
+
+
+def resolve_data_placement(requested: str, device_type: str, memory_bytes: int | None,
+                           data_bytes: int) -> str:
+    """``host`` or ``device`` for ``requested``, one of :data:`DATA_PLACEMENTS`.
+
+    ``auto`` keeps the training set in GPU memory when it fits with room to spare (at most
+    :data:`RESIDENT_MAX_FRACTION` of the GPU's memory, which must be known), and on the host
+    otherwise. On a CPU, host memory *is* the device's, so ``auto`` is ``host``: tf.data
+    gathers the next batch on its own threads while the current step runs.
+    """
+    if requested not in DATA_PLACEMENTS:
+        raise ValueError(f"unknown data placement {requested!r}; choose one of {', '.join(DATA_PLACEMENTS)}")
+    if requested != "auto":
+        return requested
+    fits = bool(memory_bytes) and data_bytes <= RESIDENT_MAX_FRACTION * memory_bytes
+    return "device" if device_type == "GPU" and fits else "host"
+
+
+def training_set_bytes(n_images: int) -> int:
+    """Bytes of ``n_images`` float32 training images and their one-hot labels."""
+    return n_images * (int(np.prod(IMAGE_SHAPE)) + NUM_CLASSES) * 4

@@ -92,8 +92,24 @@ def build_model(
     outputs = keras.layers.Activation("softmax", name="softmax", dtype="float32")(logits)
 
     model = keras.Model(inputs, outputs, name="cifar10_seed_cnn")
+    compile_model(model, precision, jit_compile, learning_rate, steps_per_execution)
+    return model
+
+
+def compile_model(
+    model: keras.Model,
+    precision: str = "fp32",
+    jit_compile: str = "auto",
+    learning_rate: float = LEARNING_RATE,
+    steps_per_execution: int = 1,
+) -> keras.Model:
+    """Compile ``model`` the way the notebook trained: Adam, categorical cross-entropy.
+
+    Also used for a model that wraps the seed network (see
+    :func:`cifar_model.training.train`'s ``data_placement``), so both train identically.
+    """
     optimizer = keras.optimizers.Adam(learning_rate)
-    if policy == "mixed_float16":
+    if PRECISIONS[precision] == "mixed_float16":
         # float16 gradients underflow without it; Keras only adds it by itself when the
         # *model's* policy is mixed_float16, and a Functional model's stays float32.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

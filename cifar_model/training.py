@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import keras
 import numpy as np
 
-from cifar_model.data import NUM_CLASSES, Dataset
-from cifar_model.model import build_model, training_flops_per_image
+from cifar_model.data import NUM_CLASSES, Dataset, resolve_data_placement, training_set_bytes
+from cifar_model.model import build_model, compile_model, training_flops_per_image
 
 PREFETCH_BATCHES = 4
 UNSYNCED_SKIP = 2  # untimed steps before an unsynced block (the train function is already traced)
@@ -69,6 +69,8 @@ class TrainResult:
     xla: bool                       # what jit_compile resolved to ("auto": on with a GPU, off on CPU)
     unsynced_steps: int = 0         # steps of the unsynced throughput phase (0: not run)
     unsynced_seconds: float | None = None
+    data_placement: str = "host"    # where the training images lived: host or device
+    data_device: str = ""           # the TensorFlow device that held them ("CPU:0", "GPU:0")
 
     @property
     def first_step_seconds(self) -> float:
@@ -197,15 +199,78 @@ def make_train_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int
     with tf.device("/CPU:0"):
         images = tf.convert_to_tensor(x)  # tf.constant copies 15x slower here
         labels = tf.one_hot(tf.convert_to_tensor(y), NUM_CLASSES)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    indices = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return (indices.batch(batch_size, drop_remainder=True)
-            .repeat()
+    return (_index_batches(len(x), batch_size, seed)
             .map(lambda i: (tf.gather(images, i), tf.gather(labels, i)),
                  num_parallel_calls=2, deterministic=True)
             .prefetch(PREFETCH_BATCHES)
-            .with_options(options))
+            .with_options(_pipeline_options()))
+
+
+def _index_batches(n: int, batch_size: int, seed: int | None):
+    """Endless full batches of indices into ``n`` images, reshuffled every epoch."""
+    import tensorflow as tf
+
+    indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    return indices.batch(batch_size, drop_remainder=True).repeat()
+
+
+def _pipeline_options():
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
+def make_resident_inputs(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None,
+                         device: str | None):
+    """TensorFlow-only: the training images copied into ``device``'s memory, and a stream
+    of (image indices, one-hot labels) batches that selects from them.
+
+    The stream shuffles exactly as :func:`make_train_pipeline` does (same seed, same
+    batches); only the gather moves from tf.data on the host into the training step, on
+    the device, so no image crosses the host-device link while training. Returns
+    ``(images, pipeline)``; ``images.device`` names where the copy lives.
+    """
+    import tensorflow as tf
+
+    with tf.device("/CPU:0"):
+        host_images = tf.convert_to_tensor(x)
+        labels = tf.one_hot(tf.convert_to_tensor(y), NUM_CLASSES)
+    with tf.device(device) if device else contextlib.nullcontext():
+        images = tf.identity(host_images)   # the one host -> device copy
+    del host_images
+    return images, _index_batches(len(x), batch_size, seed).map(
+        lambda i: (tf.cast(i, tf.int32), tf.gather(labels, i)), num_parallel_calls=2,
+        deterministic=True).prefetch(PREFETCH_BATCHES).with_options(_pipeline_options())
+
+
+class ResidentImages(keras.layers.Layer):
+    """Looks a batch's images up, by index, in a training set held in device memory.
+
+    The images are a captured tensor, not a weight: the wrapped network keeps its
+    1,454,922 parameters and nothing here is trained or saved.
+    """
+
+    def __init__(self, images, **kwargs):
+        super().__init__(dtype="float32", trainable=False, **kwargs)
+        self.images = images
+
+    def call(self, indices):
+        import tensorflow as tf
+        return tf.gather(self.images, indices)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, *self.images.shape[1:])
+
+
+def resident_model(model: keras.Model, images, precision: str, jit_compile: str,
+                   steps_per_execution: int) -> keras.Model:
+    """``model`` fed by image indices into ``images`` instead of images, compiled alike."""
+    indices = keras.Input(shape=(), dtype="int32", name="image_index")
+    wrapped = keras.Model(indices, model(ResidentImages(images, name="resident_images")(indices)),
+                          name=f"{model.name}_resident")
+    return compile_model(wrapped, precision, jit_compile, steps_per_execution=steps_per_execution)
 
 
 def plan_steps(n_train: int, batch_size: int, max_steps_per_epoch: int | None) -> int:
@@ -230,6 +295,8 @@ def train(
     evaluate: bool = True,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     unsynced_steps: int = 0,
+    data_placement: str = "host",
+    device_memory_bytes: int | None = None,
 ) -> TrainResult:
     """Train the seed network on ``dataset`` and measure it.
 
@@ -240,6 +307,12 @@ def train(
     With ``unsynced_steps`` > 0, after evaluation the same model trains that many more
     steps (after :data:`UNSYNCED_SKIP` untimed ones) timed as one block with a single sync
     at the end: the cost of per-step syncing is the difference to the steady figures.
+
+    ``data_placement`` (:data:`DATA_PLACEMENTS`) says where the training images live:
+    ``host`` feeds each batch from host memory through tf.data; ``device`` copies the whole
+    training set into ``device``'s memory once (counted in the data time) and gathers each
+    batch there, inside the training step. ``auto`` resolves with
+    :func:`resolve_data_placement`, given ``device_memory_bytes``.
     """
     if batch_size < 1 or epochs < 1 or warmup_steps < 0 or steps_per_execution < 1 \
             or unsynced_steps < 0:
@@ -249,19 +322,32 @@ def train(
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
+    device_type = "GPU" if device and device.lower().startswith("gpu") else "CPU"
+    data_placement = resolve_data_placement(data_placement, device_type, device_memory_bytes,
+                                            training_set_bytes(len(dataset.x_train)))
+
     started = time.perf_counter()
-    pipeline = make_train_pipeline(dataset.x_train, dataset.y_train, batch_size, seed)
+    images = None
+    if data_placement == "device":
+        images, pipeline = make_resident_inputs(dataset.x_train, dataset.y_train, batch_size,
+                                                seed, device)
+        data_device = images.device.rpartition("device:")[2]   # "GPU:0"
+    else:
+        pipeline = make_train_pipeline(dataset.x_train, dataset.y_train, batch_size, seed)
+        data_device = "CPU:0"
     data_seconds = dataset.load_seconds + (time.perf_counter() - started)
 
     with _device_scope(device):
         started = time.perf_counter()
         model = build_model(precision, jit_compile, steps_per_execution=steps_per_execution,
                             seed=seed)
+        trainer = model if images is None else resident_model(
+            model, images, precision, jit_compile, steps_per_execution)
         build_seconds = time.perf_counter() - started
 
         timer = StepTimer(warmup_steps)
         started = time.perf_counter()
-        history = model.fit(pipeline, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        history = trainer.fit(pipeline, epochs=epochs, steps_per_epoch=steps_per_epoch,
                             shuffle=False, verbose=0, callbacks=[timer, *callbacks])
         train_seconds = time.perf_counter() - started
 
@@ -282,7 +368,7 @@ def train(
         if unsynced_steps:
             unsynced = UnsyncedTimer(UNSYNCED_SKIP)
             total = UNSYNCED_SKIP + unsynced_steps
-            model.fit(pipeline, epochs=1, steps_per_epoch=total, shuffle=False, verbose=0,
+            trainer.fit(pipeline, epochs=1, steps_per_epoch=total, shuffle=False, verbose=0,
                       callbacks=[unsynced])
             unsynced_seconds = unsynced.ended - unsynced.started
             unsynced_steps = total - unsynced.first_timed_step
@@ -303,8 +389,9 @@ def train(
         accuracy_note=accuracy_note,
         training_flops_per_image=training_flops_per_image(model),
         params=model.count_params(),
-        xla=bool(model.jit_compile),
+        xla=bool(trainer.jit_compile),
         unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
+        data_placement=data_placement, data_device=data_device,
     )
 
 

@@ -114,15 +114,20 @@ def test_efficiency_and_sync_overhead_columns(synthetic_run):
     assert f"peak cpu {expected} (threads default)" in done.stderr
 
 
-def test_precision_and_xla_are_matrix_dimensions(tmp_path):
+def test_precision_xla_and_data_placement_are_matrix_dimensions(tmp_path):
     done = bench("run", "--devices", "cpu", "--batch-sizes", "16", *TINY, "--precision",
-                 "fp32,mixed_bfloat16", "--jit-compile", "off", "--no-peak", "--out", tmp_path / "run",
-                 cwd=tmp_path)
+                 "fp32,mixed_bfloat16", "--jit-compile", "off", "--data-placement", "auto,device",
+                 "--no-peak", "--out", tmp_path / "run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     runs = pd.read_csv(tmp_path / "run" / "runs.csv")
-    assert list(runs["precision"]) == ["fp32", "mixed_bfloat16"] and list(runs["jit_compile"]) == ["off"] * 2
+    assert list(runs["status"]) == ["ok"] * 4 and list(runs["jit_compile"]) == ["off"] * 4
+    assert list(zip(runs["precision"], runs["data_placement"], runs["data_placement_requested"])) == [
+        ("fp32", "host", "auto"), ("fp32", "device", "device"),
+        ("mixed_bfloat16", "host", "auto"), ("mixed_bfloat16", "device", "device")]
+    assert set(runs["data_device"]) == {"CPU:0"}
     assert runs["efficiency_pct"].isna().all() and "peak" not in done.stderr
     assert "| Precision" in done.stdout and "mixed_bfloat16" in done.stdout
+    assert "| Data placement" in done.stdout
 
 
 def test_summary_and_readme_commands(synthetic_run, tmp_path):
@@ -195,6 +200,7 @@ def test_ctrl_c_keeps_every_finished_cell(tmp_path):
     (["--epochs", "0"], "--epochs: '0'"),
     (["--warmup", "6", "--steps", "6"], "leaves no steady steps"),
     (["--precision", "fp8"], "--precision: unknown value 'fp8'"),
+    (["--data-placement", "gpu"], "--data-placement: unknown value 'gpu'; choose from auto, host, device"),
     (["--cell-timeout", "soon"], "--cell-timeout: 'soon'"),
     (["--data", "imagenet"], "invalid choice: 'imagenet'"),
     (["--data", "synthetic", "--data-dir", "."], "--data-dir is used only with --data cifar10"),

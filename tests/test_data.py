@@ -200,3 +200,22 @@ def test_every_batch_name_is_read(python_layout):
     (python_layout / "test_batch").write_bytes(b"not a pickle at all")
     with pytest.raises(DataError, match="test_batch"):
         read_cifar10(python_layout)
+
+
+@pytest.mark.parametrize("requested, device_type, memory, expected", [
+    ("auto", "CPU", 2**35, "host"),          # host memory is the CPU's own: tf.data feeds it
+    ("auto", "GPU", 16 * 2**30, "device"),   # 614 MB of CIFAR-10 in 16 GiB: kept on the GPU
+    ("auto", "GPU", 2 * 2**30, "host"),      # more than a quarter of 2 GiB: stays on the host
+    ("auto", "GPU", None, "host"),           # memory unknown: no gamble
+    ("device", "CPU", None, "device"),       # explicit choices are kept
+    ("host", "GPU", 16 * 2**30, "host"),
+])
+def test_data_placement_resolves_per_device(requested, device_type, memory, expected):
+    cifar_train = cdata.training_set_bytes(50_000)
+    assert 600e6 < cifar_train < 620e6
+    assert cdata.resolve_data_placement(requested, device_type, memory, cifar_train) == expected
+
+
+def test_an_unknown_data_placement_is_refused():
+    with pytest.raises(ValueError, match="unknown data placement 'gpu'"):
+        cdata.resolve_data_placement("gpu", "GPU", 2**34, 1)

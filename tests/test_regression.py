@@ -120,6 +120,17 @@ def test_repeats_of_a_cell_are_compared_as_repeats(tmp_path):
     assert "| 3/2 " in regression.comparison_markdown(regression.compare(base, cur))
 
 
+def test_a_baseline_from_before_data_placement_matches_host_fed_cells(tmp_path):
+    base = write_run(tmp_path / "base", {32: step_times(0.1)})
+    runs = pd.read_csv(base / results.RUNS_CSV)
+    runs.drop(columns=["data_placement", "data_placement_requested", "data_device"]).to_csv(
+        base / results.RUNS_CSV, index=False)
+    cur = results.read_run(write_run(tmp_path / "cur", {32: step_times(0.1, seed=1)}))
+    comparison = regression.compare(results.read_run(base), cur)
+    assert [c.cell for c in comparison.cells] == ["CPU Test CPU bs32"]
+    assert not comparison.only_in_baseline and not comparison.only_in_current
+
+
 def test_another_device_name_does_not_match(tmp_path):
     base = results.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}))
     cur = results.read_run(write_run(tmp_path / "cur", {32: step_times(0.1)}, device="Other CPU"))

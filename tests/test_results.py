@@ -16,7 +16,7 @@ def row(device_type, batch, median, status="ok", precision="fp32", **extra):
                 system="Test OS", device_id="cpu" if device_type == "CPU" else "gpu:0",
                 device_name=f"Test {device_type}", device_type=device_type, batch_size=batch,
                 precision=precision, jit_compile="auto", cpu_threads=0, steps_per_execution=1,
-                data="cifar10", split="standard", epochs=1, steps_per_epoch=50, warmup_steps=5,
+                data_placement="host", data_placement_requested="auto", data="cifar10", split="standard", epochs=1, steps_per_epoch=50, warmup_steps=5,
                 step_median_s=median, images_per_s=batch / median if median else None,
                 train_s=median * 50 if median else None, heldout_accuracy=0.25,
                 heldout_images=10000, projected_seed_run_s=1000.0, startup_s=3.0, data_load_s=1.5,
@@ -88,6 +88,14 @@ def test_a_valid_run_reads_back(tmp_path):
     run = results.read_run(write_run(tmp_path / "run"))
     assert run.runs["batch_size"].iloc[0] == 64 and run.steps["warmup"].tolist() == [True, False]
     assert run.steady_steps("CPU64fp32").tolist() == [0.2]
+
+
+def test_runs_written_before_data_placement_existed_read_as_host(tmp_path):
+    frame = pd.DataFrame([row("CPU", 64, 0.2)], columns=list(results.RUN_COLUMNS))
+    old = frame.drop(columns=["data_placement", "data_placement_requested", "data_device"])
+    run = results.read_run(write_run(tmp_path / "run", runs_text=old.to_csv(index=False)))
+    assert run.runs["data_placement"].tolist() == ["host"]
+    assert run.runs["data_placement_requested"].tolist() == ["host"]
 
 
 @pytest.mark.parametrize("files, message", [

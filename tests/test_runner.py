@@ -7,6 +7,7 @@ hangs and signals are exercised in well under a second each.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -119,6 +120,20 @@ def test_auto_precision_is_resolved_per_device_and_deduplicated():
                                          precisions=("auto",)), [BF16_CPU, CPU, NO_GPU])
     assert [(c.device.device.name if c.device.device else None, c.precision) for c in cells] == [
         ("BF16 CPU", "mixed_bfloat16"), ("Test CPU", "fp32"), (None, "auto")]
+
+
+def test_data_placement_is_resolved_per_device():
+    big = Requested("gpu:0", Device("gpu:0", "GPU", "H100", memory_bytes=80 * 2**30))
+    small = Requested("gpu:1", Device("gpu:1", "GPU", "GTX 960M", memory_bytes=2 * 2**30))
+    config = runner.RunConfig(batch_sizes=(64,), epochs=1, steps=5, warmup=1)
+    cells = runner.plan(config, [CPU, big, small, NO_GPU])
+    assert [(c.device.id, c.data_placement) for c in cells] == [
+        ("cpu", "host"), ("gpu:0", "device"), ("gpu:1", "host"), ("gpu:0", "auto")]
+    assert {c.columns()["data_placement_requested"] for c in cells} == {"auto"}
+    assert "_data-device_" in cells[1].cell_id and runner.worker_spec(cells[1], config)["data_placement"] == "device"
+    # asking for both gives both, and "auto" that resolves to one of them is planned once
+    both = runner.plan(replace(config, data_placements=("auto", "host", "device")), [CPU])
+    assert [c.data_placement for c in both] == ["host", "device"]
 
 
 def test_peaks_are_needed_once_per_usable_device_precision_and_threads():

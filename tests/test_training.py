@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -102,3 +106,47 @@ def test_xla_setting_is_resolved(tiny):
     on = train(tiny, batch_size=32, epochs=1, max_steps_per_epoch=3, warmup_steps=1,
                jit_compile="on", evaluate=False)
     assert on.xla is True and on.jit_compile == "on"
+
+
+def test_a_training_set_kept_on_the_device_trains_exactly_like_one_fed_from_the_host(tiny):
+    runs = {placement: train(tiny, batch_size=32, epochs=2, max_steps_per_epoch=4, warmup_steps=1,
+                             seed=3, data_placement=placement, evaluate=False)
+            for placement in ("host", "device")}
+    host, device = runs["host"], runs["device"]
+    assert (host.data_placement, device.data_placement) == ("host", "device")
+    assert host.data_device == "CPU:0" and device.data_device == "CPU:0"
+    # same shuffled batches, same initial weights, same dropout: the same training
+    assert device.train_loss == pytest.approx(host.train_loss, rel=1e-5)
+    assert device.train_accuracy == pytest.approx(host.train_accuracy)
+    assert device.params == host.params == 1_454_922      # the resident images are no weights
+    assert device.training_flops_per_image == host.training_flops_per_image
+    assert device.total_steps == host.total_steps == 8
+
+
+def test_auto_data_placement_keeps_a_cpu_run_on_the_host(tiny):
+    result = train(tiny, batch_size=32, epochs=1, max_steps_per_epoch=2, warmup_steps=1,
+                   data_placement="auto", device="cpu:0", evaluate=False)
+    assert result.data_placement == "host"
+
+
+def test_the_resident_training_set_lives_on_the_training_device():
+    """With two logical CPUs, training on cpu:1 must put the images on CPU:1, not CPU:0:
+    the same code path that puts them in a GPU's memory (none here)."""
+    script = textwrap.dedent("""
+        import json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from cifar_model import synthetic_dataset, train
+        tiny = synthetic_dataset(n_train=128, n_test=16, seed=1)
+        out = {}
+        for placement in ("device", "host"):
+            r = train(tiny, batch_size=32, epochs=1, max_steps_per_epoch=2, warmup_steps=1,
+                      device="cpu:1", data_placement=placement, evaluate=False)
+            out[placement] = [r.data_placement, r.data_device]
+        print("@@" + json.dumps(out))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.split("@@", 1)[1])
+    assert out == {"device": ["device", "CPU:1"], "host": ["host", "CPU:0"]}
