@@ -150,3 +150,19 @@ def test_the_resident_training_set_lives_on_the_training_device():
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.split("@@", 1)[1])
     assert out == {"device": ["device", "CPU:1"], "host": ["host", "CPU:0"]}
+
+
+def test_both_pipelines_run_without_autotuning_or_graph_rewrites(tiny):
+    from cifar_model.training import make_resident_inputs, make_train_pipeline
+    host = make_train_pipeline(tiny.x_train, tiny.y_train, 32, seed=0)
+    _, resident = make_resident_inputs(tiny.x_train, tiny.y_train, 32, seed=0, device="cpu:0")
+    for pipeline in (host, resident):
+        options = pipeline.options()
+        assert options.autotune.enabled is False
+        assert options.experimental_optimization.apply_default_optimizations is False
+    images, labels = next(iter(host))
+    indices, resident_labels = next(iter(resident))
+    assert images.shape == (32, 32, 32, 3) and indices.shape == (32,)
+    # same seed, same shuffle: the resident stream's indices select the host stream's batch
+    np.testing.assert_array_equal(images.numpy(), tiny.x_train[indices.numpy()])
+    np.testing.assert_array_equal(labels.numpy(), resident_labels.numpy())

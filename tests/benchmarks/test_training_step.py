@@ -60,6 +60,16 @@ def test_input_pipeline_batch(benchmark, batch_size):
     assert images.shape == (batch_size, 32, 32, 3)
 
 
+def test_input_pipeline_first_batch(benchmark):
+    """Opening the pipeline's iterator and taking one batch: what every ``fit`` call pays
+    before its first step, on the full-size (50,000-image) training set."""
+    dataset = synthetic_dataset(n_train=50_000, n_test=1)
+    pipeline = make_train_pipeline(dataset.x_train, dataset.y_train, 128, seed=0)
+    benchmark.extra_info.update(batch_size=128, unit="seconds per new iterator + batch")
+    images, _ = benchmark.pedantic(lambda: next(iter(pipeline)), rounds=5, iterations=1)
+    assert images.shape == (128, 32, 32, 3)
+
+
 OVERHEAD_BLOCK_STEPS = 10
 _overhead_medians: dict[str, float] = {}
 
