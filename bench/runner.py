@@ -22,8 +22,8 @@ from pathlib import Path
 
 from bench import results
 from bench.devices import Requested, auto_precision
-from cifar_model.data import resolve_data_placement, split_sizes, training_set_bytes
 from bench.worker import MARK
+from cifar_model.data import resolve_data_placement, split_sizes, training_set_bytes
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,8 @@ def worker_spec(cell: Cell, config: RunConfig) -> dict:
             "batch_size": cell.batch_size, "epochs": config.epochs, "steps": config.steps,
             "warmup": config.warmup, "precision": cell.precision, "jit_compile": cell.jit_compile,
             "cpu_threads": cell.cpu_threads, "steps_per_execution": cell.steps_per_execution,
-            "data_placement": cell.data_placement, "data": config.data, "data_path": config.data_path, "data_note": config.data_note,
+            "data_placement": cell.data_placement, "data": config.data,
+            "data_path": config.data_path, "data_note": config.data_note,
             "split": config.split, "seed": config.seed + cell.repeat,
             "synthetic_images": config.synthetic_images, "unsynced_steps": config.unsynced_steps}
 

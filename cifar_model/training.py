@@ -196,14 +196,21 @@ def make_train_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int
     """
     import tensorflow as tf
 
-    with tf.device("/CPU:0"):
-        images = tf.convert_to_tensor(x)  # tf.constant copies 15x slower here
-        labels = tf.one_hot(tf.convert_to_tensor(y), NUM_CLASSES)
+    images, labels = _host_tensors(x, y)
     return (_index_batches(len(x), batch_size, seed)
             .map(lambda i: (tf.gather(images, i), tf.gather(labels, i)),
                  num_parallel_calls=2, deterministic=True)
             .prefetch(PREFETCH_BATCHES)
             .with_options(_pipeline_options()))
+
+
+def _host_tensors(x: np.ndarray, y: np.ndarray):
+    """The images and their one-hot labels as tensors in host memory."""
+    import tensorflow as tf
+
+    with tf.device("/CPU:0"):
+        images = tf.convert_to_tensor(x)  # tf.constant copies 15x slower here
+        return images, tf.one_hot(tf.convert_to_tensor(y), NUM_CLASSES)
 
 
 def _index_batches(n: int, batch_size: int, seed: int | None):
@@ -239,9 +246,7 @@ def make_resident_inputs(x: np.ndarray, y: np.ndarray, batch_size: int, seed: in
     """
     import tensorflow as tf
 
-    with tf.device("/CPU:0"):
-        host_images = tf.convert_to_tensor(x)
-        labels = tf.one_hot(tf.convert_to_tensor(y), NUM_CLASSES)
+    host_images, labels = _host_tensors(x, y)
     with tf.device(device) if device else contextlib.nullcontext():
         images = tf.identity(host_images)   # the one host -> device copy
     del host_images
