@@ -358,7 +358,7 @@ def train(
         timer = StepTimer(warmup_steps)
         started = time.perf_counter()
         history = trainer.fit(pipeline, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                            shuffle=False, verbose=0, callbacks=[timer, *callbacks])
+                              shuffle=False, verbose=0, callbacks=[timer, *callbacks])
         train_seconds = time.perf_counter() - started
 
         heldout_loss = heldout_accuracy = eval_seconds = None
@@ -379,7 +379,7 @@ def train(
             unsynced = UnsyncedTimer(UNSYNCED_SKIP)
             total = UNSYNCED_SKIP + unsynced_steps
             trainer.fit(pipeline, epochs=1, steps_per_epoch=total, shuffle=False, verbose=0,
-                      callbacks=[unsynced])
+                        callbacks=[unsynced])
             unsynced_seconds = unsynced.ended - unsynced.started
             unsynced_steps = total - unsynced.first_timed_step
 
