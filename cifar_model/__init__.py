@@ -5,8 +5,9 @@ Usable on its own, without the ``bench`` harness::
     from cifar_model import load_dataset, train
     result = train(load_dataset(), batch_size=128, epochs=1, max_steps_per_epoch=50)
 
-Names are imported on first use, so ``import cifar_model.data`` (numpy only) does not
-pull in Keras and TensorFlow.
+Names are imported on first use, so the settings and their vocabularies
+(``cifar_model.TrainSettings``, ``cifar_model.PRECISIONS``, ...) and ``cifar_model.data``
+(numpy only) never pull in Keras or a framework.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "data": ("CLASS_NAMES", "SPLITS", "DataError", "Dataset", "DatasetNotFound", "load_cifar10",
-             "load_dataset", "read_cifar10", "synthetic_dataset", "DATA_PLACEMENTS",
-             "resolve_data_placement"),
-    "model": ("JIT_COMPILE", "PRECISIONS", "build_model", "forward_flops_per_image",
-              "training_flops_per_image"),
+    "settings": ("BACKENDS", "BACKEND_INSTALL", "COMPUTE_DTYPES", "DATA_PLACEMENTS",
+                 "DEFAULT_BACKEND", "JIT_COMPILE", "MAX_SEED", "PRECISIONS", "SPLITS",
+                 "TrainSettings", "resolve_data_placement", "split_sizes", "steps_per_epoch",
+                 "training_set_bytes"),
+    "data": ("CLASS_NAMES", "DataError", "Dataset", "DatasetNotFound", "load_cifar10",
+             "load_dataset", "locate_cifar10", "read_cifar10", "synthetic_dataset"),
+    "model": ("build_model", "forward_flops_per_image", "training_flops_per_image"),
     "training": ("StepRecord", "StepTimer", "TrainResult", "train"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

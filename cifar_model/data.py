@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cifar_model.settings import (  # noqa: F401 - re-exported: part of the data vocabulary
+    DATA_PLACEMENTS, IMAGE_SHAPE, NUM_CLASSES, SPLITS, resolve_data_placement, split_sizes,
+    training_set_bytes)
+
 ENV_VAR = "CIFAR10_DIR"
-SPLITS = ("standard", "seed")
-IMAGE_SHAPE = (32, 32, 3)
 PIXELS = 32 * 32 * 3
-NUM_CLASSES = 10
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
 
@@ -422,11 +423,6 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "standa
                    load_seconds=time.perf_counter() - started, class_names=raw.class_names)
 
 
-def split_sizes(split: str) -> tuple[int, int]:
-    """(training images, held-out images) of ``split`` on the full dataset."""
-    return {"standard": (50_000, 10_000), "seed": (40_000, 10_000)}[split]
-
-
 def synthetic_dataset(split: str = "standard", n_train: int | None = None,
                       n_test: int | None = None, seed: int = 0, note: str = "") -> Dataset:
     """Random images (already standard-normal, like standardised data) and random labels.
@@ -470,33 +466,3 @@ def load_dataset(data_dir: str | os.PathLike | None = None, split: str = "standa
     except DatasetNotFound as exc:
         return synthetic_dataset(split, n_train, n_test,
                                  note=f"synthetic fallback: {exc}; accuracy is meaningless")
-
-
-#: Where the training images live while training: ``host`` (tf.data gathers each batch in
-#: host memory and prefetches it) or ``device`` (the whole training set in the training
-#: device's memory, each batch gathered there); ``auto`` picks per device.
-DATA_PLACEMENTS = ("auto", "host", "device")
-#: ``auto`` keeps the training set on a GPU when it takes at most this share of its memory.
-RESIDENT_MAX_FRACTION = 0.25
-
-
-def resolve_data_placement(requested: str, device_type: str, memory_bytes: int | None,
-                           data_bytes: int) -> str:
-    """``host`` or ``device`` for ``requested``, one of :data:`DATA_PLACEMENTS`.
-
-    ``auto`` keeps the training set in GPU memory when it fits with room to spare (at most
-    :data:`RESIDENT_MAX_FRACTION` of the GPU's memory, which must be known), and on the host
-    otherwise. On a CPU, host memory *is* the device's, so ``auto`` is ``host``: tf.data
-    gathers the next batch on its own threads while the current step runs.
-    """
-    if requested not in DATA_PLACEMENTS:
-        raise ValueError(f"unknown data placement {requested!r}; choose one of {', '.join(DATA_PLACEMENTS)}")
-    if requested != "auto":
-        return requested
-    fits = bool(memory_bytes) and data_bytes <= RESIDENT_MAX_FRACTION * memory_bytes
-    return "device" if device_type == "GPU" and fits else "host"
-
-
-def training_set_bytes(n_images: int) -> int:
-    """Bytes of ``n_images`` float32 training images and their one-hot labels."""
-    return n_images * (int(np.prod(IMAGE_SHAPE)) + NUM_CLASSES) * 4

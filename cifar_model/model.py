@@ -15,20 +15,10 @@ import itertools
 
 import keras
 
-IMAGE_SHAPE = (32, 32, 3)
-NUM_CLASSES = 10
+from cifar_model.settings import IMAGE_SHAPE, JIT_COMPILE, NUM_CLASSES, PRECISIONS  # noqa: F401
+
 LEARNING_RATE = 1e-4
 DROPOUT_RATE = 0.25
-
-#: User-facing precision names -> Keras dtype policies.
-PRECISIONS = {
-    "fp32": "float32",
-    "mixed_bfloat16": "mixed_bfloat16",
-    "mixed_float16": "mixed_float16",
-}
-
-#: User-facing XLA settings -> the value ``Model.compile(jit_compile=...)`` takes.
-JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 
 
 def build_model(

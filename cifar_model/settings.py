@@ -1,0 +1,157 @@
+"""What one training run is asked to do, and the small vocabularies and pure helpers around it.
+
+Importable without Keras, TensorFlow, JAX or PyTorch: the ``bench`` harness plans its
+matrix, validates its arguments and sizes its cells from here without starting a
+framework. :class:`TrainSettings` is the one typed object that crosses from the harness
+into :func:`cifar_model.train`; it validates itself, so a bad value fails where it is
+made, not minutes later inside a worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+#: User-facing precision names -> Keras dtype policies.
+PRECISIONS = {
+    "fp32": "float32",
+    "mixed_bfloat16": "mixed_bfloat16",
+    "mixed_float16": "mixed_float16",
+}
+#: The compute dtype of each precision (what a matmul peak is measured in).
+COMPUTE_DTYPES = {"fp32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+#: User-facing XLA settings -> the value ``Model.compile(jit_compile=...)`` takes.
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
+#: Held-out splits: standard (50,000 train / 10,000 official test) and the notebook's seed
+#: split (the first 40,000 training images / the last 10,000).
+SPLITS = ("standard", "seed")
+SPLIT_SIZES = {"standard": (50_000, 10_000), "seed": (40_000, 10_000)}
+#: Where the training images live while training: ``host`` (the input pipeline gathers each
+#: batch in host memory) or ``device`` (the whole training set in the training device's
+#: memory, each batch gathered there); ``auto`` picks per device.
+DATA_PLACEMENTS = ("auto", "host", "device")
+#: ``auto`` keeps the training set on a GPU when it takes at most this share of its memory.
+RESIDENT_MAX_FRACTION = 0.25
+#: Keras 3 backends the network trains on; TensorFlow is the reference.
+BACKENDS = ("tensorflow", "jax", "torch")
+DEFAULT_BACKEND = "tensorflow"
+#: How each backend is installed when it is missing (pip extras of this project).
+BACKEND_INSTALL = {"tensorflow": "pip install tensorflow",
+                   "jax": "pip install 'cifar-bench[jax]'",
+                   "torch": "pip install 'cifar-bench[torch]'"}
+
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+MAX_SEED = 2**32 - 1
+
+
+def split_sizes(split: str) -> tuple[int, int]:
+    """(training images, held-out images) of ``split`` on the full dataset."""
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return SPLIT_SIZES[split]
+
+
+def training_set_bytes(n_images: int) -> int:
+    """Bytes of ``n_images`` float32 training images and their one-hot labels."""
+    return n_images * (IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2] + NUM_CLASSES) * 4
+
+
+def resolve_data_placement(requested: str, device_type: str, memory_bytes: int | None,
+                           data_bytes: int) -> str:
+    """``host`` or ``device`` for ``requested``, one of :data:`DATA_PLACEMENTS`.
+
+    ``auto`` keeps the training set in GPU memory when it fits with room to spare (at most
+    :data:`RESIDENT_MAX_FRACTION` of the GPU's memory, which must be known), and on the host
+    otherwise. On a CPU, host memory *is* the device's, so ``auto`` is ``host``: the input
+    pipeline gathers the next batch on its own threads while the current step runs.
+    """
+    if requested not in DATA_PLACEMENTS:
+        raise ValueError(f"unknown data placement {requested!r}; choose one of {', '.join(DATA_PLACEMENTS)}")
+    if requested != "auto":
+        return requested
+    fits = bool(memory_bytes) and data_bytes <= RESIDENT_MAX_FRACTION * memory_bytes
+    return "device" if device_type == "GPU" and fits else "host"
+
+
+def steps_per_epoch(n_train: int, batch_size: int, max_steps_per_epoch: int | None) -> int:
+    """Steps per epoch: full batches in the training set, optionally capped.
+
+    The last partial batch of an epoch is dropped, as the notebook did (40,000 images at
+    batch 128: 312 steps), so every step has the same shape.
+    """
+    full = n_train // batch_size
+    if full == 0:
+        raise ValueError(f"batch size {batch_size} is larger than the {n_train} training images")
+    return min(full, max_steps_per_epoch) if max_steps_per_epoch else full
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything one training run is asked to do. Validated when made.
+
+    ``max_steps_per_epoch`` None trains full epochs. ``warmup_steps`` first steps are
+    reported apart from the steady state. ``cpu_threads`` 0 leaves the backend's own
+    thread pools alone. ``eval_images`` None evaluates on the whole held-out split, 0 skips
+    evaluation, N evaluates on its first N images (and says so). ``unsynced_steps`` > 0 adds
+    a block of steps timed with a single sync at the end.
+    """
+
+    batch_size: int = 128
+    epochs: int = 1
+    max_steps_per_epoch: int | None = None
+    warmup_steps: int = 5
+    precision: str = "fp32"
+    jit_compile: str = "auto"
+    steps_per_execution: int = 1
+    data_placement: str = "host"
+    cpu_threads: int = 0
+    seed: int | None = None
+    unsynced_steps: int = 0
+    eval_images: int | None = None
+    backend: str = DEFAULT_BACKEND
+
+    def __post_init__(self):
+        problems = []
+        for name in ("batch_size", "epochs", "steps_per_execution"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                problems.append(f"{name} must be an integer >= 1 (got {getattr(self, name)!r})")
+        for name in ("warmup_steps", "cpu_threads", "unsynced_steps"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                problems.append(f"{name} must be an integer >= 0 (got {getattr(self, name)!r})")
+        for name in ("max_steps_per_epoch", "eval_images"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < (1 if name == "max_steps_per_epoch" else 0)):
+                problems.append(f"{name} must be None or a non-negative integer (got {value!r})")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            problems.append(f"seed must be None or an integer from 0 to {MAX_SEED} (got {self.seed!r})")
+        for name, allowed in (("precision", PRECISIONS), ("jit_compile", JIT_COMPILE),
+                              ("data_placement", DATA_PLACEMENTS), ("backend", BACKENDS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        if (self.max_steps_per_epoch is not None and _is_int(self.warmup_steps)
+                and _is_int(self.epochs) and not problems
+                and self.warmup_steps >= self.epochs * self.max_steps_per_epoch):
+            problems.append(f"warmup_steps {self.warmup_steps} leaves no steady step out of "
+                            f"{self.epochs * self.max_steps_per_epoch}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def total_steps_cap(self) -> int | None:
+        return None if self.max_steps_per_epoch is None else self.epochs * self.max_steps_per_epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainSettings":
+        """From JSON; unknown keys are an error (a typo must not silently become a default)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
