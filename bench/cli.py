@@ -1,7 +1,8 @@
-"""The commands: ``devices``, ``run``, ``peak``, ``baseline``, ``check``, ``summary``, ``readme``.
+"""The commands, as argparse parsers: argument parsing and validation, then one call each.
 
-Every argument is validated before anything is written: bad input gets one line on
-stderr that names the problem and the fix, and exit status 2.
+Every argument is validated before anything is written: bad input gets one line on stderr
+that names the problem and the fix, and exit status 2. Exit statuses (documented in the
+README and ``--help``) are distinct, so CI can act on each.
 """
 
 from __future__ import annotations
@@ -11,30 +12,31 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
+from bench import __version__, environment, matrix, plots, readme, regression, runner, store, summary
 from bench import devices as devices_module
-from bench import environment, plots, readme, regression, results, runner
 from bench import peak as peak_module
-from cifar_model.data import DATA_PLACEMENTS
+from bench.protocol import DataSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEFAULT_RUNS_DIR = Path("results") / "runs"
+EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CELL_FAILED, EXIT_WRITE = 0, 1, 2, 3, 4, 5
+EXIT_STATUSES = (
+    "0 ok; 1 a regression (check, run --check-against); 2 bad input (nothing written); "
+    "3 inconclusive: a machine too busy to judge; 4 a cell failed; 5 results could not be "
+    "written (disk full, permissions); 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM)")
 
 PROFILES = {
     # quick: every default cell finishes on a 2-core CPU in a few minutes
-    # (precision auto: bf16 where the device computes in it; README, "Defaults, and why")
-    "quick": {"batch_sizes": (64, 128, 256), "epochs": 1, "steps": 50, "warmup": 5,
-              "split": "standard", "precisions": ("auto",)},
+    # (precision auto: bf16 where the device computes in it; docs/method.md, "Defaults, and why")
+    "quick": {"batch_size": (64, 128, 256), "epochs": 1, "steps": 50, "warmup": 5,
+              "split": "standard", "precision": ("auto",)},
     # seed: the notebook's run: seed split, batch 128, Adam 1e-4, 26 full epochs, fp32
-    "seed": {"batch_sizes": (128,), "epochs": 26, "steps": None, "warmup": 5, "split": "seed",
-             "precisions": ("fp32",)},
+    "seed": {"batch_size": (128,), "epochs": 26, "steps": None, "warmup": 5, "split": "seed",
+             "precision": ("fp32",)},
 }
-PRECISION_CHOICES = ("auto", "fp32", "mixed_bfloat16", "mixed_float16")
-JIT_CHOICES = ("auto", "on", "off")
 
 
 class UsageError(Exception):
@@ -46,135 +48,219 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-# --------------------------------------------------------------------------- value parsers
+# --------------------------------------------------------------------------- value parsers (type=)
 
-def positive_int(text: str, what: str, allow_zero: bool = False) -> int:
+def _typed(parse, what: str):
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = what
+    return convert
+
+
+def _integer(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise ValueError(f"'{text}' is not {'a positive' if minimum else 'a non-negative'} integer")
+        return value
+    return _typed(parse, "integer")
+
+
+positive_int, non_negative_int = _integer(1), _integer(0)
+
+
+def _seconds(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        value = None
-    if value is None or value < 0 or (value == 0 and not allow_zero):
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise UsageError(f"{what}: '{text}' is not {kind} integer")
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"'{text}' is not a positive number of seconds")
     return value
 
 
-def int_list(text: str, what: str, example: str, allow_zero: bool = False) -> tuple[int, ...]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise UsageError(f"{what}: give at least one value, e.g. {what} {example}")
-    values = tuple(positive_int(p, what, allow_zero) for p in parts)
-    return tuple(dict.fromkeys(values))
+seconds = _typed(_seconds, "seconds")
+slowdown = _typed(regression.parse_slowdown, "slowdown")
 
 
-def choice_list(text: str, what: str, choices: tuple[str, ...]) -> tuple[str, ...]:
-    parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    for part in parts or ("",):
-        if part not in choices:
-            raise UsageError(f"{what}: unknown value '{part}'; choose from {', '.join(choices)}")
-    return parts
+def _confidence(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.5 <= value < 1:
+        raise ValueError(f"'{text}' must be a number from 0.5 to below 1")
+    return value
+
+
+confidence = _typed(_confidence, "confidence")
+
+
+def _label(text: str) -> str:
+    text = text.strip()
+    if not text or len(text) > 60 or any(ord(c) < 32 for c in text) or "|" in text:
+        raise ValueError(f"'{text[:60]}' must be 1-60 printable characters without '|'")
+    return text
+
+
+machine_label = _typed(_label, "label")
+
+
+def _path(text: str) -> Path:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{text.encode('utf-8', 'backslashreplace').decode()!s} is not valid "
+                         "UTF-8; choose another name") from None
+    if any(len(part.encode()) > 255 for part in Path(text).parts):
+        raise ValueError(f"'{text[:60]}...': a name in it is longer than 255 bytes")
+    return Path(text)
+
+
+path_arg = _typed(_path, "path")
 
 
 # --------------------------------------------------------------------------- the parser
 
 def build_parser() -> Parser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--results-dir", type=path_arg, metavar="DIR",
+                        help=f"results root holding runs/, baselines/ and peaks/ (default: "
+                             f"${store.RESULTS_ENV}, else ./results)")
     parser = Parser(prog="python -m bench", description=(
-        "Benchmark training the seed CIFAR-10 network with TensorFlow on every CPU and GPU "
-        "of this machine, at several batch sizes."))
+        "Benchmark training the seed CIFAR-10 network (Keras 3 on TensorFlow, JAX or PyTorch) on "
+        "every CPU and GPU of this machine, at several batch sizes, and catch slowdowns."),
+        epilog=f"Exit statuses: {EXIT_STATUSES}.")
+    parser.add_argument("--version", action="version", version=f"cifar-bench {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
 
-    commands.add_parser("devices", help="list the CPUs and GPUs this machine has")
+    devices = commands.add_parser("devices", parents=[common],
+                                  help="list the CPUs and GPUs this machine has, and the backends")
+    devices.set_defaults(func=cmd_devices)
 
-    run = commands.add_parser("run", help="time training on each device and batch size")
+    run = commands.add_parser("run", parents=[common], help="time training on each device and batch size",
+                              epilog=f"Exit statuses: {EXIT_STATUSES}.")
+    run.set_defaults(func=cmd_run)
     run.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                     help="quick (default): a few minutes on a 2-core CPU; seed: the notebook's "
-                          "full run (seed split, batch 128, 26 epochs)")
-    run.add_argument("--devices", help="cpu, gpu (the first GPU), gpu:N, all; comma-separated "
-                                       "(default: every device found)")
-    run.add_argument("--batch-sizes", help="comma-separated (quick: 64,128,256; seed: 128)")
-    run.add_argument("--epochs", help="epochs per cell (quick: 1; seed: 26)")
-    run.add_argument("--steps", help="cap on steps per epoch; 0 = full epochs (quick: 50)")
-    run.add_argument("--warmup", help="first steps left out of the steady statistics (default 5)")
-    run.add_argument("--repeats", default="1", help="run each cell N times, each in a fresh process")
+                     help="quick: a few minutes on a 2-core CPU (batch sizes 64,128,256, 1 epoch of "
+                          "50 steps, precision auto); seed: the notebook's full run (seed split, "
+                          "batch 128, 26 full epochs, fp32) (default: quick)")
+    matrix.add_options(run, {"batch_size": "quick: 64,128,256; seed: 128",
+                             "precision": "quick: auto; seed: fp32"})
+    run.add_argument("--epochs", type=positive_int, help="epochs per cell (default: quick 1; seed 26)")
+    run.add_argument("--steps", type=non_negative_int,
+                     help="cap on steps per epoch; 0 = full epochs (default: quick 50; seed 0)")
+    run.add_argument("--warmup", type=non_negative_int,
+                     help="first steps of each cell left out of the steady statistics (default: 5)")
+    run.add_argument("--repeats", type=positive_int, default=1,
+                     help="run each cell N times, each in a fresh process (default: 1)")
     run.add_argument("--data", choices=("cifar10", "synthetic"), default="cifar10",
-                     help="cifar10 (default; falls back to labelled synthetic data when no copy "
-                          "can be found or downloaded) or synthetic (speed only)")
-    run.add_argument("--data-dir", help="CIFAR-10 directory or archive (also: $CIFAR10_DIR)")
+                     help="cifar10 (falls back to labelled synthetic data when no copy can be found "
+                          "or downloaded) or synthetic (speed only) (default: cifar10)")
+    run.add_argument("--data-dir", type=path_arg,
+                     help="CIFAR-10 directory or .tar.gz archive (default: $CIFAR10_DIR, the Keras "
+                          "cache, ./data/cifar-10-batches-py, then a download)")
     run.add_argument("--no-download", action="store_true", help="never try to download CIFAR-10")
     run.add_argument("--split", choices=("standard", "seed"),
                      help="standard: 50,000 train / 10,000 official test; seed: the notebook's "
-                          "40,000 / 10,000 (quick: standard; seed: seed)")
-    run.add_argument("--synthetic-images", help="training images of synthetic data "
-                                                "(default: as many as the split has)")
-    run.add_argument("--precision",
-                     help="comma-separated: auto (bf16 where the device computes in it, else fp32), "
-                          "fp32, mixed_bfloat16, mixed_float16 (quick: auto; seed: fp32)")
-    run.add_argument("--jit-compile", default="auto", help="XLA, comma-separated: auto, on, off")
-    run.add_argument("--cpu-threads", default="0",
-                     help="TensorFlow intra-op threads, comma-separated; 0 = TensorFlow's default")
-    run.add_argument("--steps-per-execution", default="1",
-                     help="training steps per call of the compiled train function, comma-separated")
-    run.add_argument("--data-placement", default="auto",
-                     help="where the training images live, comma-separated: auto (in GPU memory "
-                          "when the set takes at most a quarter of it, else host), host (tf.data "
-                          "feeds each batch from host memory), device (the whole set in the "
-                          "training device's memory)")
-    run.add_argument("--seed", default="0", help="random seed (repeat r uses seed + r)")
-    run.add_argument("--out", help="run directory (default results/runs/<run-id>/); must not "
-                                   "exist or be empty")
-    run.add_argument("--cell-timeout", help="seconds; a cell running longer is killed and recorded "
-                                            "as failed")
+                          "40,000 / 10,000 (default: quick standard; seed seed)")
+    run.add_argument("--synthetic-images", type=positive_int,
+                     help="training images of synthetic data (default: as many as the split has)")
+    run.add_argument("--eval-images", type=non_negative_int,
+                     help="evaluate accuracy on the first N held-out images only; 0 = not at all "
+                          "(default: the whole held-out split, 10,000 images)")
+    run.add_argument("--no-eval", action="store_const", const=0, dest="eval_images",
+                     help="skip evaluation: accuracy says 'not measured' (same as --eval-images 0)")
+    run.add_argument("--seed", type=non_negative_int, default=0,
+                     help="random seed; repeat r uses seed + r (default: 0)")
+    run.add_argument("--out", type=path_arg, help="run directory; must not exist or be empty "
+                                                  "(default: <results>/runs/<run-id>/)")
+    run.add_argument("--machine-label", type=machine_label,
+                     help="a short name for this machine in tables (e.g. 'lab workstation')")
+    run.add_argument("--cell-timeout", type=seconds,
+                     help="seconds; a cell running longer is killed and recorded as failed "
+                          "(default: no limit)")
     run.add_argument("--require-devices", action="store_true",
                      help="a requested device that is missing is an error instead of a skipped row")
-
-    run.add_argument("--unsynced-steps", default="0",
+    run.add_argument("--unsynced-steps", type=non_negative_int, default=0,
                      help="after training, also time N more steps with a single sync at the end, "
-                          "to show what per-step timing costs (default 0: off)")
+                          "to show what per-step timing costs (default: 0, off)")
     run.add_argument("--no-peak", action="store_true",
                      help="skip measuring the devices' peak (no efficiency columns)")
+    run.add_argument("--resume", type=path_arg, metavar="DIR",
+                     help="finish an interrupted run: run only its missing cells, with its own "
+                          "settings, appending to its files")
+    run.add_argument("--rerun-failed", action="store_true",
+                     help="with --resume: also run again the cells that failed")
     run.add_argument("--check-against", metavar="BASELINE",
                      help="after the run, compare it with this baseline (name or directory), as "
-                          "'check' does; exit 1 on a regression")
-    run.add_argument("--max-slowdown", default="10%",
-                     help="with --check-against: the slowdown that counts as a regression (default 10%%)")
+                          "'check' does")
+    run.add_argument("--max-slowdown", type=slowdown, default=0.10,
+                     help="with --check-against: the slowdown that counts as a regression, as a "
+                          "percentage (10%%) or a fraction (0.1) (default: 10%%)")
 
     baseline = commands.add_parser("baseline", help="save a run as a named baseline, or list them")
     baseline_commands = baseline.add_subparsers(dest="baseline_command", metavar="ACTION",
                                                 parser_class=Parser)
     baseline_commands.required = True
-    save = baseline_commands.add_parser("save", help="store a run's rows, steps and environment")
-    save.add_argument("--run", help="run directory (default: the latest under results/runs)")
+    save = baseline_commands.add_parser("save", parents=[common],
+                                        help="store a run's rows, steps and environment")
+    save.set_defaults(func=cmd_baseline_save)
+    save.add_argument("--run", type=path_arg, help="run directory (default: the latest run)")
     save.add_argument("--name", help="baseline name (default: this machine's fingerprint id)")
     save.add_argument("--replace", action="store_true", help="overwrite a baseline of that name")
-    baseline_commands.add_parser("list", help="the saved baselines")
+    listing = baseline_commands.add_parser("list", parents=[common], help="the saved baselines")
+    listing.set_defaults(func=cmd_baseline_list)
 
-    check = commands.add_parser("check", help="compare a run with a baseline; exit 1 on a slowdown")
-    check.add_argument("--baseline", required=True, help="baseline name (results/baselines/NAME) "
+    check = commands.add_parser("check", parents=[common],
+                                help="compare a run with a baseline; exit 1 on a slowdown",
+                                epilog=f"Exit statuses: {EXIT_STATUSES}.")
+    check.set_defaults(func=cmd_check)
+    check.add_argument("--baseline", required=True, help="baseline name (<results>/baselines/NAME) "
                                                          "or a baseline or run directory")
-    check.add_argument("--run", help="run directory (default: the latest under results/runs)")
-    check.add_argument("--max-slowdown", default="10%",
-                       help="a cell regressed when its step time is confidently this much slower "
-                            "(default 10%%)")
-    check.add_argument("--confidence", default="0.95", help="confidence level of the intervals "
-                                                            "(default 0.95)")
-    check.add_argument("--markdown", help="also write the report as Markdown to this file")
-    check.add_argument("--json", help="also write the report as JSON to this file")
+    check.add_argument("--run", type=path_arg, help="run directory (default: the latest run)")
+    check.add_argument("--max-slowdown", type=slowdown, default=0.10,
+                       help="a cell regressed when its step time is confidently this much slower: "
+                            "a percentage (10%%) or a fraction (0.1); a bare number >= 1 is "
+                            "refused as ambiguous (default: 10%%)")
+    check.add_argument("--confidence", type=confidence, default=0.95,
+                       help="confidence level of the intervals, 0.5 to below 1 (default: 0.95)")
+    check.add_argument("--markdown", type=path_arg, help="also write the report as Markdown to this file")
+    check.add_argument("--json", type=path_arg, help="also write the report as JSON to this file")
 
-    peak = commands.add_parser("peak", help="measure each device's peak TFLOP/s per precision "
-                                            "(large dense matmul), cached per machine")
-    peak.add_argument("--devices", help="as for run (default: every device found)")
-    peak.add_argument("--precision", default="fp32,mixed_bfloat16,mixed_float16",
-                      help="comma-separated (default: all three)")
-    peak.add_argument("--cpu-threads", default="0", help="TensorFlow intra-op threads; 0 = default")
+    peak = commands.add_parser("peak", parents=[common],
+                               help="measure each device's peak TFLOP/s per precision (large dense "
+                                    "matmul), cached per machine")
+    peak.set_defaults(func=cmd_peak)
+    peak.add_argument("--devices", type=matrix.device_list,
+                      help="as for run (default: every device found)")
+    peak.add_argument("--precision", type=matrix.comma_list(matrix.BY_NAME["precision"].parse, "fp32"),
+                      default=("fp32", "mixed_bfloat16", "mixed_float16"),
+                      help="comma-separated (default: fp32,mixed_bfloat16,mixed_float16)")
+    peak.add_argument("--cpu-threads", type=matrix.comma_list(matrix.BY_NAME["cpu_threads"].parse, "0"),
+                      default=(0,), help="intra-op threads, comma-separated; 0 = default (default: 0)")
+    peak.add_argument("--backend", type=matrix.comma_list(matrix.BY_NAME["backend"].parse, "tensorflow"),
+                      default=("tensorflow",), help="comma-separated (default: tensorflow)")
     peak.add_argument("--refresh", action="store_true", help="measure again even when cached")
 
-    summary = commands.add_parser("summary", help="print the table of a run")
-    summary.add_argument("--run", help="run directory (default: the latest under results/runs)")
+    summary_ = commands.add_parser("summary", parents=[common], help="print the table of a run")
+    summary_.set_defaults(func=cmd_summary)
+    summary_.add_argument("--run", type=path_arg, help="run directory (default: the latest run)")
+    summary_.add_argument("--json", action="store_true", help="print the table as JSON, for scripts")
 
-    update = commands.add_parser("readme", help="regenerate the README statistics table from a run")
-    update.add_argument("--run", help="run directory (default: the latest under results/runs)")
-    update.add_argument("--readme", default="README.md", help="the file to update (default README.md)")
+    update = commands.add_parser("readme", parents=[common],
+                                 help="regenerate the README statistics table from a run")
+    update.set_defaults(func=cmd_readme)
+    update.add_argument("--run", type=path_arg, help="run directory (default: the latest run)")
+    update.add_argument("--readme", type=path_arg, default=Path("README.md"),
+                        help="the file to update (default: README.md)")
     update.add_argument("--marker", default=readme.DEFAULT_MARKER,
                         help="which generated block: the text between <!-- bench:MARKER:start --> "
                              "and <!-- bench:MARKER:end --> (default: table)")
@@ -206,56 +292,37 @@ def render_devices(inventory: devices_module.Inventory) -> str:
     build = ("built with CUDA" + (f" {inventory.cuda_version}, cuDNN {inventory.cudnn_version}"
                                   if inventory.cuda_version else "")
              if cuda else "built without CUDA" if cuda is False else "build unknown")
-    lines.append(f"TensorFlow {inventory.tensorflow_version or '?'} ({build}), "
+    lines.append(f"TensorFlow {inventory.tensorflow_version or 'not installed'} ({build}), "
                  f"Keras {inventory.keras_version or '?'}"
                  + (f", NVIDIA driver {inventory.driver_version}" if inventory.driver_version else ""))
+    for backend in matrix.BY_NAME["backend"].default + tuple(
+            b for b in ("jax", "torch") if b not in matrix.BY_NAME["backend"].default):
+        missing = runner.backend_missing(backend)
+        lines.append(f"backend {backend}: {'installed' if missing is None else missing}")
     if not inventory.gpus:
-        lines.append("No GPU found (nvidia-smi and TensorFlow see none).")
+        lines.append("No GPU found.")
     lines += [f"note: {n}" for n in inventory.notes]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- run
 
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+def resolve_data(args) -> DataSpec:
+    """What the cells train on; an unusable explicit directory is a UsageError."""
+    from cifar_model import DataError, DatasetNotFound, locate_cifar10, read_cifar10
 
-
-def check_output_dir(path: Path) -> None:
-    """The run directory must be creatable and empty; nothing is created here."""
-    if path.exists():
-        if not path.is_dir():
-            raise UsageError(f"--out {path}: is a file; name a directory")
-        if any(path.iterdir()):
-            raise UsageError(f"--out {path}: already exists and is not empty; choose a new "
-                             "directory so no earlier run is overwritten")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UsageError(f"--out {path}: not writable; choose a directory you can write to")
-        return
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"--out {path}: {ancestor} is a file; choose another directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path}: cannot create it, {ancestor} is not writable; "
-                         "choose a directory you can write to")
-
-
-def resolve_data(args) -> tuple[str, str | None, str]:
-    """(data kind, CIFAR-10 path, note); an unusable explicit directory is a UsageError."""
-    from cifar_model.data import DataError, DatasetNotFound, locate_cifar10, read_cifar10
-
+    split = args.split or PROFILES[args.profile]["split"]
     if args.data == "synthetic":
         if args.data_dir:
             raise UsageError("--data-dir is used only with --data cifar10; drop one of them")
-        return "synthetic", None, "synthetic data requested (--data synthetic): speed only"
+        return DataSpec("synthetic", None, "synthetic data requested (--data synthetic): speed only",
+                        split, args.synthetic_images)
     source = args.data_dir if args.data_dir is not None else os.environ.get("CIFAR10_DIR")
     origin = "--data-dir" if args.data_dir is not None else "CIFAR10_DIR"
     try:
         path = locate_cifar10(args.data_dir, download=not args.no_download)
     except DatasetNotFound as exc:
-        return "synthetic", None, f"synthetic fallback: {exc}"
+        return DataSpec("synthetic", None, f"synthetic fallback: {exc}", split, args.synthetic_images)
     except DataError as exc:
         raise UsageError(f"{origin} {source}: {exc}") from None
     if source and not os.access(path, os.R_OK):
@@ -264,277 +331,391 @@ def resolve_data(args) -> tuple[str, str | None, str]:
         read_cifar10(path)  # reads every file once: a broken copy fails here, not in each cell
     except DataError as exc:
         raise UsageError(f"CIFAR-10 at {path} is unusable: {exc}") from None
-    return "cifar10", str(path), ""
+    return DataSpec("cifar10", str(path), "", split, None)
 
 
-def build_run_config(args) -> tuple[runner.RunConfig, list[str] | None, Path]:
-    """Validate every ``run`` argument (nothing touches the disk)."""
+SYNTHETIC_FIX = ("to measure accuracy, point the run at CIFAR-10: --data-dir DIR or "
+                 "CIFAR10_DIR=DIR (the 'CIFAR-10 python version' archive or its extracted "
+                 "cifar-10-batches-py folder, from https://www.cs.toronto.edu/~kriz/cifar.html)")
+
+
+def build_run_config(args) -> runner.RunConfig:
+    """Validate every ``run`` argument into a RunConfig (nothing touches the disk)."""
     profile = PROFILES[args.profile]
-    batch_sizes = (int_list(args.batch_sizes, "--batch-sizes", "64,128,256")
-                   if args.batch_sizes is not None else profile["batch_sizes"])
-    epochs = positive_int(args.epochs, "--epochs") if args.epochs is not None else profile["epochs"]
-    steps = (positive_int(args.steps, "--steps", allow_zero=True) or None
-             if args.steps is not None else profile["steps"])
-    warmup = positive_int(args.warmup, "--warmup", allow_zero=True) if args.warmup is not None \
-        else profile["warmup"]
-    if steps is not None and warmup >= epochs * steps:
-        raise UsageError(f"--warmup {warmup} leaves no steady steps out of {epochs * steps}; "
-                         "lower --warmup or raise --steps/--epochs")
-    synthetic_images = (positive_int(args.synthetic_images, "--synthetic-images")
-                        if args.synthetic_images is not None else None)
-    if synthetic_images is not None and max(batch_sizes) > synthetic_images:
-        raise UsageError(f"--batch-sizes {max(batch_sizes)} is larger than --synthetic-images "
-                         f"{synthetic_images}; raise --synthetic-images")
-    timeout = None
-    if args.cell_timeout is not None:
-        try:
-            timeout = float(args.cell_timeout)
-        except ValueError:
-            timeout = -1
-        if not timeout > 0:
-            raise UsageError(f"--cell-timeout: '{args.cell_timeout}' is not a positive number of seconds")
-    device_ids = None
-    if args.devices is not None:
-        try:
-            device_ids = devices_module.parse_device_ids(args.devices)
-        except ValueError as exc:
-            raise UsageError(f"--devices: {exc}") from None
+    if args.synthetic_images is not None and args.data != "synthetic":
+        raise UsageError("--synthetic-images is used only with --data synthetic; drop one of them")
+    steps = args.steps if args.steps is not None else profile["steps"]
     config = runner.RunConfig(
-        batch_sizes=batch_sizes, epochs=epochs, steps=steps, warmup=warmup,
-        repeats=positive_int(args.repeats, "--repeats"), data=args.data,
-        split=args.split or profile["split"],
-        precisions=(choice_list(args.precision, "--precision", PRECISION_CHOICES)
-                    if args.precision is not None else profile["precisions"]),
-        jit_compile=choice_list(args.jit_compile, "--jit-compile", JIT_CHOICES),
-        cpu_threads=int_list(args.cpu_threads, "--cpu-threads", "0,1,2", allow_zero=True),
-        steps_per_execution=int_list(args.steps_per_execution, "--steps-per-execution", "1,8"),
-        data_placements=choice_list(args.data_placement, "--data-placement", DATA_PLACEMENTS),
-        cell_timeout=timeout, seed=positive_int(args.seed, "--seed", allow_zero=True),
-        synthetic_images=synthetic_images,
-        unsynced_steps=positive_int(args.unsynced_steps, "--unsynced-steps", allow_zero=True),
-    )
-    run_id = new_run_id()
-    out = Path(args.out) if args.out else DEFAULT_RUNS_DIR / run_id
-    if not args.out:
-        suffix = 1
-        while out.exists():
-            suffix += 1
-            out = DEFAULT_RUNS_DIR / f"{run_id}-{suffix}"
-    check_output_dir(out)
-    return config, device_ids, out
+        plan=matrix.plan_from_args(args, profile),
+        epochs=args.epochs or profile["epochs"], steps=steps or None,
+        warmup=args.warmup if args.warmup is not None else profile["warmup"],
+        repeats=args.repeats, cell_timeout=args.cell_timeout, seed=args.seed,
+        unsynced_steps=args.unsynced_steps, eval_images=args.eval_images,
+        data=DataSpec("synthetic", split=args.split or profile["split"],
+                      synthetic_images=args.synthetic_images))
+    problems = config.problems()
+    if problems:
+        raise UsageError(problems[0])
+    return config
+
+
+RESUME_KEEPS = ("profile", "epochs", "steps", "warmup", "repeats", "data", "data_dir", "split",
+                "synthetic_images", "eval_images", "seed", "unsynced_steps", "devices",
+                *(d.name for d in matrix.DIMENSIONS))
+
+
+def resume_config(args, root: Path):
+    """The run to resume, its config and its devices; refuses what would not be the same run."""
+    given = [name for name in RESUME_KEEPS if getattr(args, name, None) not in (None, False, 0, "quick", "cifar10", 1)]
+    if given:
+        raise UsageError(f"--resume takes its settings from the run; drop --{given[0].replace('_', '-')}")
+    if args.out:
+        raise UsageError("--resume DIR appends to DIR; drop --out")
+    try:
+        run = store.read_run(args.resume)
+        config = runner.RunConfig.from_dict(run.env.get("config") or {})
+    except store.ResultsError as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--resume {args.resume}: {exc}; it cannot be resumed, start a new run") from None
+    return run, config, run.env.get("devices_requested") or ["all"]
 
 
 def cmd_run(args, argv: list[str]) -> int:
-    config, device_ids, out = build_run_config(args)
-    baseline = None
-    if args.check_against:
-        max_slowdown = slowdown_arg(args.max_slowdown)
-        baseline = load_baseline_arg(args.check_against)
-    kind, path, note = resolve_data(args)
-    config = replace(config, data=kind, data_path=path, data_note=note)
+    root = store.results_root(args.results_dir)
+    previous = None
+    if args.resume:
+        previous, config, device_ids = resume_config(args, root)
+    else:
+        config = build_run_config(args)
+        device_ids = args.devices or ["all"]
+    baseline = load_baseline_arg(args.check_against, root) if args.check_against else None
+    if previous is None:
+        config = replace(config, data=resolve_data(args))
     inventory = devices_module.detect()
-    requested = devices_module.resolve(device_ids or ["all"], inventory)
+    requested = devices_module.resolve(device_ids, inventory)
     missing = [r for r in requested if r.device is None or not r.device.usable]
     if args.require_devices and missing:
         raise UsageError("--require-devices: " + "; ".join(f"{r.id}: {r.reason}" for r in missing))
-    cells = runner.plan(config, requested)
+    env = environment.fingerprint(inventory)
+    cells = runner.plan_cells(config, requested)
+    writer, out, cells = _open_run(args, previous, config, env, cells, device_ids, argv, root)
 
-    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    if kind == "synthetic":
-        say(f"WARNING: training on SYNTHETIC data ({note}). Speed only: accuracy is not measured.")
+    say = _stderr
+    if config.data.kind == "synthetic":
+        say(f"WARNING: training on SYNTHETIC data ({config.data.note}). Speed only: accuracy is not "
+            "measured." + (f" Fix: {SYNTHETIC_FIX}." if "fallback" in config.data.note else ""))
     else:
-        say(f"data: CIFAR-10 from {path} ({config.split} split)")
+        say(f"data: CIFAR-10 from {config.data.path} ({config.data.split} split)")
     for r in missing:
         say(f"{r.id}: skipped: {r.reason}")
+    for warning in dict.fromkeys(matrix.precision_warning(c["precision"], c.device.device) for c in cells):
+        if warning:
+            say(f"WARNING: {warning}")
     say(f"{len(cells)} cell(s) -> {out}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    env = environment.fingerprint(inventory)
-    env["command"] = "python -m bench " + shlex.join(argv)
-    env["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()}
-    run_id = out.name
-    writer = results.RunWriter(out, run_id)
-    writer.write_env(env)
-    context = {"run_id": run_id, "system": env["system"], "git_commit": env["git"]["commit"]}
+    context = {"run_id": writer.run_id, "system": env["system"], "git_commit": env["git"]["commit"],
+               "machine_label": env.get("machine_label")}
     reporter_class = runner.RichReporter if sys.stderr.isatty() else runner.Reporter
-    interrupted = False
+    outcome = runner.Outcome(rows=writer.rows)
+    with runner.stop_on_signals():
+        try:
+            peaks = {} if args.no_peak else measured_peaks(
+                runner.peak_combinations(cells), env, root, out / "logs", refresh=False, say=say)
+            with reporter_class() as reporter:
+                outcome = runner.execute(config, cells, writer, context, reporter, out / "logs",
+                                         peaks=peaks, **contention_hooks(env))
+        except runner.Stopped as stop:
+            outcome.stopped_by = stop.signum
+        return _finish_run(args, config, cells, writer, env, out, outcome, baseline)
+
+
+def _open_run(args, previous, config, env, cells, device_ids, argv, root):
+    """Claim (or reopen, to resume) the run directory and write its env.json."""
+    if previous is not None:
+        differences = regression.environment_differences(previous.env, env)
+        if environment.machine_id(previous.env) != environment.machine_id(env) or differences:
+            raise UsageError(f"--resume {args.resume}: this is not the machine or software the run "
+                             f"started on ({'; '.join(differences) or 'another machine'}); start a new run")
+        done = set(previous.runs["cell_id"][previous.runs["status"].isin(
+            ["ok", "skipped"] + ([] if args.rerun_failed else ["failed"]))])
+        todo = [c for c in cells if c.cell_id not in done]
+        rows = [_row_record(r) for r in previous.runs.to_dict(orient="records")]
+        writer = store.RunWriter(args.resume, previous.run_id, rows,
+                                 previous.steps.to_dict(orient="records"))
+        writer.replace_cells({c.cell_id for c in todo})
+        _stderr(f"resuming {args.resume}: {len(cells) - len(todo)} of {len(cells)} cell(s) kept, "
+                f"{len(todo)} to run")
+        return writer, Path(args.resume), todo
     try:
-        peaks = {} if args.no_peak else measured_peaks(
-            runner.peak_combinations(cells), env, inventory, out / "logs", refresh=False, say=say)
-        with reporter_class() as reporter:
-            runner.execute(config, cells, writer, context, reporter, out / "logs", peaks=peaks)
-    except KeyboardInterrupt:
-        interrupted = True
+        out = store.claim_run_dir(args.out, root)
+    except OSError as exc:
+        target = args.out or store.runs_dir(root)
+        if isinstance(exc, FileExistsError) and args.out:
+            raise UsageError(f"--out {args.out}: already exists and is not empty (or another run "
+                             "just claimed it); choose a new directory so no run is overwritten") from None
+        raise UsageError(f"{'--out ' if args.out else ''}{target}: cannot create the run directory "
+                         f"({exc.strerror or exc}); choose a directory you can write to") from None
+    env.update(command=display_command(argv), config=config.to_dict(), devices_requested=device_ids,
+               machine_label=args.machine_label)
+    writer = store.RunWriter(out, out.name)
+    try:
+        writer.write_env(env)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write env.json ({exc.strerror or exc})") from None
+    return writer, out, cells
+
+
+def _row_record(row: dict) -> dict:
+    import math
+
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def _finish_run(args, config, cells, writer, env, out, outcome, baseline) -> int:
+    """Summary and plots from what is in memory, then the exit status."""
+    try:
+        writer.flush()          # a row kept in memory when a signal cut its write short
+    except OSError as exc:
+        outcome.write_error = outcome.write_error or f"could not write to {out}: {exc.strerror or exc}"
     rows = writer.frame()
     if len(rows):
-        summary = results.summary_markdown(rows, env)
-        results.write_atomically(out / results.SUMMARY_MD, summary)
-        run = results.read_run(out)
-        plots.write_plots(run.runs, run.steps, out)
-        print(summary)
-    if interrupted:
-        say(f"interrupted: {len(rows)} of {len(cells)} cell(s) finished and kept in {out}")
-        return EXIT_INTERRUPTED
-    say(f"results: {out}")
-    status = EXIT_FAILED if (rows["status"] == "failed").any() else EXIT_OK
+        text = summary.summary_markdown(rows, env)
+        _print(text)
+        try:
+            store.write_atomically(out / store.SUMMARY_MD, text)
+            plots.write_plots(rows, _steps_frame(writer), out)
+        except OSError as exc:
+            outcome.write_error = outcome.write_error or f"could not write the summary to {out}: {exc.strerror or exc}"
+    if outcome.write_error:
+        _stderr(f"bench: error: {outcome.write_error}")
+        return EXIT_WRITE
+    if outcome.stopped_by is not None:
+        finished = sum(1 for r in writer.rows if r["cell_id"] in {c.cell_id for c in cells})
+        _stderr(f"stopped by {signal.Signals(outcome.stopped_by).name}: {finished} of {len(cells)} "
+                f"cell(s) finished and kept in {out}; finish it with: python -m bench run --resume {out}")
+        return 128 + outcome.stopped_by
+    _stderr(f"results: {out}")
+    status = EXIT_CELL_FAILED if (rows["status"] == "failed").any() else EXIT_OK
     if baseline is not None:
         try:
-            comparison = regression.compare(baseline, results.read_run(out), max_slowdown)
-        except regression.BaselineError as exc:
+            comparison = regression.compare(baseline, store.read_run(out), args.max_slowdown)
+        except (regression.BaselineError, store.ResultsError) as exc:
             raise UsageError(str(exc)) from None
-        print(regression.comparison_markdown(comparison))
-        if comparison.regressions:
-            status = EXIT_FAILED
+        _print(regression.comparison_markdown(comparison))
+        verdict_status = check_status(comparison)
+        if verdict_status != EXIT_OK:
+            status = verdict_status
     return status
+
+
+def _steps_frame(writer):
+    import pandas as pd
+
+    from bench.record import STEP_COLUMNS
+
+    return pd.DataFrame(writer.steps, columns=list(STEP_COLUMNS))
+
+
+def contention_hooks(env: dict) -> dict:
+    """The runner's contention sampler, when :mod:`bench.contention` is available."""
+    return {}
+
+
+def display_command(argv: list[str], cwd: Path | None = None) -> str:
+    """The command as a user would type it: paths under the working directory's parent relative."""
+    cwd = Path(cwd or os.getcwd())
+    shown = []
+    for token in argv:
+        if token.startswith("/"):
+            relative = os.path.relpath(token, cwd)
+            token = relative if not relative.startswith("../..") else token
+        shown.append(token)
+    return "python -m bench " + shlex.join(shown)
 
 
 # --------------------------------------------------------------------------- summary, readme
 
-def load_run_arg(run_arg: str | None) -> results.Run:
+def load_run_arg(run_arg: Path | None, root: Path) -> store.Run:
     try:
-        return results.read_run(run_arg if run_arg else results.latest_run(DEFAULT_RUNS_DIR))
-    except results.ResultsError as exc:
+        return store.read_run(run_arg if run_arg else store.latest_run(root))
+    except store.ResultsError as exc:
         raise UsageError(str(exc)) from None
 
 
 def cmd_summary(args) -> int:
-    run = load_run_arg(args.run)
-    print(results.summary_markdown(run.runs, run.env))
+    run = load_run_arg(args.run, store.results_root(args.results_dir))
+    if args.json:
+        _print(json.dumps(summary.summary_json(run.runs, run.env), indent=2, ensure_ascii=False))
+    else:
+        _print(summary.summary_markdown(run.runs, run.env))
     return EXIT_OK
 
 
-def cmd_readme(args) -> int:
-    run = load_run_arg(args.run)
-    table = results.summary_markdown(run.runs, run.env, command=run.env.get("command"))
+def readme_command(run: store.Run) -> str | None:
+    """The command that made ``run``, with its output directory where the run now lives."""
+    command = run.env.get("command")
+    if not command:
+        return None
     try:
-        if not re.fullmatch(r"[a-z0-9-]+", args.marker):
-            raise UsageError(f"--marker '{args.marker}': use lowercase letters, digits and dashes")
+        tokens = shlex.split(command)
+    except ValueError:
+        return command
+    for i, token in enumerate(tokens[:-1]):
+        if token == "--out":
+            tokens[i + 1] = os.path.relpath(run.directory) if not str(run.directory).startswith("..") \
+                else str(run.directory)
+    return display_command(tokens[3:]) if tokens[:3] == ["python", "-m", "bench"] else command
+
+
+def cmd_readme(args) -> int:
+    if not re.fullmatch(r"[a-z0-9-]+", args.marker):
+        raise UsageError(f"--marker '{args.marker}': use lowercase letters, digits and dashes")
+    run = load_run_arg(args.run, store.results_root(args.results_dir))
+    table = summary.summary_markdown(run.runs, run.env, command=readme_command(run))
+    try:
         changed = readme.update_readme(args.readme, table, args.marker)
     except readme.ReadmeError as exc:
         raise UsageError(str(exc)) from None
-    print(f"{args.readme}: {'table updated' if changed else 'already up to date'} "
-          f"from run {run.directory}")
+    _print(f"{args.readme}: {'table updated' if changed else 'already up to date'} "
+           f"from run {run.directory}")
     return EXIT_OK
 
 
 # --------------------------------------------------------------------------- peak
 
-def measured_peaks(combos, env: dict, inventory, log_dir: Path, refresh: bool, say) -> dict:
-    found = peak_module.peaks_for(combos, env, inventory.tensorflow_version, log_dir,
+def measured_peaks(combos, env: dict, root: Path, log_dir: Path, refresh: bool, say) -> dict:
+    versions = {b: v.get("version") for b, v in (env.get("backends") or {}).items() if isinstance(v, dict)}
+    versions.setdefault("tensorflow", (env.get("tensorflow") or {}).get("version"))
+    found = peak_module.peaks_for(combos, env, versions, store.peaks_dir(root), log_dir,
                                   refresh=refresh, say=say)
-    for (device_id, precision, threads), value in found.items():
-        say(f"peak {device_id} {precision} (threads {threads or 'default'}): {value['tflops']:.3f} "
-            f"TFLOP/s, best of {value['repeats']} {value['size']}x{value['size']} "
+    for (device_id, precision, threads, backend), value in found.items():
+        say(f"peak {device_id} {backend} {precision} (threads {threads or 'default'}): "
+            f"{value['tflops']:.3f} TFLOP/s, best of {value['repeats']} {value['size']}x{value['size']} "
             f"{value['dtype']} matmuls{' (cached)' if value['cached'] else ''}")
     return found
 
 
 def cmd_peak(args) -> int:
-    precisions = choice_list(args.precision, "--precision", PRECISION_CHOICES)
-    threads = int_list(args.cpu_threads, "--cpu-threads", "0,1,2", allow_zero=True)
-    try:
-        device_ids = devices_module.parse_device_ids(args.devices) if args.devices else ["all"]
-    except ValueError as exc:
-        raise UsageError(f"--devices: {exc}") from None
+    root = store.results_root(args.results_dir)
     inventory = devices_module.detect()
-    requested = devices_module.resolve(device_ids, inventory)
+    requested = devices_module.resolve(args.devices or ["all"], inventory)
     for r in requested:
         if r.device is None or not r.device.usable:
-            print(f"{r.id}: skipped: {r.reason}", file=sys.stderr)
+            _stderr(f"{r.id}: skipped: {r.reason}")
     env = environment.fingerprint(inventory)
-    log_dir = peak_module.PEAKS_DIR / "logs"
-    cells = runner.plan(runner.RunConfig(batch_sizes=(1,), epochs=1, steps=None, warmup=0,
-                                         precisions=precisions, cpu_threads=threads), requested)
-    found = measured_peaks(runner.peak_combinations(cells), env, inventory, log_dir, args.refresh,
-                           say=lambda text: print(text, file=sys.stderr))
+    combos = [(r, precision, threads, backend) for r in requested
+              if r.device is not None and r.device.usable
+              for backend in args.backend if runner.backend_missing(backend) is None
+              for precision in args.precision for threads in args.cpu_threads]
+    found = measured_peaks(combos, env, root, store.peaks_dir(root) / "logs", args.refresh, say=_stderr)
     import pandas as pd
 
-    rows = [{"Device": device_id, "Precision": precision, "Threads": threads or "default",
-             "Matmul": f"{v['size']}×{v['size']} {v['dtype']}",
+    rows = [{"Device": device_id, "Backend": backend, "Precision": precision,
+             "Threads": threads or "default", "Matmul": f"{v['size']}×{v['size']} {v['dtype']}",
              "Peak TFLOP/s (best)": f"{v['tflops']:.3f}", "Median TFLOP/s": f"{v['median_tflops']:.3f}",
              "Repeats": v["repeats"], "Cached": "yes" if v["cached"] else "no"}
-            for (device_id, precision, threads), v in found.items()]
+            for (device_id, precision, threads, backend), v in found.items()]
     if rows:
-        print(pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
-    print(f"\nTensorFlow {inventory.tensorflow_version}; cache: "
-          f"{peak_module.PeakCache(env).path} (per machine fingerprint)")
-    return EXIT_OK if rows else EXIT_FAILED
+        _print(pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
+    _print(f"\ncache: {peak_module.cache_path(env, store.peaks_dir(root))} (per machine, usable "
+           f"CPUs {(env.get('cpu') or {}).get('usable_cpus')})")
+    return EXIT_OK if rows else EXIT_CELL_FAILED
 
 
 # --------------------------------------------------------------------------- baselines, check
 
-def slowdown_arg(text: str) -> float:
+def load_baseline_arg(name_or_path: str, root: Path) -> store.Run:
     try:
-        return regression.parse_slowdown(text)
-    except ValueError as exc:
-        raise UsageError(f"--max-slowdown: {exc}") from None
-
-
-def load_baseline_arg(name_or_path: str) -> results.Run:
-    try:
-        return regression.load_baseline(name_or_path)
-    except regression.BaselineError as exc:
+        return store.load_baseline(name_or_path, root)
+    except store.BaselineError as exc:
         raise UsageError(str(exc)) from None
 
 
-def check_report_path(option: str, value: str | None) -> Path | None:
-    if value is None:
+def cmd_baseline_list(args) -> int:
+    root = store.results_root(args.results_dir)
+    saved = store.list_baselines(root)
+    if not saved:
+        _print(f"no baselines under {store.baselines_dir(root)}")
+    for meta in saved:
+        _print(f"{meta.get('name')}: run {meta.get('run_id')}, {meta.get('cells')} cell(s), "
+               f"saved {meta.get('saved_at')}, machine {meta.get('machine')}"
+               + (f" ({meta['error']})" if "error" in meta else ""))
+    return EXIT_OK
+
+
+def cmd_baseline_save(args) -> int:
+    root = store.results_root(args.results_dir)
+    run = load_run_arg(args.run, root)
+    try:
+        name = args.name or environment.machine_id(run.env)
+        path = store.save_baseline(run, name, root, replace=args.replace)
+    except store.BaselineError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot save the baseline under {store.baselines_dir(root)}: "
+                         f"{exc.strerror or exc}") from None
+    _print(f"baseline '{path.name}' saved at {path} from run {run.directory}")
+    return EXIT_OK
+
+
+def check_report_path(option: str, path: Path | None) -> Path | None:
+    if path is None:
         return None
-    path = Path(value)
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a directory; name a file")
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UsageError(f"{option} {path}: its directory does not exist or is not writable")
     return path
 
 
-def cmd_baseline(args) -> int:
-    if args.baseline_command == "list":
-        saved = regression.list_baselines()
-        if not saved:
-            print(f"no baselines under {regression.DEFAULT_BASELINES_DIR}")
-        for meta in saved:
-            print(f"{meta.get('name')}: run {meta.get('run_id')}, {meta.get('cells')} cell(s), "
-                  f"saved {meta.get('saved_at')}, machine {meta.get('machine')}")
-        return EXIT_OK
-    run = load_run_arg(args.run)
-    try:
-        path = regression.save_baseline(run, args.name, replace=args.replace)
-    except regression.BaselineError as exc:
-        raise UsageError(str(exc)) from None
-    print(f"baseline '{path.name}' saved at {path} from run {run.directory}")
+def check_status(comparison) -> int:
+    if comparison.regressions:
+        return EXIT_REGRESSION
+    if getattr(comparison, "inconclusive", None):
+        return EXIT_INCONCLUSIVE
     return EXIT_OK
 
 
 def cmd_check(args) -> int:
-    max_slowdown = slowdown_arg(args.max_slowdown)
-    try:
-        confidence = float(args.confidence)
-    except ValueError:
-        confidence = -1
-    if not 0.5 <= confidence < 1:
-        raise UsageError(f"--confidence: '{args.confidence}' must be a number from 0.5 to below 1")
+    root = store.results_root(args.results_dir)
     markdown_path = check_report_path("--markdown", args.markdown)
     json_path = check_report_path("--json", args.json)
-    baseline = load_baseline_arg(args.baseline)
-    current = load_run_arg(args.run)
+    baseline = load_baseline_arg(args.baseline, root)
+    current = load_run_arg(args.run, root)
     try:
-        comparison = regression.compare(baseline, current, max_slowdown, confidence)
+        comparison = regression.compare(baseline, current, args.max_slowdown, args.confidence)
     except regression.BaselineError as exc:
         raise UsageError(str(exc)) from None
     report = regression.comparison_markdown(comparison)
-    print(report)
+    _print(report)
     if comparison.environment_differences:
-        print("warning: the environments differ: " + "; ".join(comparison.environment_differences),
-              file=sys.stderr)
-    if markdown_path:
-        results.write_atomically(markdown_path, report)
-    if json_path:
-        results.write_atomically(json_path, json.dumps(comparison.as_dict(), indent=2) + "\n")
+        _stderr("warning: the environments differ: " + "; ".join(comparison.environment_differences))
+    try:
+        if markdown_path:
+            store.write_atomically(markdown_path, report)
+        if json_path:
+            store.write_atomically(json_path, json.dumps(comparison.as_dict(), indent=2) + "\n")
+    except OSError as exc:
+        _stderr(f"bench: error: could not write the report: {exc.strerror or exc}")
+        return EXIT_WRITE
     if comparison.regressions:
-        print("regression: " + "; ".join(c.cell for c in comparison.regressions), file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        _stderr("regression: " + "; ".join(c.cell for c in comparison.regressions))
+    return check_status(comparison)
+
+
+# --------------------------------------------------------------------------- main
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def _stderr(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,24 +723,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if args.command == "devices":
-            return cmd_devices(args)
-        if args.command == "run":
-            return cmd_run(args, argv)
-        if args.command == "peak":
-            return cmd_peak(args)
-        if args.command == "baseline":
-            return cmd_baseline(args)
-        if args.command == "check":
-            return cmd_check(args)
-        if args.command == "summary":
-            return cmd_summary(args)
-        if args.command == "readme":
-            return cmd_readme(args)
+        return args.func(args, argv) if args.func is cmd_run else args.func(args)
     except UsageError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
+        _stderr(f"bench: error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
+        _stderr("bench: interrupted")
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # the reader went away (`bench summary | head`): stop quietly, as `cat` does
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 128 + signal.SIGPIPE

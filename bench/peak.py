@@ -1,103 +1,110 @@
 """The device's measured peak per precision: the yardstick for a cell's efficiency.
 
-Measured here rather than taken from a datasheet: a large dense matrix multiply in
-TensorFlow, in the precision's compute dtype, timed in a worker subprocess that sees only
-that device. Results are cached per machine fingerprint in ``results/peaks/<machine>.json``,
-keyed by device, precision, CPU threads and TensorFlow version, so an upgrade re-measures.
+Measured here rather than taken from a datasheet: a large dense matrix multiply through the
+cell's own backend, in the precision's compute dtype, timed in a worker subprocess that sees
+only that device. A peak is a property of what the process could use, so it is keyed by
+device, precision, threads, backend and its version, *and the CPUs the process may use*
+(affinity, cgroup quota): a run pinned to one core can never become the yardstick of a
+run on two. Cached per machine in ``<results>/peaks/<machine>.json``, read and updated
+under a lock so concurrent runs lose nothing.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from bench import results, runner
+from bench import process
 from bench.devices import Requested
 from bench.environment import machine_id
+from bench.protocol import PeakSpec
+from bench.runner import worker_environment
+from bench.store import read_json_object, update_json
 
-PEAKS_DIR = Path("results") / "peaks"
 MATMUL_SIZE = {"CPU": 2048, "GPU": 8192}   # large enough to reach the plateau (2048 ~ 4096 on a CPU)
 PEAK_TIMEOUT_S = 600
+PEAK_COMMAND = (sys.executable, "-m", "bench.worker", "--peak")
 
 
-def cache_key(device_id: str, precision: str, cpu_threads: int, tensorflow: str | None) -> str:
-    return f"{device_id}|{precision}|threads={cpu_threads}|tensorflow={tensorflow}"
+def cache_key(device_id: str, precision: str, cpu_threads: int, backend: str,
+              version: str | None, usable_cpus) -> str:
+    return (f"{device_id}|{precision}|threads={cpu_threads}|{backend}={version}"
+            f"|usable_cpus={usable_cpus}")
 
 
-class PeakCache:
-    """``results/peaks/<machine>.json``: plain JSON, checked when read (it is untrusted)."""
-
-    def __init__(self, env: dict, root: Path = PEAKS_DIR):
-        self.path = Path(root) / f"{machine_id(env)}.json"
-        self.entries: dict[str, dict] = {}
-        try:
-            loaded = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            loaded = {}
-        if isinstance(loaded, dict):
-            self.entries = {k: v for k, v in loaded.items() if _valid(v)}
-
-    def get(self, key: str) -> dict | None:
-        return self.entries.get(key)
-
-    def put(self, key: str, value: dict) -> None:
-        self.entries[key] = value
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        results.write_atomically(self.path, json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
+def cache_path(env: dict, root: Path) -> Path:
+    return Path(root) / f"{machine_id(env)}.json"
 
 
-def _valid(entry) -> bool:
+def valid(entry) -> bool:
     return (isinstance(entry, dict) and isinstance(entry.get("tflops"), (int, float))
+            and not isinstance(entry.get("tflops"), bool)
             and math.isfinite(entry["tflops"]) and entry["tflops"] > 0)
 
 
-def measure(device: Requested, precisions: list[str], cpu_threads: int, log_path: Path,
-            timeout_s: float = PEAK_TIMEOUT_S) -> dict[str, dict]:
+def measure(device: Requested, precisions: list[str], cpu_threads: int, backend: str,
+            log_path: Path, timeout_s: float = PEAK_TIMEOUT_S, command=PEAK_COMMAND) -> dict[str, dict]:
     """Time the matrix multiply on ``device`` in each precision (one worker process)."""
-    spec = {"precisions": precisions, "cpu_threads": cpu_threads,
-            "size": MATMUL_SIZE[device.device.type]}
-    outcome = runner.run_worker(spec, runner.worker_environment(device), log_path, timeout_s,
-                                command=[sys.executable, "-m", "bench.worker", "--peak"])
+    spec = PeakSpec(tuple(precisions), MATMUL_SIZE[device.device.type], cpu_threads, backend)
+    outcome = process.run_worker(spec.to_json(), worker_environment(device, backend), log_path,
+                                 timeout_s, command=command, parse_result=_peak_result)
     if outcome.result is None:
-        raise RuntimeError(f"peak measurement on {device.id} failed: {outcome.reason}")
+        raise RuntimeError(f"peak measurement on {device.id} ({backend}) failed: {outcome.reason}")
     return outcome.result
 
 
-def peaks_for(combos: Iterable[tuple[Requested, str, int]], env: dict, tensorflow: str | None,
-              log_dir: Path, refresh: bool = False, say=print) -> dict[tuple[str, str, int], dict]:
-    """Peak of each (device, precision, threads), from the cache or measured now.
+def _peak_result(raw) -> dict:
+    if not isinstance(raw, dict) or not all(valid(v) for v in raw.values()):
+        raise ValueError("a peak result maps each precision to a positive, finite tflops")
+    return raw
+
+
+def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, versions: dict,
+              root: Path, log_dir: Path, refresh: bool = False, say=print,
+              command=PEAK_COMMAND) -> dict[tuple[str, str, int, str], dict]:
+    """Peak of each (device, precision, threads, backend), from the cache or measured now.
 
     A device whose measurement fails gets no peak (its cells have no efficiency) and the
     reason is said; the run goes on.
     """
-    cache = PeakCache(env)
-    wanted: dict[tuple[str, int], tuple[Requested, list[str]]] = {}
-    found: dict[tuple[str, str, int], dict] = {}
-    for device, precision, threads in combos:
-        key = cache_key(device.id, precision, threads, tensorflow)
-        if not refresh and cache.get(key):
-            found[(device.id, precision, threads)] = {**cache.get(key), "cached": True}
+    usable = (env.get("cpu") or {}).get("usable_cpus")
+    path = cache_path(env, root)
+    cached = {k: v for k, v in read_json_object(path).items() if valid(v)}
+    wanted: dict[tuple[str, int, str], tuple[Requested, list[str]]] = {}
+    found: dict[tuple[str, str, int, str], dict] = {}
+    keys = {}
+    for device, precision, threads, backend in combos:
+        key = cache_key(device.id, precision, threads, backend, versions.get(backend), usable)
+        keys[(device.id, precision, threads, backend)] = key
+        if not refresh and key in cached:
+            found[(device.id, precision, threads, backend)] = {**cached[key], "cached": True}
         else:
-            entry = wanted.setdefault((device.id, threads), (device, []))
+            entry = wanted.setdefault((device.id, threads, backend), (device, []))
             if precision not in entry[1]:
                 entry[1].append(precision)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    for (device_id, threads), (device, precisions) in wanted.items():
-        say(f"measuring peak on {device_id} ({', '.join(precisions)}, threads {threads or 'default'})")
+    if wanted:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    measured_now: dict[str, dict] = {}
+    for (device_id, threads, backend), (device, precisions) in wanted.items():
+        say(f"measuring peak on {device_id} with {backend} ({', '.join(precisions)}, "
+            f"threads {threads or 'default'})")
         try:
-            measured = measure(device, precisions, threads,
-                               log_dir / f"peak_{device_id.replace(':', '')}_thr{threads}.log")
+            measured = measure(device, precisions, threads, backend,
+                               log_dir / f"peak_{device_id.replace(':', '')}_thr{threads}_{backend}.log",
+                               command=command)
         except RuntimeError as exc:
             say(str(exc))
             continue
         for precision, value in measured.items():
-            cache.put(cache_key(device_id, precision, threads, tensorflow), value)
-            found[(device_id, precision, threads)] = {**value, "cached": False}
-    if wanted:
-        cache.save()
+            measured_now[keys[(device_id, precision, threads, backend)]] = value
+            found[(device_id, precision, threads, backend)] = {**value, "cached": False}
+    if measured_now:
+        try:
+            update_json(path, lambda current: {**{k: v for k, v in current.items() if valid(v)},
+                                               **measured_now})
+        except OSError as exc:
+            say(f"warning: peak cache {path} not updated ({exc.strerror or exc}); "
+                "the peaks measured now are used for this run only")
     return found

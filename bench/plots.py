@@ -1,10 +1,12 @@
-"""Pictures of a run (matplotlib, no display needed)."""
+"""Pictures of a run (matplotlib, no display needed), labelled from the matrix's dimensions."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+
+from bench import matrix
 
 THROUGHPUT_PNG = "throughput.png"
 STEP_TIMES_PNG = "step_times.png"
@@ -19,35 +21,32 @@ def _pyplot():
     return plt
 
 
-def _series_label(row: pd.Series, varying: list[str]) -> str:
-    parts = [f"{row['device_id']} ({row['device_name']})" if row["device_name"] else row["device_id"]]
-    parts += [f"{dim}={row[dim]}" for dim in varying]
-    return ", ".join(str(p) for p in parts)
-
-
-def _varying(runs: pd.DataFrame) -> list[str]:
-    return [d for d in ("precision", "jit_compile", "cpu_threads", "steps_per_execution",
-                      "data_placement")
-            if runs[d].nunique(dropna=False) > 1]
+def series_label(row: pd.Series, varying: list[str]) -> str:
+    """The device, then each varying dimension (other than batch size) by label and value."""
+    device = f"{row['device_id']} ({row['device_name']})" if row.get("device_name") else str(row["device_id"])
+    parts = [device] + [f"{matrix.BY_NAME[d].label.lower()} {matrix.BY_NAME[d].show(matrix.plain(row[d]))}"
+                        for d in varying if d != "batch_size"]
+    return ", ".join(parts)
 
 
 def throughput_plot(runs: pd.DataFrame, path: Path) -> Path | None:
     """Steady images/s against batch size, one line per device (and setting)."""
-    ok = runs[runs["status"] == "ok"]
+    ok = runs[(runs["status"] == "ok") & runs["images_per_s"].notna()]
     if ok.empty:
         return None
     plt = _pyplot()
-    varying = _varying(runs)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    varying = [d for d in matrix.varying_dimensions([ok]) if d != "batch_size"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     keys = ["device_id", "device_name", *varying]
     for _, series in ok.groupby(keys, sort=False, dropna=False):
         points = series.groupby("batch_size")["images_per_s"].median().sort_index()
-        ax.plot(points.index, points.values, marker="o", label=_series_label(series.iloc[0], varying))
+        ax.plot(points.index, points.values, marker="o", label=series_label(series.iloc[0], varying))
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(ok["batch_size"].unique()))
     ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("batch size (images per step)")
-    ax.set_ylabel("steady images/s (batch / median step, warm-up excluded)")
+    ax.set_ylabel("steady images/s\n(batch ÷ median step, warm-up excluded)")
+    ax.set_ylim(bottom=0)
     ax.set_title(f"Training throughput, run {ok['run_id'].iloc[0]}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -58,25 +57,35 @@ def throughput_plot(runs: pd.DataFrame, path: Path) -> Path | None:
 
 
 def step_time_plot(runs: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path | None:
-    """The distribution of steady step times of every cell (box plot, ms, log scale)."""
+    """The spread of every cell's steady steps as images/s, one panel per batch size.
+
+    Images/s (batch ÷ step time) rather than raw step time, so cells of different batch
+    sizes read on one scale; cells are labelled by the dimensions that vary.
+    """
     ok = runs[runs["status"] == "ok"]
-    steady = steps[~steps["warmup"]]
+    steady = steps[~steps["warmup"].astype(bool)]
     if ok.empty or steady.empty:
         return None
     plt = _pyplot()
-    data, labels = [], []
-    for cell_id in ok["cell_id"]:
-        cell = steady[steady["cell_id"] == cell_id]
-        if len(cell):
-            data.append((cell["seconds"] / cell["steps"] * 1000).to_numpy())
-            labels.append(cell_id)
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(data) + 2), 4.8))
-    ax.boxplot(data, showfliers=True)
-    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("steady step time (ms, device synced)")
-    ax.set_title("Step-time distribution per cell (warm-up excluded)")
-    ax.grid(True, axis="y", alpha=0.3)
+    varying = [d for d in matrix.varying_dimensions([ok]) if d != "batch_size"]
+    batches = sorted(ok["batch_size"].unique())
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(6.5, 3.2 * len(batches)), 4.8),
+                             sharey=True, squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        data, labels = [], []
+        for key, cells in ok[ok["batch_size"] == batch].groupby(
+                ["device_id", "device_name", *varying], sort=False, dropna=False):
+            cell_steps = steady[steady["cell_id"].isin(cells["cell_id"])]
+            if len(cell_steps):
+                data.append((batch / (cell_steps["seconds"] / cell_steps["steps"])).to_numpy())
+                labels.append(series_label(cells.iloc[0], varying).replace(", ", "\n"))
+        if data:
+            ax.boxplot(data, showfliers=True)
+            ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+        ax.set_title(f"batch {int(batch)}", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("images/s of each steady step\n(batch ÷ step time, device synced)")
+    fig.suptitle("Spread of steady steps per cell (warm-up excluded)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

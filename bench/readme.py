@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.results import write_atomically
+from bench.store import write_atomically
 
 DEFAULT_MARKER = "table"
 

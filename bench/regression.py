@@ -13,24 +13,16 @@ whole interval lies below ``1 / (1 + max_slowdown)``, and otherwise within noise
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench import results, stats
-from bench.environment import machine_id
+from bench import matrix, stats
+from bench.matrix import MATCH_KEYS
+from bench.store import BaselineError, Run
 
-BASELINE_JSON = "baseline.json"
-BASELINE_SCHEMA = "cifar-bench-baseline/1"
-DEFAULT_BASELINES_DIR = Path("results") / "baselines"
-MATCH_KEYS = ("device_type", "device_name", "batch_size", "precision", "jit_compile",
-              "cpu_threads", "steps_per_execution", "data_placement")
 REGRESSION, FASTER, WITHIN_NOISE = "regression", "faster", "within noise"
 
 #: (label, where in env.json) of what can change a measurement between two runs.
@@ -43,84 +35,6 @@ ENV_FIELDS = (
     ("CUDA", ("tensorflow", "cuda_version")), ("cuDNN", ("tensorflow", "cudnn_version")),
     ("environment variables", ("environment",)),
 )
-
-
-class BaselineError(Exception):
-    """A baseline is missing, malformed or foreign; or nothing could be compared."""
-
-
-# --------------------------------------------------------------------------- baselines
-
-def baseline_path(name_or_path: str, root: Path = DEFAULT_BASELINES_DIR) -> Path:
-    """A directory path as given, else the named baseline under ``root``."""
-    path = Path(name_or_path)
-    if path.exists() or path.is_absolute() or len(path.parts) > 1:
-        return path
-    return root / name_or_path
-
-
-def save_baseline(run: results.Run, name: str | None = None, root: Path = DEFAULT_BASELINES_DIR,
-                  replace: bool = False) -> Path:
-    """Store ``run`` as a named baseline (default name: the machine's id); returns its path."""
-    name = name or machine_id(run.env)
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise BaselineError(f"--name '{name}': use a plain name (letters, digits, dashes), not a path")
-    ok = run.runs[run.runs["status"] == "ok"]
-    if ok.empty:
-        raise BaselineError(f"{run.directory}: no successful cell to keep as a baseline")
-    target = root / name
-    if target.exists() and not replace:
-        raise BaselineError(f"baseline '{name}' already exists at {target}; pass --replace to "
-                            "overwrite it or --name to choose another")
-    staging = root / f".{name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for filename in (results.RUNS_CSV, results.STEPS_CSV, results.ENV_JSON):
-        shutil.copyfile(run.directory / filename, staging / filename)
-    meta = {"schema": BASELINE_SCHEMA, "name": name, "run_id": run.run_id,
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_id(run.env), "cells": int(len(ok))}
-    (staging / BASELINE_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return target
-
-
-def load_baseline(name_or_path: str, root: Path = DEFAULT_BASELINES_DIR) -> results.Run:
-    """A baseline (or any run directory) read and validated; BaselineError otherwise."""
-    path = baseline_path(name_or_path, root)
-    if not path.exists():
-        known = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if root.is_dir() else []
-        hint = f" (saved: {', '.join(known)})" if known else " (save one with 'python -m bench baseline save')"
-        raise BaselineError(f"baseline '{name_or_path}' not found at {path}{hint}")
-    if not path.is_dir():
-        raise BaselineError(f"{path}: not a baseline directory (expected runs.csv, steps.csv, env.json)")
-    meta_file = path / BASELINE_JSON
-    if meta_file.exists():
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BaselineError(f"{meta_file}: not readable JSON ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("schema") != BASELINE_SCHEMA:
-            raise BaselineError(f"{meta_file}: not a cifar-bench baseline (schema "
-                                f"{meta.get('schema') if isinstance(meta, dict) else None!r}, "
-                                f"expected {BASELINE_SCHEMA!r})")
-    try:
-        return results.read_run(path)
-    except results.ResultsError as exc:
-        raise BaselineError(f"malformed baseline: {exc}") from None
-
-
-def list_baselines(root: Path = DEFAULT_BASELINES_DIR) -> list[dict]:
-    found = []
-    for meta_file in sorted(root.glob(f"*/{BASELINE_JSON}")) if root.is_dir() else []:
-        try:
-            found.append(json.loads(meta_file.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            found.append({"name": meta_file.parent.name, "error": "unreadable baseline.json"})
-    return found
 
 
 # --------------------------------------------------------------------------- the decision
@@ -182,19 +96,14 @@ class Comparison:
         return asdict(self)
 
 
-def _cell_label(key: dict) -> str:
-    extras = [f"{k}={key[k]}" for k in MATCH_KEYS[3:] if str(key[k]) not in ("fp32", "auto", "0", "1", "host")]
-    return " ".join([f"{key['device_type']} {key['device_name']}", f"bs{key['batch_size']}", *extras])
-
-
-def _keyed(run: results.Run) -> dict[tuple, tuple[dict, list[np.ndarray]]]:
+def _keyed(run: Run) -> dict[tuple, tuple[dict, list[np.ndarray]]]:
     """Each matched cell's key -> (key as dict, steady step times of each ok repeat)."""
     ok = run.runs[run.runs["status"] == "ok"]
     cells = {}
     for key, group in ok.groupby(list(MATCH_KEYS), sort=False, dropna=False):
         repeats = [steps for steps in map(run.steady_steps, group["cell_id"]) if len(steps)]
         if repeats:
-            cells[tuple(str(v) for v in key)] = (dict(zip(MATCH_KEYS, key)), repeats)
+            cells[tuple(str(matrix.plain(v)) for v in key)] = (dict(zip(MATCH_KEYS, key)), repeats)
     return cells
 
 
@@ -222,11 +131,21 @@ def environment_differences(baseline_env: dict, current_env: dict) -> list[str]:
     return differences
 
 
-def compare(baseline: results.Run, current: results.Run, max_slowdown: float = 0.10,
+def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             confidence: float = 0.95) -> Comparison:
-    """Match cells and decide each; BaselineError when nothing matches."""
+    """Match cells and decide each; BaselineError when nothing matches.
+
+    Cells are labelled by their device, batch size and every dimension that varies across
+    the two runs, by value, so no two compared cells read alike.
+    """
     base_cells, cur_cells = _keyed(baseline), _keyed(current)
     matched = [k for k in cur_cells if k in base_cells]
+    varying = matrix.varying_dimensions([pd.DataFrame([spec for spec, _ in cells.values()])
+                                         for cells in (base_cells, cur_cells) if cells])
+
+    def _cell_label(key: dict) -> str:
+        return matrix.describe(key, varying)
+
     comparison = Comparison(
         cells=[], only_in_baseline=[_cell_label(base_cells[k][0]) for k in base_cells if k not in cur_cells],
         only_in_current=[_cell_label(cur_cells[k][0]) for k in cur_cells if k not in base_cells],
@@ -244,7 +163,7 @@ def compare(baseline: results.Run, current: results.Run, max_slowdown: float = 0
         verdict = decide(base, cur, max_slowdown, confidence)
         batch = float(spec["batch_size"])
         comparison.cells.append(CellComparison(
-            cell=_cell_label(spec), key={k: str(v) for k, v in spec.items()},
+            cell=_cell_label(spec), key={k: str(matrix.plain(v)) for k, v in spec.items()},
             baseline_images_per_s=batch / float(np.median(np.concatenate(base))),
             current_images_per_s=batch / float(np.median(np.concatenate(cur))),
             change_pct=(verdict.ratio - 1) * 100, low_pct=(verdict.low - 1) * 100,
@@ -297,13 +216,21 @@ def comparison_markdown(comparison: Comparison) -> str:
 
 
 def parse_slowdown(text: str) -> float:
-    """'10%', '10', '0.1' (a fraction below 1) -> 0.10; ValueError when not a positive amount."""
+    """A slowdown as a percentage with '%' ('10%') or a fraction below 1 ('0.1') -> 0.10.
+
+    A bare number of 1 or more ('10', '1') is refused: it could mean 10 % or 1000 %.
+    """
     raw = text.strip()
     percent = raw.endswith("%")
     try:
-        value = float(raw.rstrip("%"))
+        value = float(raw[:-1] if percent else raw)
     except ValueError:
-        raise ValueError(f"'{text}' is not a percentage (e.g. 10%)") from None
+        raise ValueError(f"'{text}' is not a slowdown; write a percentage (10%) or a fraction (0.1)") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"'{text}' must be a positive percentage (e.g. 10%)")
-    return value / 100 if percent or value >= 1 else value
+        raise ValueError(f"'{text}' must be positive: a percentage (10%) or a fraction (0.1)")
+    if percent:
+        return value / 100
+    if value >= 1:
+        raise ValueError(f"'{text}' is ambiguous; write {value:g}% for {value:g} percent, or a "
+                         "fraction below 1 (0.1 = 10%)")
+    return value

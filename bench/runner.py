@@ -1,264 +1,162 @@
-"""Plan the matrix, run each cell in its own subprocess, collect every outcome.
+"""Run a plan: one worker process per cell, every outcome a row on disk, nothing lost.
 
-One cell, one fresh process: the worker's environment hides every other device before
-TensorFlow starts, memory from one cell never pollutes the next, and a crash, a hang or an
-out-of-memory costs one row, not the run. Rows are written to disk after every cell.
+One cell, one fresh process: the worker's environment hides every other device and sets
+the Keras backend before any framework starts, memory from one cell never pollutes the
+next, and a crash, a hang or an out-of-memory costs one row, not the run. Rows are written
+to disk after every cell. A stop (Ctrl-C, SIGTERM, SIGHUP) kills the running worker and
+ends the loop; a write the disk refuses ends it too, with every row so far kept in memory
+for the summary.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
+import contextlib
+import importlib.util
 import os
-import queue
 import signal
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import results
-from bench.devices import Requested, auto_precision
-from bench.worker import MARK
-from cifar_model.data import resolve_data_placement, split_sizes, training_set_bytes
+from bench import matrix, process, record
+from bench.devices import Requested
+from bench.protocol import CellSpec, DataSpec, Event
+from bench.store import RunWriter
+from cifar_model.settings import BACKEND_INSTALL, MAX_SEED, split_sizes, steps_per_epoch
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+class Stopped(BaseException):
+    """The run was asked to stop by a signal; ``signum`` says which (SIGINT for Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Stopped` while the run goes on.
+
+    What ``timeout``, CI cancellation and ``docker stop`` send is treated like Ctrl-C: the
+    running worker is killed, every finished cell is kept and the summary is written.
+    """
+    def handler(signum, frame):
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything ``bench run`` was asked to do, validated."""
+    """Everything ``bench run`` was asked to do, validated: the matrix and the run-wide values."""
 
-    batch_sizes: tuple[int, ...]
+    plan: matrix.Plan
     epochs: int
     steps: int | None                     # cap on steps per epoch; None: full epochs
     warmup: int
     repeats: int = 1
-    data: str = "cifar10"                 # what the cells train on: cifar10 or synthetic
-    data_path: str | None = None          # resolved CIFAR-10 location (cifar10 only)
-    data_note: str = ""                   # why synthetic, when it is a fallback
-    split: str = "standard"
-    precisions: tuple[str, ...] = ("fp32",)
-    jit_compile: tuple[str, ...] = ("auto",)
-    cpu_threads: tuple[int, ...] = (0,)
-    steps_per_execution: tuple[int, ...] = (1,)
-    data_placements: tuple[str, ...] = ("auto",)
+    data: DataSpec = DataSpec()
     cell_timeout: float | None = None
     seed: int = 0
-    synthetic_images: int | None = None
     unsynced_steps: int = 0               # > 0: also time that many steps with one sync at the end
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the matrix: a device, a batch size and settings, one repeat."""
-
-    device: Requested
-    batch_size: int
-    precision: str
-    jit_compile: str
-    cpu_threads: int
-    steps_per_execution: int
-    repeat: int
-    requested_precision: str = ""   # as asked ("auto" resolves per device); "" means = precision
-    data_placement: str = "host"    # where the training images live: host or device
-    requested_data_placement: str = ""
+    eval_images: int | None = None        # None: the whole held-out split; 0: no evaluation
 
     @property
-    def cell_id(self) -> str:
-        device = self.device.id.replace(":", "")
-        return (f"{device}_bs{self.batch_size}_{self.precision}_xla-{self.jit_compile}"
-                f"_thr{self.cpu_threads}_spe{self.steps_per_execution}"
-                f"_data-{self.data_placement}_r{self.repeat}")
+    def train_images(self) -> int:
+        if self.data.kind == "synthetic" and self.data.synthetic_images:
+            return self.data.synthetic_images
+        return split_sizes(self.data.split)[0]
 
-    @property
-    def device_type(self) -> str:
-        return "CPU" if self.device.id == "cpu" else "GPU"
+    def problems(self) -> list[str]:
+        """What can be known to fail before any cell runs (each a one-line message)."""
+        out = []
+        batch_sizes = self.plan.of("batch_size")
+        if max(batch_sizes) > self.train_images:
+            out.append(f"--batch-sizes {max(batch_sizes)} is larger than the {self.train_images:,} "
+                       "training images; lower it"
+                       + (" or raise --synthetic-images" if self.data.kind == "synthetic" else ""))
+            return out
+        fewest = min(self.epochs * steps_per_epoch(self.train_images, b, self.steps) for b in batch_sizes)
+        if self.warmup >= fewest:
+            out.append(f"--warmup {self.warmup} leaves no steady steps: a cell runs as few as "
+                       f"{fewest} step(s); lower --warmup or raise --steps/--epochs")
+        if self.seed + self.repeats - 1 > MAX_SEED:
+            out.append(f"--seed {self.seed} with {self.repeats} repeat(s) passes {MAX_SEED}; lower it")
+        return out
 
-    def columns(self) -> dict:
-        """The cell's own columns of runs.csv."""
-        device = self.device.device
-        return {"cell_id": self.cell_id, "repeat": self.repeat, "device_id": self.device.id,
-                "device_name": device.name if device else "", "device_type": self.device_type,
-                "batch_size": self.batch_size, "precision": self.precision,
-                "precision_requested": self.requested_precision or self.precision,
-                "jit_compile": self.jit_compile, "cpu_threads": self.cpu_threads,
-                "steps_per_execution": self.steps_per_execution,
-                "data_placement": self.data_placement,
-                "data_placement_requested": self.requested_data_placement or self.data_placement}
+    def run_wide(self, repeat: int) -> dict:
+        """The TrainSettings values every cell of this run shares (repeat r uses seed + r)."""
+        return {"epochs": self.epochs, "max_steps_per_epoch": self.steps, "warmup_steps": self.warmup,
+                "seed": self.seed + repeat, "unsynced_steps": self.unsynced_steps,
+                "eval_images": self.eval_images}
 
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["plan"] = {name: list(self.plan.of(name)) for name in matrix.BY_NAME}
+        return out
 
-def plan(config: RunConfig, devices: list[Requested]) -> list[Cell]:
-    """Devices x batch sizes x settings, repeats outermost.
-
-    Repeating the whole sweep (rather than each cell back to back) spreads slow drifts of
-    a shared machine over every cell instead of loading them onto one. Precision ``auto``
-    becomes the device's own choice (:func:`bench.devices.auto_precision`), data placement
-    ``auto`` the device's memory if the training set fits there
-    (:func:`cifar_model.data.resolve_data_placement`); a cell that then equals another is
-    planned once.
-    """
-    train_images = (config.synthetic_images if config.data == "synthetic" and config.synthetic_images
-                    else split_sizes(config.split)[0])
-    cells: dict[str, Cell] = {}
-    for repeat, device, batch, precision, jit, threads, spe, placement in itertools.product(
-            range(config.repeats), devices, config.batch_sizes, config.precisions,
-            config.jit_compile, config.cpu_threads, config.steps_per_execution,
-            config.data_placements):
-        resolved, resolved_placement = precision, placement
-        if device.device is not None:
-            if precision == "auto":
-                resolved = auto_precision(device.device)
-            resolved_placement = resolve_data_placement(
-                placement, device.device.type, device.device.memory_bytes,
-                training_set_bytes(train_images))
-        cell = Cell(device, batch, resolved, jit, threads, spe, repeat, requested_precision=precision,
-                    data_placement=resolved_placement, requested_data_placement=placement)
-        cells.setdefault(cell.cell_id, cell)
-    return list(cells.values())
+    @classmethod
+    def from_dict(cls, raw: dict) -> "RunConfig":
+        """From env.json's ``config`` (a run to resume); ValueError when it does not fit."""
+        try:
+            plan = matrix.Plan({name: tuple(raw["plan"][name]) for name in matrix.BY_NAME})
+            data = DataSpec(**raw["data"])
+            fields_ = {k: raw[k] for k in ("epochs", "steps", "warmup", "repeats", "cell_timeout",
+                                           "seed", "unsynced_steps", "eval_images")}
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"the run's recorded settings are incomplete ({exc})") from None
+        return cls(plan=plan, data=data, **fields_)
 
 
-def peak_combinations(cells: list[Cell]) -> list[tuple[Requested, str, int]]:
-    """Each (usable device, precision, threads) the cells need a peak for, in plan order."""
+def plan_cells(config: RunConfig, devices: list[Requested]) -> list[matrix.Cell]:
+    return matrix.plan(config.plan, devices, config.repeats, config.train_images)
+
+
+def peak_combinations(cells: list[matrix.Cell]) -> list[tuple[Requested, str, int, str]]:
+    """Each (usable device, precision, threads, backend) the cells need a peak for, in plan order."""
     combos = {}
     for cell in cells:
-        if cell.device.device is not None and cell.device.device.usable:
-            combos.setdefault((cell.device.id, cell.precision, cell.cpu_threads),
-                              (cell.device, cell.precision, cell.cpu_threads))
+        if cell.device.device is not None and cell.device.device.usable and backend_missing(cell["backend"]) is None:
+            key = (cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"])
+            combos.setdefault(key, (cell.device, *key[1:]))
     return list(combos.values())
 
 
-def worker_environment(device: Requested, base: dict | None = None) -> dict:
-    """A worker's environment: only ``device`` visible, before TensorFlow starts."""
+def backend_missing(backend: str) -> str | None:
+    """Why ``backend`` cannot run here (not installed), or None. Never imports it."""
+    if importlib.util.find_spec(backend) is None or importlib.util.find_spec("keras") is None:
+        return f"the {backend} backend is not installed ({BACKEND_INSTALL[backend]})"
+    return None
+
+
+def worker_environment(device: Requested, backend: str = "tensorflow", base: dict | None = None) -> dict:
+    """A worker's environment: only ``device`` visible and the Keras backend chosen, before
+    any framework starts."""
     env = dict(os.environ if base is None else base)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"          # the same numbering as nvidia-smi
     env["CUDA_VISIBLE_DEVICES"] = "-1" if device.id == "cpu" else str(device.device.index)
+    env["KERAS_BACKEND"] = backend
+    if device.id == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"                 # JAX would otherwise look for a GPU
+    else:
+        env.pop("JAX_PLATFORMS", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def worker_spec(cell: Cell, config: RunConfig) -> dict:
-    return {"cell_id": cell.cell_id, "device_type": cell.device_type,
-            "batch_size": cell.batch_size, "epochs": config.epochs, "steps": config.steps,
-            "warmup": config.warmup, "precision": cell.precision, "jit_compile": cell.jit_compile,
-            "cpu_threads": cell.cpu_threads, "steps_per_execution": cell.steps_per_execution,
-            "data_placement": cell.data_placement, "data": config.data,
-            "data_path": config.data_path, "data_note": config.data_note,
-            "split": config.split, "seed": config.seed + cell.repeat,
-            "synthetic_images": config.synthetic_images, "unsynced_steps": config.unsynced_steps}
-
-
-@dataclass
-class WorkerOutcome:
-    result: dict | None = None
-    reason: str = ""
-    events: list[dict] = field(default_factory=list)
-
-
-def run_worker(spec: dict, env: dict, log_path: Path, timeout_s: float | None,
-               on_event: Callable[[dict], None] = lambda event: None,
-               command: list[str] | None = None) -> WorkerOutcome:
-    """Run one worker process to completion, a timeout, or Ctrl-C (which is re-raised).
-
-    The worker gets its own process group so a terminal's Ctrl-C reaches only the
-    harness, which then stops the worker itself; on a timeout the whole group is killed.
-    Its stderr shares the stdout pipe, so its log keeps everything in the order written.
-    """
-    command = command or [sys.executable, "-m", "bench.worker"]
-    outcome = WorkerOutcome()
-    with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, env=env, text=True,
-                                   errors="replace", start_new_session=True)
-        lines: queue.Queue[str | None] = queue.Queue()
-        pump = threading.Thread(target=_pump, args=(process.stdout, lines, log), daemon=True)
-        pump.start()
-        try:
-            process.stdin.write(json.dumps(spec))
-            process.stdin.close()
-        except BrokenPipeError:
-            pass
-        try:
-            outcome.reason = _follow(process, lines, outcome, on_event, timeout_s)
-        except BaseException:
-            _kill(process)
-            raise
-        finally:
-            pump.join(timeout=10)
-        status = process.wait()
-    if outcome.result is not None and status == 0:
-        return outcome
-    outcome.result = None
-    if not outcome.reason:
-        outcome.reason = _exit_reason(status, log_path)
-    return outcome
-
-
-def _follow(process, lines: queue.Queue, outcome: WorkerOutcome, on_event, timeout_s) -> str:
-    """Read the worker's messages until it ends; returns a failure reason or ''."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    reason = ""
-    while True:
-        wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-        if wait <= 0:
-            _kill(process)
-            return f"timed out after {timeout_s:g} s (--cell-timeout); killed"
-        try:
-            line = lines.get(timeout=wait)
-        except queue.Empty:
-            continue
-        if line is None:
-            return reason
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a garbled message is not worth a crash; the cell's log keeps the rest
-        outcome.events.append(event)
-        if event["event"] == "result":
-            outcome.result = event["result"]
-        elif event["event"] == "error":
-            reason = event["reason"]
-        on_event(event)
-
-
-def _pump(stream, lines: queue.Queue, log) -> None:
-    """Forward the worker's protocol lines; everything else it prints goes to its log."""
-    for line in stream:
-        if line.startswith(MARK):
-            lines.put(line[len(MARK):])
-        else:
-            log.write(line)
-            log.flush()
-    lines.put(None)
-
-
-def _kill(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        if hasattr(os, "killpg"):
-            os.killpg(process.pid, signal.SIGKILL)
-        else:  # pragma: no cover - Windows
-            process.kill()
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-def _exit_reason(status: int, log_path: Path) -> str:
-    if status < 0:
-        name = signal.Signals(-status).name
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
-        reason = f"worker killed by {name}{hint}"
-    else:
-        reason = f"worker exited with status {status} without a result"
-    try:
-        tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        tail = []
-    return f"{reason}; last log line: {tail[-1][:200]}" if tail else reason
+def cell_spec(cell: matrix.Cell, config: RunConfig) -> CellSpec:
+    return CellSpec(cell_id=cell.cell_id, device_type=cell.device_type,
+                    settings=cell.settings(**config.run_wide(cell.repeat)), data=config.data)
 
 
 class Reporter:
@@ -273,28 +171,41 @@ class Reporter:
     def __exit__(self, *exc):
         return False
 
-    def cell_started(self, index: int, total: int, cell: Cell) -> None:
+    def cell_started(self, index: int, total: int, cell: matrix.Cell) -> None:
         self._say(f"[{index + 1}/{total}] {cell.cell_id}: starting")
 
-    def cell_event(self, cell: Cell, event: dict) -> None:
-        if event["event"] == "step":
-            self._say(f"    {cell.cell_id}: step {event['done']}/{event['total']}")
+    def cell_event(self, cell: matrix.Cell, event: Event) -> None:
+        if event.kind == "phase":
+            self._say(f"    {cell.cell_id}: {event.fields.get('phase')}")
+        elif event.kind == "step":
+            self._say(f"    {cell.cell_id}: step {event.fields['done']}/{event.fields['total']}")
 
-    def cell_finished(self, index: int, total: int, cell: Cell, row: dict) -> None:
-        if row["status"] == "ok":
-            self._say(f"[{index + 1}/{total}] {cell.cell_id}: ok, {row['images_per_s']:.0f} images/s "
-                      f"(batch {cell.batch_size} / median step {row['step_median_s'] * 1000:.1f} ms, "
-                      f"{row['steady_steps']} steady steps, warm-up excluded); "
-                      f"full training {row['train_s']:.1f} s")
-        else:
-            self._say(f"[{index + 1}/{total}] {cell.cell_id}: {row['status']}: {row['reason']}")
+    def cell_finished(self, index: int, total: int, cell: matrix.Cell, row: dict) -> None:
+        self._say(f"[{index + 1}/{total}] {cell.cell_id}: {finished_text(cell, row)}")
+
+    def say(self, text: str) -> None:
+        self._say(text)
 
     def _say(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        try:
+            print(text, file=self.stream, flush=True)
+        except (BrokenPipeError, OSError):
+            pass  # a closed terminal or pipe must not cost the run
+
+
+def finished_text(cell: matrix.Cell, row: dict) -> str:
+    """One line per finished cell, saying what each figure is."""
+    if row["status"] != "ok":
+        return f"{row['status']}: {row['reason']}"
+    if row.get("images_per_s") is None:
+        return f"ok, {row['reason']}"
+    return (f"ok, {row['images_per_s']:.0f} images/s (batch {cell['batch_size']} / median step "
+            f"{row['step_median_s'] * 1000:.1f} ms, {row['steady_steps']} steady steps, warm-up "
+            f"excluded, {cell['backend']}); full training {row['train_s']:.1f} s")
 
 
 class RichReporter(Reporter):
-    """Progress bars on a terminal: cells overall, and steps within the current cell."""
+    """Progress bars on a terminal: cells overall, and the current cell's phase and steps."""
 
     def __enter__(self):
         from rich.console import Console
@@ -314,12 +225,14 @@ class RichReporter(Reporter):
     def cell_started(self, index, total, cell):
         self.progress.update(self.cells, total=total, completed=index)
         self.progress.reset(self.steps, total=None, visible=True,
-                            description=f"{cell.cell_id}: starting")
+                            description=f"{cell.cell_id}: starting the worker")
 
     def cell_event(self, cell, event):
-        if event["event"] == "step":
-            self.progress.update(self.steps, total=event["total"], completed=event["done"],
-                                 description=f"{cell.cell_id}: steps")
+        if event.kind == "phase":
+            self.progress.update(self.steps, description=f"{cell.cell_id}: {event.fields.get('phase')}")
+        elif event.kind == "step":
+            self.progress.update(self.steps, total=event.fields["total"], completed=event.fields["done"],
+                                 description=f"{cell.cell_id}: training")
 
     def cell_finished(self, index, total, cell, row):
         self.progress.update(self.cells, completed=index + 1)
@@ -327,41 +240,81 @@ class RichReporter(Reporter):
         super().cell_finished(index, total, cell, row)
 
     def _say(self, text):
-        self.progress.console.print(text, markup=False, highlight=False)
+        try:
+            self.progress.console.print(text, markup=False, highlight=False)
+        except (BrokenPipeError, OSError):
+            pass
 
 
-def execute(config: RunConfig, cells: list[Cell], writer: results.RunWriter, context: dict,
-            reporter: Reporter, log_dir: Path, worker_command: list[str] | None = None,
-            peaks: dict | None = None) -> list[dict]:
+@dataclass
+class Outcome:
+    """How ``execute`` ended: the rows kept, and why it stopped early if it did."""
+
+    rows: list[dict] = field(default_factory=list)
+    stopped_by: int | None = None          # the signal that stopped the run
+    write_error: str = ""                  # the disk refused a write: the run stopped there
+
+
+def skip_reason(cell: matrix.Cell) -> str | None:
+    if cell.device.device is None or not cell.device.device.usable:
+        return cell.device.reason
+    return backend_missing(cell["backend"])
+
+
+def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, context: dict,
+            reporter: Reporter, log_dir: Path, worker_command=process.WORKER_COMMAND,
+            peaks: dict | None = None, watch: Callable[[int, matrix.Cell], object] | None = None,
+            contention_columns: Callable[[object], dict] = lambda watched: {}) -> Outcome:
     """Run every cell; each outcome becomes a row on disk before the next cell starts.
 
-    ``context`` holds the run-wide row values (run id, system, git commit); ``peaks`` the
-    measured peak of each (device, precision, threads), for the efficiency columns. Ctrl-C
-    propagates as KeyboardInterrupt after the running worker is stopped; every finished
-    row is already on disk.
+    ``context`` holds the run-wide row values (run id, system, git commit, machine label);
+    ``peaks`` the measured peak of each (device, precision, threads, backend), for the
+    efficiency columns; ``watch(pid, cell)`` starts a contention sampler for a worker and
+    ``contention_columns`` turns what it saw into row values. A :class:`Stopped` ends the
+    loop after the running worker is killed; every finished row is already on disk.
     """
     peaks = peaks or {}
-    log_dir.mkdir(parents=True, exist_ok=True)
+    outcome = Outcome(rows=writer.rows)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        outcome.write_error = f"cannot create {log_dir}: {exc.strerror or exc}"
+        return outcome
+    run_wide = {"data": config.data.kind, "split": config.data.split, "epochs": config.epochs,
+                "warmup_steps": config.warmup}
     for index, cell in enumerate(cells):
         reporter.cell_started(index, len(cells), cell)
-        # what was asked for, so that a skipped or failed row still says it
-        planned = {**cell.columns(), "data": config.data, "split": config.split,
-                   "epochs": config.epochs, "warmup_steps": config.warmup}
-        if cell.device.device is None or not cell.device.device.usable:
-            row = results.skipped_row(planned, cell.device.reason, **context)
-            writer.add(row)
-        else:
-            outcome = run_worker(worker_spec(cell, config), worker_environment(cell.device),
-                                 log_dir / f"{cell.cell_id}.log", config.cell_timeout,
-                                 on_event=lambda event, cell=cell: reporter.cell_event(cell, event),
-                                 command=worker_command)
-            if outcome.result is None:
-                row = results.failed_row(planned, outcome.reason, **context)
-                writer.add(row)
+        planned = record.planned(cell, run_wide, context)
+        steps: list[dict] = []
+        try:
+            reason = skip_reason(cell)
+            if reason:
+                row = record.skipped_row(planned, reason)
             else:
-                peak = peaks.get((cell.device.id, cell.precision, cell.cpu_threads))
-                row = results.ok_row(planned, outcome.result, peak=peak, **context)
-                writer.add(row, results.step_rows(context["run_id"], cell.cell_id,
-                                                  outcome.result["records"]))
-        reporter.cell_finished(index, len(cells), cell, row)
-    return writer.rows
+                result = process.run_worker(
+                    cell_spec(cell, config).to_json(), worker_environment(cell.device, cell["backend"]),
+                    log_dir / f"{cell.cell_id}.log", config.cell_timeout,
+                    on_event=lambda event, cell=cell: reporter.cell_event(cell, event),
+                    command=worker_command,
+                    watch=(lambda pid, cell=cell: watch(pid, cell)) if watch else None)
+                contention = contention_columns(result.watched) if result.watched is not None else None
+                if result.result is None:
+                    row = record.failed_row(planned, result.reason, contention)
+                else:
+                    peak = peaks.get((cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"]))
+                    row = record.ok_row(planned, result.result, peak=peak, contention=contention)
+                    steps = record.step_rows(context["run_id"], cell.cell_id, result.result.train["records"])
+                if result.log_error:
+                    reporter.say(f"warning: {result.log_error}")
+        except Stopped as stop:
+            outcome.stopped_by = stop.signum
+            return outcome
+        try:
+            writer.add(row, steps)
+        except OSError as exc:
+            outcome.write_error = (f"could not write the results of {cell.cell_id} to {writer.directory}: "
+                                   f"{exc.strerror or exc}; the run stopped there (earlier cells are on disk)")
+            reporter.cell_finished(index, len(cells), cell, record.as_dict(row))
+            return outcome
+        reporter.cell_finished(index, len(cells), cell, writer.rows[-1])
+    return outcome

@@ -1,67 +1,97 @@
-"""bench.peak: the measured peak, its per-machine cache, and the peak command."""
+"""bench.peak: the measured peak, its per-machine cache (keyed by usable CPUs), the peak command."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 
-from bench import peak
+from bench import peak, store
 from bench.devices import Device, Requested
 
-ENV = {"cpu": {"model": "Test CPU", "logical_cpus": 2}, "memory_bytes": 2**34, "gpus": [],
-       "machine": "x86_64", "system": "Test OS"}
+ENV = {"cpu": {"model": "Test CPU", "logical_cpus": 2, "usable_cpus": 2}, "memory_bytes": 2**34,
+       "gpus": [], "machine": "x86_64", "system": "Test OS"}
 CPU = Requested("cpu", Device("cpu", "CPU", "Test CPU"))
+VERSIONS = {"tensorflow": "2.21.0"}
 
 
-def test_cache_round_trip_named_by_machine(tmp_path):
-    cache = peak.PeakCache(ENV, root=tmp_path)
-    assert cache.path.name.startswith("test-cpu-2cpu-16gib-nogpu-") and cache.entries == {}
-    key = peak.cache_key("cpu", "fp32", 0, "2.21.0")
-    cache.put(key, {"tflops": 0.2, "size": 2048})
-    cache.save()
-    assert peak.PeakCache(ENV, root=tmp_path).get(key) == {"tflops": 0.2, "size": 2048}
-    assert peak.cache_key("cpu", "fp32", 0, "2.22.0") != key   # a TensorFlow upgrade re-measures
-
-
-def test_a_damaged_cache_is_ignored_entry_by_entry(tmp_path):
-    cache = peak.PeakCache(ENV, root=tmp_path)
-    cache.path.write_text(json.dumps({"good": {"tflops": 0.2}, "negative": {"tflops": -1},
-                                      "text": {"tflops": "fast"}, "list": [1]}))
-    assert list(peak.PeakCache(ENV, root=tmp_path).entries) == ["good"]
-    cache.path.write_text("{not json")
-    assert peak.PeakCache(ENV, root=tmp_path).entries == {}
+def fake_measure(calls):
+    def measure(device, precisions, threads, backend, log_path, timeout_s=0, command=None):
+        calls.append((tuple(precisions), threads, backend))
+        return {p: {"tflops": 0.4, "size": 2048, "repeats": 3, "dtype": p} for p in precisions}
+    return measure
 
 
 def test_cached_peaks_are_not_measured_again(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    cache = peak.PeakCache(ENV)
-    cache.put(peak.cache_key("cpu", "fp32", 0, "2.21.0"), {"tflops": 0.2, "size": 2048})
-    cache.save()
-    measured = []
+    path = peak.cache_path(ENV, tmp_path)
+    assert path.name.startswith("test-cpu-2cpu-16gib-nogpu-")
+    path.write_text(json.dumps({peak.cache_key("cpu", "fp32", 0, "tensorflow", "2.21.0", 2):
+                                {"tflops": 0.2, "size": 2048}}))
+    calls = []
+    monkeypatch.setattr(peak, "measure", fake_measure(calls))
+    found = peak.peaks_for([(CPU, "fp32", 0, "tensorflow"), (CPU, "mixed_bfloat16", 0, "tensorflow")],
+                           ENV, VERSIONS, tmp_path, tmp_path / "logs", say=lambda text: None)
+    assert calls == [(("mixed_bfloat16",), 0, "tensorflow")]
+    assert found[("cpu", "fp32", 0, "tensorflow")] == {"tflops": 0.2, "size": 2048, "cached": True}
+    assert found[("cpu", "mixed_bfloat16", 0, "tensorflow")]["cached"] is False
+    assert len(json.loads(path.read_text())) == 2
 
-    def fake_measure(device, precisions, threads, log_path, timeout_s=0):
-        measured.append(precisions)
-        return {p: {"tflops": 0.4, "size": 2048} for p in precisions}
 
-    monkeypatch.setattr(peak, "measure", fake_measure)
-    found = peak.peaks_for([(CPU, "fp32", 0), (CPU, "mixed_bfloat16", 0)], ENV, "2.21.0",
-                           tmp_path / "logs", say=lambda text: None)
-    assert measured == [["mixed_bfloat16"]]
-    assert found[("cpu", "fp32", 0)] == {"tflops": 0.2, "size": 2048, "cached": True}
-    assert found[("cpu", "mixed_bfloat16", 0)]["cached"] is False
-    assert peak.PeakCache(ENV).get(peak.cache_key("cpu", "mixed_bfloat16", 0, "2.21.0"))["tflops"] == 0.4
+def test_a_peak_measured_with_fewer_usable_cpus_is_never_the_yardstick_of_more(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(peak, "measure", fake_measure(calls))
+    pinned = {**ENV, "cpu": {**ENV["cpu"], "usable_cpus": 1}}
+    peak.peaks_for([(CPU, "fp32", 0, "tensorflow")], pinned, VERSIONS, tmp_path, tmp_path / "l", say=print)
+    peak.peaks_for([(CPU, "fp32", 0, "tensorflow")], ENV, VERSIONS, tmp_path, tmp_path / "l", say=print)
+    assert len(calls) == 2            # the unpinned run measured its own peak
+    assert peak.cache_key("cpu", "fp32", 0, "jax", "0.10", 2) != peak.cache_key("cpu", "fp32", 0, "tensorflow", "0.10", 2)
+
+
+def test_a_damaged_cache_is_ignored_entry_by_entry(tmp_path, monkeypatch):
+    path = peak.cache_path(ENV, tmp_path)
+    good = peak.cache_key("cpu", "fp32", 0, "tensorflow", "2.21.0", 2)
+    path.write_text(json.dumps({good: {"tflops": 0.2}, "negative": {"tflops": -1},
+                                "text": {"tflops": "fast"}, "list": [1], "bool": {"tflops": True}}))
+    calls = []
+    monkeypatch.setattr(peak, "measure", fake_measure(calls))
+    found = peak.peaks_for([(CPU, "fp32", 0, "tensorflow")], ENV, VERSIONS, tmp_path, tmp_path / "l", say=print)
+    assert calls == [] and found[("cpu", "fp32", 0, "tensorflow")]["tflops"] == 0.2
+    path.write_text("{not json")
+    peak.peaks_for([(CPU, "fp32", 0, "tensorflow")], ENV, VERSIONS, tmp_path, tmp_path / "l", say=print)
+    assert calls and json.loads(path.read_text())[good]["tflops"] == 0.4
+
+
+def _add_entry(args):
+    path, i = args
+    store.update_json(path, lambda current: {**current, f"key{i}": {"tflops": float(i + 1)}})
+
+
+def test_concurrent_cache_updates_lose_nothing(tmp_path):
+    path = tmp_path / "peaks.json"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_add_entry, [(path, i) for i in range(16)])
+    assert sorted(json.loads(path.read_text())) == sorted(f"key{i}" for i in range(16))
+
+
+def test_a_cache_path_that_is_a_directory_is_said_and_the_run_goes_on(tmp_path, monkeypatch):
+    path = peak.cache_path(ENV, tmp_path)
+    path.mkdir(parents=True)
+    monkeypatch.setattr(peak, "measure", fake_measure([]))
+    said = []
+    found = peak.peaks_for([(CPU, "fp32", 0, "tensorflow")], ENV, VERSIONS, tmp_path, tmp_path / "l",
+                           say=said.append)
+    assert found and any("not updated" in line for line in said)
 
 
 def test_a_failed_measurement_is_said_and_the_rest_goes_on(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
     def broken(*args, **kwargs):
         raise RuntimeError("peak measurement on cpu failed: worker killed by SIGKILL")
 
     monkeypatch.setattr(peak, "measure", broken)
     said = []
-    assert peak.peaks_for([(CPU, "fp32", 0)], ENV, "2.21.0", tmp_path / "logs", say=said.append) == {}
+    assert peak.peaks_for([(CPU, "fp32", 0, "tensorflow")], ENV, VERSIONS, tmp_path,
+                          tmp_path / "logs", say=said.append) == {}
     assert any("SIGKILL" in line for line in said)
 
 
@@ -78,16 +108,17 @@ def test_peak_command_measures_then_uses_the_cache(tmp_path):
     first = run()
     assert first.returncode == 0, first.stderr
     cells = cpu_row(first.stdout)
-    assert cells[:4] == ["cpu", "fp32", "default", "2048×2048 float32"]
-    assert float(cells[4]) > 0 and float(cells[4]) >= float(cells[5]) and cells[-1] == "no"
+    assert cells[:5] == ["cpu", "tensorflow", "fp32", "default", "2048×2048 float32"]
+    assert float(cells[5]) > 0 and float(cells[5]) >= float(cells[6]) and cells[-1] == "no"
     assert len(list((tmp_path / "results" / "peaks").glob("*.json"))) == 1
     second = run()
-    assert cpu_row(second.stdout)[-1] == "yes" and cpu_row(second.stdout)[4] == cells[4]
+    assert cpu_row(second.stdout)[-1] == "yes" and cpu_row(second.stdout)[5] == cells[5]
     assert "(cached)" in second.stderr
 
 
 def test_peak_command_rejects_bad_input(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench", "peak", "--precision", "int4"],
                           cwd=tmp_path, text=True, capture_output=True, timeout=60)
-    assert done.returncode == 2 and "--precision: unknown value 'int4'" in done.stderr
+    assert done.returncode == 2 and "unknown value 'int4'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "results").exists()

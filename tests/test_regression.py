@@ -11,39 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import regression, results
-from bench.devices import Device, Requested
-from bench.runner import Cell
+from bench import regression, store
+from bench.environment import machine_id
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from fake_results import fake_result  # noqa: E402
-
-ENV = {"system": "Test OS", "python": "3.11.7", "cpu": {"model": "Test CPU", "logical_cpus": 2,
-                                                        "usable_cpus": 2},
-       "memory_bytes": 2**34, "gpus": [], "machine": "x86_64",
-       "tensorflow": {"version": "2.21.0", "keras": "3.15.1", "onednn_enabled": True}}
+from runs import ENV, TEST_CPU, write_run  # noqa: E402
+from bench.devices import Device, Requested  # noqa: E402
 
 
 def step_times(median: float, n: int = 60, spread: float = 0.05, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).lognormal(np.log(median), spread, n)
-
-
-def write_run(directory: Path, cells: dict[int, np.ndarray | list[np.ndarray]], env: dict = ENV,
-              warmup: int = 3, device: str = "Test CPU") -> Path:
-    """A run directory whose CPU cells (batch size -> steady step times, or a list of them, one
-    per repeat) are as given."""
-    directory.mkdir(parents=True)
-    writer = results.RunWriter(directory, directory.name)
-    writer.write_env(env)
-    cpu = Requested("cpu", Device("cpu", "CPU", device))
-    context = {"run_id": directory.name, "system": env["system"], "git_commit": None}
-    for batch, repeats in cells.items():
-        for repeat, steady in enumerate(repeats if isinstance(repeats, list) else [repeats]):
-            cell = Cell(cpu, batch, "fp32", "auto", 0, 1, repeat)
-            result = fake_result(batch, [1.0] * warmup + list(steady), warmup)
-            writer.add(results.ok_row(cell.columns(), result, **context),
-                       results.step_rows(directory.name, cell.cell_id, result["records"]))
-    return directory
 
 
 # --------------------------------------------------------------------------- the decision rule
@@ -85,35 +62,36 @@ def test_a_clear_speedup_is_faster():
     assert verdict.verdict == regression.FASTER and verdict.high < 1 / 1.1
 
 
-@pytest.mark.parametrize("text, value", [("10%", 0.10), ("10", 0.10), ("0.1", 0.10), ("2.5%", 0.025)])
+@pytest.mark.parametrize("text, value", [("10%", 0.10), ("0.1", 0.10), ("2.5%", 0.025), ("150%", 1.5)])
 def test_parse_slowdown(text, value):
     assert regression.parse_slowdown(text) == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text", ["fast", "-5%", "0", "nan"])
-def test_parse_slowdown_rejects(text):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("text, message", [("fast", "not a slowdown"), ("-5%", "positive"), ("0", "positive"),
+                                           ("nan", "positive"), ("10", "ambiguous"), ("1", "ambiguous")])
+def test_parse_slowdown_rejects_the_ambiguous_and_the_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
         regression.parse_slowdown(text)
 
 
 # --------------------------------------------------------------------------- matching
 
 def test_cells_are_matched_and_the_unmatched_listed(tmp_path):
-    base = results.read_run(write_run(tmp_path / "base", {32: step_times(0.1), 64: step_times(0.2)}))
-    cur = results.read_run(write_run(tmp_path / "cur", {32: step_times(0.2, seed=1),
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.1), 64: step_times(0.2)}))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.2, seed=1),
                                                         128: step_times(0.4)}))
     comparison = regression.compare(base, cur)
-    assert [c.cell for c in comparison.cells] == ["CPU Test CPU bs32"]
+    assert [c.cell for c in comparison.cells] == ["CPU Test CPU, bs32"]
     assert comparison.cells[0].verdict == regression.REGRESSION
-    assert comparison.only_in_baseline == ["CPU Test CPU bs64"]
-    assert comparison.only_in_current == ["CPU Test CPU bs128"]
+    assert comparison.only_in_baseline == ["CPU Test CPU, bs64"]
+    assert comparison.only_in_current == ["CPU Test CPU, bs128"]
     report = regression.comparison_markdown(comparison)
     assert "REGRESSION" in report and "only in the baseline" in report and "bs128" in report
 
 
 def test_repeats_of_a_cell_are_compared_as_repeats(tmp_path):
-    base = results.read_run(write_run(tmp_path / "base", {32: [step_times(0.1, seed=s) for s in (1, 2, 3)]}))
-    cur = results.read_run(write_run(tmp_path / "cur", {32: [step_times(0.1, seed=s) for s in (4, 5)]}))
+    base = store.read_run(write_run(tmp_path / "base", {32: [step_times(0.1, seed=s) for s in (1, 2, 3)]}))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: [step_times(0.1, seed=s) for s in (4, 5)]}))
     cell = regression.compare(base, cur).cells[0]
     assert (cell.baseline_repeats, cell.current_repeats) == (3, 2)
     assert (cell.baseline_steps, cell.current_steps) == (180, 120)
@@ -122,18 +100,22 @@ def test_repeats_of_a_cell_are_compared_as_repeats(tmp_path):
 
 def test_a_baseline_from_before_data_placement_matches_host_fed_cells(tmp_path):
     base = write_run(tmp_path / "base", {32: step_times(0.1)})
-    runs = pd.read_csv(base / results.RUNS_CSV)
-    runs.drop(columns=["data_placement", "data_placement_requested", "data_device"]).to_csv(
-        base / results.RUNS_CSV, index=False)
-    cur = results.read_run(write_run(tmp_path / "cur", {32: step_times(0.1, seed=1)}))
-    comparison = regression.compare(results.read_run(base), cur)
-    assert [c.cell for c in comparison.cells] == ["CPU Test CPU bs32"]
+    runs = pd.read_csv(base / store.RUNS_CSV)
+    runs.drop(columns=["data_placement", "data_placement_requested", "data_device", "backend"]).to_csv(
+        base / store.RUNS_CSV, index=False)
+    env = json.loads((base / store.ENV_JSON).read_text())
+    del env["schema_version"]                      # written before versions were recorded
+    (base / store.ENV_JSON).write_text(json.dumps(env))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.1, seed=1)}))
+    comparison = regression.compare(store.read_run(base), cur)
+    assert [c.cell for c in comparison.cells] == ["CPU Test CPU, bs32"]
     assert not comparison.only_in_baseline and not comparison.only_in_current
 
 
 def test_another_device_name_does_not_match(tmp_path):
-    base = results.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}))
-    cur = results.read_run(write_run(tmp_path / "cur", {32: step_times(0.1)}, device="Other CPU"))
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}))
+    other = Requested("cpu", Device("cpu", "CPU", "Other CPU"))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.1)}, device=other))
     with pytest.raises(regression.BaselineError, match="nothing to compare"):
         regression.compare(base, cur)
 
@@ -141,8 +123,8 @@ def test_another_device_name_does_not_match(tmp_path):
 def test_environment_differences_are_named(tmp_path):
     changed = {**ENV, "tensorflow": {**ENV["tensorflow"], "version": "2.20.0"},
                "cpu": {**ENV["cpu"], "usable_cpus": 1}}
-    base = results.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}))
-    cur = results.read_run(write_run(tmp_path / "cur", {32: step_times(0.1, seed=2)}, env=changed))
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.1, seed=2)}, env=changed))
     differences = regression.compare(base, cur).environment_differences
     assert "TensorFlow: 2.21.0 -> 2.20.0" in differences
     assert "CPUs usable by the process: 2 -> 1" in differences
@@ -151,39 +133,39 @@ def test_environment_differences_are_named(tmp_path):
 # --------------------------------------------------------------------------- baselines
 
 def test_save_and_load_a_baseline(tmp_path):
-    run = results.read_run(write_run(tmp_path / "run", {32: step_times(0.1)}))
-    root = tmp_path / "baselines"
-    path = regression.save_baseline(run, root=root)
+    run = store.read_run(write_run(tmp_path / "run", {32: step_times(0.1)}))
+    root = tmp_path / "results"
+    path = store.save_baseline(run, machine_id(run.env), root)
     assert path.name.startswith("test-cpu-2cpu-16gib-nogpu-")       # from the machine fingerprint
     assert sorted(p.name for p in path.iterdir()) == ["baseline.json", "env.json", "runs.csv", "steps.csv"]
     meta = json.loads((path / "baseline.json").read_text())
-    assert meta["schema"] == regression.BASELINE_SCHEMA and meta["cells"] == 1
-    loaded = regression.load_baseline(path.name, root=root)
+    assert meta["schema"] == store.BASELINE_SCHEMA and meta["cells"] == 1
+    loaded = store.load_baseline(path.name, root)
     np.testing.assert_allclose(loaded.steady_steps(run.runs["cell_id"][0]),
                                run.steady_steps(run.runs["cell_id"][0]))
-    with pytest.raises(regression.BaselineError, match="already exists"):
-        regression.save_baseline(run, root=root)
-    assert regression.save_baseline(run, root=root, replace=True) == path
-    assert [m["name"] for m in regression.list_baselines(root)] == [path.name]
+    with pytest.raises(store.BaselineError, match="already exists"):
+        store.save_baseline(run, path.name, root)
+    assert store.save_baseline(run, path.name, root, replace=True) == path
+    assert [m["name"] for m in store.list_baselines(root)] == [path.name]
 
 
 def test_malformed_and_foreign_baselines_are_refused(tmp_path):
-    root = tmp_path / "baselines"
-    with pytest.raises(regression.BaselineError, match="not found"):
-        regression.load_baseline("missing", root=root)
+    root = tmp_path / "results"
+    with pytest.raises(store.BaselineError, match="not found"):
+        store.load_baseline("missing", root)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "runs.csv").write_text("name,score\nalice,3\n")
     (foreign / "steps.csv").write_text("x\n1\n")
     with pytest.raises(regression.BaselineError, match="missing column"):
-        regression.load_baseline(str(foreign), root=root)
+        store.load_baseline(str(foreign), root)
     wrong_schema = write_run(tmp_path / "wrong", {32: step_times(0.1)})
     (wrong_schema / "baseline.json").write_text('{"schema": "something-else/9"}')
     with pytest.raises(regression.BaselineError, match="not a cifar-bench baseline"):
-        regression.load_baseline(str(wrong_schema), root=root)
+        store.load_baseline(str(wrong_schema), root)
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(regression.BaselineError, match="not a baseline directory"):
-        regression.load_baseline(str(tmp_path / "a-file"), root=root)
+    with pytest.raises(store.BaselineError, match="not a baseline or run directory"):
+        store.load_baseline(str(tmp_path / "a-file"), root)
 
 
 # --------------------------------------------------------------------------- the real CLI
@@ -205,8 +187,8 @@ def test_check_exit_statuses(tmp_path):
 
     slow = bench("check", "--baseline", tmp_path / "base", "--run", tmp_path / "slow",
                  "--markdown", tmp_path / "report.md", "--json", tmp_path / "report.json", cwd=tmp_path)
-    assert slow.returncode == 1
-    assert "regression: CPU Test CPU bs32" in slow.stderr and "bs64" not in slow.stderr
+    assert slow.returncode == 1, slow.stderr
+    assert "regression: CPU Test CPU, bs32" in slow.stderr and "bs64" not in slow.stderr
     assert (tmp_path / "report.md").read_text() == slow.stdout.rstrip("\n") + "\n"
     report = json.loads((tmp_path / "report.json").read_text())
     assert [c["verdict"] for c in report["cells"]] == ["regression", "within noise"]
@@ -261,3 +243,13 @@ def test_end_to_end_identical_runs_pass_and_a_single_core_run_is_flagged(tmp_pat
     ratio = pd.read_csv(tmp_path / "first" / "runs.csv")["images_per_s"][0] / \
         pd.read_csv(tmp_path / "pinned" / "runs.csv")["images_per_s"][0]
     assert ratio > 1.3  # one core of two: clearly slower
+
+
+def test_cells_differing_only_in_a_value_that_prints_like_a_default_are_named_apart(tmp_path):
+    cells = {(32, (("cpu_threads", 0),)): step_times(0.1), (32, (("cpu_threads", 1),)): step_times(0.2)}
+    base = store.read_run(write_run(tmp_path / "base", cells))
+    cur = store.read_run(write_run(tmp_path / "cur", {k: v * 1.5 for k, v in cells.items()}))
+    comparison = regression.compare(base, cur)
+    assert [c.cell for c in comparison.cells] == ["CPU Test CPU, bs32, cpu threads default",
+                                                  "CPU Test CPU, bs32, cpu threads 1"]
+    assert [c.verdict for c in comparison.cells] == [regression.REGRESSION] * 2

@@ -1,64 +1,57 @@
-"""bench.runner: the matrix, device isolation, and what happens when a cell misbehaves.
+"""bench.runner and bench.process: isolation, and what happens when a cell misbehaves.
 
-A fake worker (tests/helpers/fake_worker.py) stands in for TensorFlow so that crashes,
-hangs and signals are exercised in well under a second each.
+A fake worker (tests/helpers/fake_worker.py) speaks the real protocol without a framework,
+so crashes, hangs and signals are exercised in well under a second each.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bench import results, runner
+from bench import matrix, process, runner, store
 from bench.devices import Device, Requested
+from bench.protocol import DataSpec
 
 FAKE_WORKER = [sys.executable, str(Path(__file__).parent / "helpers" / "fake_worker.py")]
 CPU = Requested("cpu", Device("cpu", "CPU", "Test CPU", 2, 2, 2**34))
-BF16_CPU = Requested("cpu", Device("cpu", "CPU", "BF16 CPU", features=("avx512f", "avx512_bf16")))
-AMPERE = Requested("gpu:0", Device("gpu:0", "GPU", "A100", compute_capability="8.0"))
-MAXWELL = Requested("gpu:1", Device("gpu:1", "GPU", "GTX 960M", compute_capability="5.0"))
 GPU1 = Requested("gpu:1", Device("gpu:1", "GPU", "Test GPU", memory_bytes=2**34))
 NO_GPU = Requested("gpu:0", None, "no GPU detected on this machine")
-CONFIG = runner.RunConfig(batch_sizes=(32, 64), epochs=1, steps=6, warmup=2, data="synthetic",
-                          cell_timeout=20)
 CONTEXT = {"run_id": "test-run", "system": "Test OS", "git_commit": None}
+QUIET = runner.Reporter(stream=open("/dev/null", "w"))
 
 
-def spec(batch_size: int) -> dict:
-    cell = runner.Cell(CPU, batch_size, "fp32", "auto", 0, 1, 0)
-    return runner.worker_spec(cell, CONFIG)
+def config(batch_sizes=(32, 64), **kwargs) -> runner.RunConfig:
+    values = {"batch_size": tuple(batch_sizes), "precision": ("fp32",), **kwargs.pop("values", {})}
+    return runner.RunConfig(plan=matrix.Plan(values), epochs=1, steps=kwargs.pop("steps", 6),
+                            warmup=kwargs.pop("warmup", 2), data=DataSpec("synthetic"),
+                            cell_timeout=kwargs.pop("cell_timeout", 20), **kwargs)
 
 
-def test_plan_is_devices_by_batch_sizes_by_settings_with_repeats_outermost():
-    config = runner.RunConfig(batch_sizes=(64, 128), epochs=1, steps=5, warmup=1, repeats=2,
-                              precisions=("fp32", "mixed_bfloat16"))
-    cells = runner.plan(config, [CPU, NO_GPU])
-    assert len(cells) == 2 * 2 * 2 * 2
-    assert [c.repeat for c in cells] == [0] * 8 + [1] * 8
-    assert [(c.device.id, c.batch_size, c.precision) for c in cells[:4]] == [
-        ("cpu", 64, "fp32"), ("cpu", 64, "mixed_bfloat16"), ("cpu", 128, "fp32"),
-        ("cpu", 128, "mixed_bfloat16")]
-    assert len({c.cell_id for c in cells}) == len(cells)
+def payload(batch_size: int) -> str:
+    cfg = config((batch_size,))
+    return runner.cell_spec(runner.plan_cells(cfg, [CPU])[0], cfg).to_json()
 
 
-def test_worker_sees_only_its_own_device():
-    base = {"CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin"}
-    cpu_env = runner.worker_environment(CPU, base)
-    gpu_env = runner.worker_environment(GPU1, base)
-    assert cpu_env["CUDA_VISIBLE_DEVICES"] == "-1"
+def test_worker_sees_only_its_own_device_and_backend():
+    base = {"CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin", "JAX_PLATFORMS": "cuda"}
+    cpu_env = runner.worker_environment(CPU, "jax", base)
+    gpu_env = runner.worker_environment(GPU1, "torch", base)
+    assert cpu_env["CUDA_VISIBLE_DEVICES"] == "-1" and cpu_env["KERAS_BACKEND"] == "jax"
+    assert cpu_env["JAX_PLATFORMS"] == "cpu" and "JAX_PLATFORMS" not in gpu_env
     assert gpu_env["CUDA_VISIBLE_DEVICES"] == "1" and gpu_env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert gpu_env["KERAS_BACKEND"] == "torch"
     assert base["CUDA_VISIBLE_DEVICES"] == "0,1" and gpu_env["PATH"] == "/bin"
 
 
-def test_a_good_worker_returns_its_result_and_progress(tmp_path):
+def test_a_good_worker_returns_its_typed_result_and_progress(tmp_path):
     events = []
-    outcome = runner.run_worker(spec(32), {}, tmp_path / "w.log", 20, events.append, FAKE_WORKER)
-    assert outcome.result is not None and outcome.result["batch_size"] == 32
-    assert [e["event"] for e in events] == ["started", "step", "result"]
+    outcome = process.run_worker(payload(32), {}, tmp_path / "w.log", 20, events.append, FAKE_WORKER)
+    assert outcome.result is not None and outcome.result.train["batch_size"] == 32
+    assert [e.kind for e in events] == ["started", "phase", "step", "result"]
     assert "library chatter" in (tmp_path / "w.log").read_text()  # non-protocol stdout is logged
 
 
@@ -66,31 +59,43 @@ def test_a_good_worker_returns_its_result_and_progress(tmp_path):
     (13, "exited with status 3 without a result; last log line: Traceback: something broke"),
     (15, "killed by SIGKILL"),
     (16, "out of memory (ResourceExhaustedError)"),
+    (17, "does not follow the protocol"),
 ])
 def test_a_failing_worker_says_why(tmp_path, batch_size, reason):
-    outcome = runner.run_worker(spec(batch_size), {}, tmp_path / "w.log", 20, command=FAKE_WORKER)
+    outcome = process.run_worker(payload(batch_size), {}, tmp_path / "w.log", 20, command=FAKE_WORKER)
     assert outcome.result is None and reason in outcome.reason
 
 
 def test_a_hanging_worker_is_killed_at_the_timeout(tmp_path):
-    outcome = runner.run_worker(spec(14), {}, tmp_path / "w.log", 1.5, command=FAKE_WORKER)
+    outcome = process.run_worker(payload(14), {}, tmp_path / "w.log", 1.5, command=FAKE_WORKER)
     assert outcome.result is None and "timed out after 1.5 s" in outcome.reason
 
 
+def test_an_unwritable_log_costs_the_log_not_the_cell(tmp_path):
+    outcome = process.run_worker(payload(32), {}, tmp_path / "missing-dir" / "w.log", 20,
+                                 command=FAKE_WORKER)
+    assert outcome.result is not None and "not written" in outcome.log_error
+
+
+def test_a_log_write_failing_mid_run_never_hangs(tmp_path):
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    outcome = process.run_worker(payload(32), {}, Path("/dev/full"), 20, command=FAKE_WORKER)
+    assert outcome.result is not None and "not fully written" in outcome.log_error
+
+
 def test_one_failing_cell_does_not_stop_the_run(tmp_path):
-    config = runner.RunConfig(batch_sizes=(32, 13, 14, 64), epochs=1, steps=6, warmup=2,
-                              data="synthetic", cell_timeout=2)
-    cells = runner.plan(config, [CPU, NO_GPU])
-    writer = results.RunWriter(tmp_path, "test-run")
-    rows = runner.execute(config, cells, writer, CONTEXT, runner.Reporter(stream=open("/dev/null", "w")),
-                          tmp_path / "logs", worker_command=FAKE_WORKER)
-    assert [r["status"] for r in rows] == ["ok", "failed", "failed", "ok"] + ["skipped"] * 4
-    on_disk = pd.read_csv(tmp_path / results.RUNS_CSV)
-    assert list(on_disk["status"]) == [r["status"] for r in rows]
+    cfg = config((32, 13, 14, 64), cell_timeout=2)
+    cells = runner.plan_cells(cfg, [CPU, NO_GPU])
+    writer = store.RunWriter(tmp_path, "test-run")
+    outcome = runner.execute(cfg, cells, writer, CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER)
+    assert [r["status"] for r in outcome.rows] == ["ok", "failed", "failed", "ok"] + ["skipped"] * 4
+    on_disk = pd.read_csv(tmp_path / store.RUNS_CSV)
+    assert list(on_disk["status"]) == [r["status"] for r in outcome.rows]
     assert "timed out" in on_disk["reason"][2] and "status 3" in on_disk["reason"][1]
     skipped = on_disk[on_disk["status"] == "skipped"].iloc[0]
     assert skipped["reason"] == "no GPU detected on this machine" and skipped["epochs"] == 1
-    steps = pd.read_csv(tmp_path / results.STEPS_CSV)
+    steps = pd.read_csv(tmp_path / store.STEPS_CSV)
     assert set(steps["cell_id"]) == {cells[0].cell_id, cells[3].cell_id} and len(steps) == 12
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(
         f"{c.cell_id}.log" for c in cells[:4])
@@ -101,43 +106,77 @@ def test_rows_are_on_disk_before_the_next_cell_starts(tmp_path):
 
     class Spy(runner.Reporter):
         def cell_started(self, index, total, cell):
-            path = tmp_path / results.RUNS_CSV
+            path = tmp_path / store.RUNS_CSV
             seen.append(len(pd.read_csv(path)) if path.exists() else 0)
 
-    config = runner.RunConfig(batch_sizes=(32, 64, 128), epochs=1, steps=4, warmup=1, data="synthetic")
-    runner.execute(config, runner.plan(config, [CPU]), results.RunWriter(tmp_path, "r"), CONTEXT,
+    cfg = config((32, 64, 128), steps=4, warmup=1)
+    runner.execute(cfg, runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"), CONTEXT,
                    Spy(), tmp_path / "logs", worker_command=FAKE_WORKER)
     assert seen == [0, 1, 2]
 
 
-def test_auto_precision_is_resolved_per_device_and_deduplicated():
-    config = runner.RunConfig(batch_sizes=(64,), epochs=1, steps=5, warmup=1,
-                              precisions=("auto", "mixed_bfloat16", "fp32"))
-    planned = {(c.device.id, c.precision) for c in runner.plan(config, [BF16_CPU, CPU, AMPERE, MAXWELL])}
-    assert planned == {("cpu", "mixed_bfloat16"), ("cpu", "fp32"), ("gpu:0", "mixed_bfloat16"),
-                       ("gpu:0", "fp32"), ("gpu:1", "fp32"), ("gpu:1", "mixed_bfloat16")}
-    cells = runner.plan(runner.RunConfig(batch_sizes=(64,), epochs=1, steps=5, warmup=1,
-                                         precisions=("auto",)), [BF16_CPU, CPU, NO_GPU])
-    assert [(c.device.device.name if c.device.device else None, c.precision) for c in cells] == [
-        ("BF16 CPU", "mixed_bfloat16"), ("Test CPU", "fp32"), (None, "auto")]
+def test_a_missing_backend_is_a_skipped_row_naming_the_install_command(tmp_path, monkeypatch):
+    real = runner.backend_missing
+    monkeypatch.setattr(runner, "backend_missing",
+                        lambda b: "the torch backend is not installed (pip install 'cifar-bench[torch]')"
+                        if b == "torch" else real(b))
+    cfg = config((32,), values={"backend": ("tensorflow", "torch")})
+    outcome = runner.execute(cfg, runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
+                             CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER)
+    assert [(r["backend"], r["status"]) for r in outcome.rows] == [("tensorflow", "ok"), ("torch", "skipped")]
+    assert "cifar-bench[torch]" in outcome.rows[1]["reason"]
 
 
-def test_data_placement_is_resolved_per_device():
-    big = Requested("gpu:0", Device("gpu:0", "GPU", "H100", memory_bytes=80 * 2**30))
-    small = Requested("gpu:1", Device("gpu:1", "GPU", "GTX 960M", memory_bytes=2 * 2**30))
-    config = runner.RunConfig(batch_sizes=(64,), epochs=1, steps=5, warmup=1)
-    cells = runner.plan(config, [CPU, big, small, NO_GPU])
-    assert [(c.device.id, c.data_placement) for c in cells] == [
-        ("cpu", "host"), ("gpu:0", "device"), ("gpu:1", "host"), ("gpu:0", "auto")]
-    assert {c.columns()["data_placement_requested"] for c in cells} == {"auto"}
-    assert "_data-device_" in cells[1].cell_id and runner.worker_spec(cells[1], config)["data_placement"] == "device"
-    # asking for both gives both, and "auto" that resolves to one of them is planned once
-    both = runner.plan(replace(config, data_placements=("auto", "host", "device")), [CPU])
-    assert [c.data_placement for c in both] == ["host", "device"]
+def test_a_cell_without_steady_steps_is_a_clear_row_and_the_run_goes_on(tmp_path):
+    # e.g. a small data set allows fewer steps than the warm-up: the fake's batch 18 does that
+    cfg = config((18, 32), steps=3, warmup=1)
+    outcome = runner.execute(cfg, runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
+                             CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER)
+    assert [r["status"] for r in outcome.rows] == ["ok", "ok"]
+    assert "no steady steps" in outcome.rows[0]["reason"] and outcome.rows[0]["images_per_s"] is None
+    assert outcome.rows[1]["images_per_s"] > 0
 
 
-def test_peaks_are_needed_once_per_usable_device_precision_and_threads():
-    config = runner.RunConfig(batch_sizes=(32, 64), epochs=1, steps=5, warmup=1, repeats=2,
-                              precisions=("fp32", "mixed_bfloat16"))
-    combos = runner.peak_combinations(runner.plan(config, [CPU, NO_GPU]))
-    assert [(d.id, p, t) for d, p, t in combos] == [("cpu", "fp32", 0), ("cpu", "mixed_bfloat16", 0)]
+def test_a_full_disk_stops_the_run_cleanly_keeping_what_was_written(tmp_path, monkeypatch):
+    cfg = config((32, 64, 128), steps=4, warmup=1)
+    writer = store.RunWriter(tmp_path, "r")
+    real_flush, calls = writer.flush, []
+
+    def flush():
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_flush()
+
+    monkeypatch.setattr(writer, "flush", flush)
+    outcome = runner.execute(cfg, runner.plan_cells(cfg, [CPU]), writer, CONTEXT, QUIET,
+                             tmp_path / "logs", worker_command=FAKE_WORKER)
+    assert "No space left on device" in outcome.write_error and len(outcome.rows) == 2
+    assert len(pd.read_csv(tmp_path / store.RUNS_CSV)) == 1   # the first cell survived on disk
+
+
+def test_peaks_are_needed_once_per_usable_device_precision_threads_and_backend():
+    cfg = config((32, 64), repeats=2, values={"precision": ("fp32", "mixed_bfloat16")})
+    combos = runner.peak_combinations(runner.plan_cells(cfg, [CPU, NO_GPU]))
+    assert [(d.id, p, t, b) for d, p, t, b in combos] == [
+        ("cpu", "fp32", 0, "tensorflow"), ("cpu", "mixed_bfloat16", 0, "tensorflow")]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_sizes": (64, 512), "warmup": 1}, "larger than the 256 training images"),
+    ({"batch_sizes": (32,), "warmup": 6}, "--warmup 6 leaves no steady steps"),
+    ({"batch_sizes": (32,), "seed": 2**32 - 1, "repeats": 2}, "--seed"),
+])
+def test_what_cannot_work_is_known_before_the_run(kwargs, message):
+    batch_sizes = kwargs.pop("batch_sizes")
+    cfg = config(batch_sizes, **kwargs)
+    cfg = runner.RunConfig(**{**cfg.__dict__, "data": DataSpec("synthetic", synthetic_images=256)})
+    assert any(message in p for p in cfg.problems())
+
+
+def test_run_config_round_trips_through_env_json():
+    import json
+    cfg = config((32, 64), values={"backend": ("jax",)}, repeats=2)
+    back = runner.RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back.to_dict() == cfg.to_dict() and back.plan.of("backend") == ("jax",)
+    assert runner.plan_cells(back, [CPU]) == runner.plan_cells(cfg, [CPU])

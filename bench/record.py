@@ -1,0 +1,239 @@
+"""One row of runs.csv (a cell) and of steps.csv (a timed step): the schema, declared once.
+
+:class:`RunRow` is made from :data:`RUN_COLUMNS`; each field's metadata documents its
+column and gives its CSV dtype, and the cell's own columns (device and every matrix
+dimension) come from :mod:`bench.matrix`. The builders turn a worker's typed result into a
+row; they never see a framework.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+
+import numpy as np
+
+from bench import matrix, stats
+from bench.protocol import WorkerResult
+
+STATUSES = ("ok", "skipped", "failed")
+NOTEBOOK_EPOCHS = 26               # the seed run: 26 epochs ...
+NOTEBOOK_TRAIN_IMAGES = 40_000     # ... of the seed split's 40,000 training images
+#: Contention at or above this share of the usable CPUs is worth a note under the table.
+NOTABLE_CONTENTION_PCT = 10.0
+
+
+@dataclass(frozen=True)
+class Column:
+    doc: str
+    dtype: str = "float"           # float, int, text or bool
+
+
+_IDENTITY = {
+    "run_id": Column("the run this cell belongs to", "text"),
+    "cell_id": Column("device, dimensions and repeat of the cell", "text"),
+    "repeat": Column("0-based repeat index (each repeat is a fresh process)", "int"),
+    "status": Column("ok, skipped (device or backend absent) or failed (crash, timeout, error)", "text"),
+    "reason": Column("why the cell was skipped or failed", "text"),
+    "system": Column("operating system", "text"),
+    "machine_label": Column("the user's short name for the machine (--machine-label)", "text"),
+}
+_MEASURED = {
+    "data_device": Column("where the training images lived (CPU:0, GPU:0, ...)", "text"),
+    "data": Column("cifar10 or synthetic", "text"),
+    "split": Column("standard (50k/10k official) or seed (notebook: 40k/10k)", "text"),
+    "epochs": Column("epochs trained", "int"),
+    "steps_per_epoch": Column("steps per epoch (full batches, optionally capped)", "int"),
+    "steps": Column("steps timed in total (epochs x steps_per_epoch)", "int"),
+    "warmup_steps": Column("first steps excluded from the steady statistics", "int"),
+    "train_s": Column("full training time: wall time of the whole training run, warm-up included"),
+    "first_step_s": Column("the first step alone (tracing, compilation, allocations)"),
+    "data_load_s": Column("reading + standardising the dataset + building the input pipeline"),
+    "startup_s": Column("worker start until the framework and Keras were imported"),
+    "build_s": Column("building and compiling the model"),
+    "eval_s": Column("evaluating on the held-out images"),
+    "epoch_median_s": Column("median wall time of one epoch"),
+    "step_median_s": Column("median steady step time (device synced)"),
+    "step_mean_s": Column("mean steady step time"),
+    "step_p5_s": Column("5th percentile of steady step times"),
+    "step_p95_s": Column("95th percentile of steady step times"),
+    "step_iqr_s": Column("interquartile range of steady step times"),
+    "step_median_ci_low_s": Column("95% bootstrap confidence interval of the median step: low"),
+    "step_median_ci_high_s": Column("95% bootstrap confidence interval of the median step: high"),
+    "steady_steps": Column("steps in the steady statistics", "int"),
+    "steady_wall_s": Column("wall time from the first steady step's start to the last one's end"),
+    "images_per_s": Column("steady images/s = batch_size / step_median_s"),
+    "images_per_s_wall": Column("steady images/s over wall time = steady_steps * batch_size / steady_wall_s"),
+    "projected_seed_run_s": Column("26 epochs of the 40,000-image seed split at step_mean_s (estimate)"),
+    "train_loss": Column("mean training loss over the last epoch (dropout active)"),
+    "train_accuracy": Column("mean training accuracy over the last epoch (dropout active)"),
+    "heldout_accuracy": Column("accuracy on the held-out images after training (see heldout_images)"),
+    "heldout_loss": Column("loss on the held-out images after training"),
+    "heldout_images": Column("held-out images evaluated (0: not evaluated)", "int"),
+    "accuracy_note": Column("what the accuracy was measured on, or why it was not", "text"),
+    "params": Column("trainable and non-trainable parameters of the network", "int"),
+    "peak_rss_mb": Column("peak resident memory of the worker process (MiB)"),
+    "peak_gpu_mem_mb": Column("peak GPU memory held by the framework (MiB, GPU cells)"),
+    "cpu_util_pct": Column("mean CPU use of the worker while training, % of the CPUs it could use"),
+    "xla": Column("whether the train step was compiled (what jit_compile resolved to)", "bool"),
+    "compile_note": Column("what jit_compile means and resolved to on this backend", "text"),
+    "unsynced_steps": Column("steps of the unsynced throughput phase (0: not run)", "int"),
+    "unsynced_images_per_s": Column("images/s over a block of steps with one sync at the end"),
+    "sync_overhead_pct": Column("throughput lost to per-step syncing: "
+                                "100 x (1 - images_per_s / unsynced_images_per_s)"),
+    "flops_per_image": Column("analytic training FLOPs per image (forward + backward)", "int"),
+    "achieved_tflops": Column("flops_per_image x images_per_s / 1e12"),
+    "peak_tflops": Column("measured peak of the device in this precision, threads and backend "
+                          "(large matmul, python -m bench peak)"),
+    "efficiency_pct": Column("100 x achieved_tflops / peak_tflops"),
+    "usable_cpus": Column("CPUs the worker could use (affinity and cgroup quota)"),
+    "other_cpu_pct": Column("CPU used by other processes while the cell ran, % of the usable CPUs"),
+    "steal_pct": Column("CPU time stolen by the hypervisor while the cell ran, % of wall time"),
+    "worker_cpu_pct": Column("the worker's CPU share while the cell ran, % of the usable CPUs"),
+    "load_avg_max": Column("highest 1-minute load average seen while the cell ran"),
+    "contention_note": Column("what else used the machine while the cell ran", "text"),
+    "framework_version": Column("the backend framework's version in the worker", "text"),
+    "tensorflow_version": Column("TensorFlow in the worker (tensorflow backend)", "text"),
+    "keras_version": Column("Keras in the worker", "text"),
+    "numpy_version": Column("NumPy in the worker", "text"),
+    "python_version": Column("Python in the worker", "text"),
+    "started_at": Column("when the cell started (UTC)", "text"),
+    "git_commit": Column("the project's commit", "text"),
+}
+_RUN_SETTINGS = ("data", "split", "epochs", "warmup_steps")
+
+
+def _cell_columns() -> dict[str, Column]:
+    return {name: Column(doc, dtype) for name, (doc, dtype) in matrix.columns().items()}
+
+
+#: runs.csv, in order: column -> what it holds and its dtype. Times are seconds of wall time.
+RUN_COLUMNS: dict[str, Column] = {**_IDENTITY, **_cell_columns(), **_MEASURED}
+STEP_COLUMNS: dict[str, Column] = {
+    "run_id": Column("the run", "text"),
+    "cell_id": Column("the cell (runs.csv)", "text"),
+    "epoch": Column("0-based epoch", "int"),
+    "step": Column("0-based step within the epoch (first step of the record)", "int"),
+    "steps": Column("steps covered by this record (steps_per_execution)", "int"),
+    "seconds": Column("wall time of the record, device synced"),
+    "warmup": Column("True for warm-up steps (excluded from the steady statistics)", "bool"),
+}
+
+
+def columns_of(dtype: str, schema: dict[str, Column] = RUN_COLUMNS) -> tuple[str, ...]:
+    return tuple(name for name, column in schema.items() if column.dtype == dtype)
+
+
+#: One row of runs.csv; every field defaults to None (a skipped row fills few of them).
+RunRow = make_dataclass(
+    "RunRow",
+    [(name, object, field(default=None, metadata={"doc": c.doc, "dtype": c.dtype}))
+     for name, c in RUN_COLUMNS.items()],
+    frozen=True)
+RunRow.__doc__ = "One cell's outcome: a row of runs.csv. Field metadata documents each column."
+
+
+def as_dict(row) -> dict:
+    return asdict(row)
+
+
+def planned(cell: matrix.Cell, run_wide: dict, context: dict) -> dict:
+    """A cell's columns known before it runs: what was asked, so every row says it."""
+    return {**context, "cell_id": cell.cell_id, "repeat": cell.repeat, **cell.columns(),
+            **{k: run_wide[k] for k in _RUN_SETTINGS if k in run_wide}}
+
+
+def skipped_row(planned_: dict, reason: str) -> "RunRow":
+    return RunRow(**planned_, status="skipped", reason=reason)
+
+
+def failed_row(planned_: dict, reason: str, contention: dict | None = None) -> "RunRow":
+    return RunRow(**planned_, status="failed", reason=reason, **_contention_columns(contention))
+
+
+def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
+           contention: dict | None = None) -> "RunRow":
+    """A measured cell: the worker's typed result condensed into the schema's columns.
+
+    ``peak`` is the device's measured peak in the cell's precision ({"tflops": ...});
+    ``contention`` what :mod:`bench.contention` saw while the cell ran.
+    A cell with no steady step is a clear ``ok`` row without steady figures, and says so.
+    """
+    train = result.train
+    records = train["records"]
+    steady = np.array([r["seconds"] / r["steps"] for r in records if not r["warmup"]])
+    steady_steps = sum(r["steps"] for r in records if not r["warmup"])
+    batch = train["batch_size"]
+    versions = result.versions or {}
+    values = dict(
+        planned_, status="ok", reason="",
+        epochs=train["epochs"], steps_per_epoch=train["steps_per_epoch"],
+        steps=sum(r["steps"] for r in records), warmup_steps=train["warmup_steps"],
+        data=train["data"], split=train["split"], data_device=train.get("data_device"),
+        train_s=train["train_seconds"],
+        first_step_s=records[0]["seconds"] / records[0]["steps"] if records else None,
+        data_load_s=train["data_seconds"], startup_s=result.startup_seconds,
+        build_s=train["build_seconds"], eval_s=train["eval_seconds"],
+        epoch_median_s=float(np.median(train["epoch_seconds"])) if train["epoch_seconds"] else None,
+        steady_steps=steady_steps, steady_wall_s=train["steady_wall_seconds"],
+        train_loss=train["train_loss"], train_accuracy=train["train_accuracy"],
+        heldout_accuracy=train["heldout_accuracy"], heldout_loss=train["heldout_loss"],
+        heldout_images=train["heldout_images"], accuracy_note=train["accuracy_note"],
+        params=train.get("params"),
+        peak_rss_mb=_mib(result.peak_rss_bytes), peak_gpu_mem_mb=_mib(result.peak_gpu_bytes),
+        cpu_util_pct=result.cpu_util_pct, flops_per_image=train["training_flops_per_image"],
+        xla=train.get("xla"), compile_note=train.get("compile_note"),
+        unsynced_steps=train.get("unsynced_steps", 0), started_at=result.started_at,
+        framework_version=versions.get(train.get("backend", "tensorflow")),
+        **{f"{name}_version": versions.get(name) for name in ("tensorflow", "keras", "numpy", "python")},
+        **_contention_columns(contention),
+    )
+    if result.device_name:
+        values["device_name"] = result.device_name
+    if len(steady):
+        summary = stats.summarise(steady)
+        values.update(
+            step_median_s=summary.median, step_mean_s=summary.mean, step_p5_s=summary.p5,
+            step_p95_s=summary.p95, step_iqr_s=summary.iqr,
+            step_median_ci_low_s=summary.median_ci_low, step_median_ci_high_s=summary.median_ci_high,
+            images_per_s=batch / summary.median,
+            images_per_s_wall=(steady_steps * batch / train["steady_wall_seconds"]
+                               if _positive(train["steady_wall_seconds"]) else None),
+            projected_seed_run_s=NOTEBOOK_EPOCHS * (NOTEBOOK_TRAIN_IMAGES // batch) * summary.mean,
+            achieved_tflops=train["training_flops_per_image"] * batch / summary.median / 1e12,
+        )
+        if _positive(train.get("unsynced_seconds")) and train.get("unsynced_steps"):
+            unsynced = train["unsynced_steps"] * batch / train["unsynced_seconds"]
+            values.update(unsynced_images_per_s=unsynced,
+                          sync_overhead_pct=100 * (1 - values["images_per_s"] / unsynced))
+        if peak:
+            values.update(peak_tflops=peak["tflops"],
+                          efficiency_pct=100 * values["achieved_tflops"] / peak["tflops"])
+    else:
+        values["reason"] = (f"no steady steps: all {values['steps']} step(s) were warm-up; "
+                            "lower --warmup or raise --steps")
+    return RunRow(**values)
+
+
+def _contention_columns(contention: dict | None) -> dict:
+    if not contention:
+        return {}
+    keys = ("usable_cpus", "other_cpu_pct", "steal_pct", "worker_cpu_pct", "load_avg_max",
+            "contention_note")
+    return {k: contention.get(k) for k in keys if k in contention}
+
+
+def step_rows(run_id: str, cell_id: str, records: list[dict]) -> list[dict]:
+    return [{"run_id": run_id, "cell_id": cell_id, **{k: r[k] for k in
+             ("epoch", "step", "steps", "seconds", "warmup")}} for r in records]
+
+
+def _mib(value) -> float | None:
+    return None if value is None else value / 2**20
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunRow))
