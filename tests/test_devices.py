@@ -1,4 +1,5 @@
-"""bench.devices: parsing --devices, merging TensorFlow's and NVML's view, usable CPUs."""
+"""bench.devices and bench.hardware: what is there (--devices, TensorFlow's and NVML's view,
+usable CPUs) and what it could compute at best (theoretical peaks)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import types
 
 import pytest
 
-from bench import devices
+from bench import devices, hardware
 
 CPU_ONLY = {"tensorflow": "2.21.0", "keras": "3.15.1", "built_with_cuda": True, "gpus": []}
 TWO_GPUS = {**CPU_ONLY, "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
@@ -191,3 +192,66 @@ def test_usable_cpus_says_why(tmp_path, monkeypatch):
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
 def test_usable_cpus_of_this_process_respect_its_affinity():
     assert devices.usable_cpus().count <= len(os.sched_getaffinity(0))
+
+
+# --------------------------------------------------------------------------- bench.hardware:
+# theoretical peaks from instruction sets, clocks and datasheets
+
+HASWELL = {"sse2", "avx", "avx2", "fma"}
+ZEN4 = HASWELL | {"avx512f", "avx512_bf16"}
+
+
+def cpu(precision="fp32", flags=HASWELL, usable=8, clock_hz=3e9):
+    return hardware.cpu_peak(precision, flags=flags, physical_cores=4, logical_cpus=8,
+                             clock_hz=clock_hz, usable_cpus=usable)
+
+
+def test_cpu_peak_is_cores_times_clock_times_flops_per_cycle():
+    assert cpu().tflops == pytest.approx(4 * 3e9 * 32 / 1e12)
+    assert "AVX2+FMA" in cpu().basis
+    assert cpu("mixed_bfloat16").tflops == cpu().tflops          # no bf16 hardware: fp32 speed
+    assert cpu(flags=ZEN4).tflops == pytest.approx(4 * 3e9 * 64 / 1e12)
+    assert cpu("mixed_bfloat16", ZEN4).tflops == pytest.approx(2 * cpu(flags=ZEN4).tflops)
+    assert cpu(flags={"sse2"}).tflops == pytest.approx(4 * 3e9 * 8 / 1e12)
+
+
+def test_cpu_peak_scales_to_the_usable_cpus():
+    assert cpu(usable=4).tflops == pytest.approx(cpu().tflops / 2)
+    assert cpu(usable=1.5).tflops == pytest.approx(cpu().tflops * 1.5 / 8)
+    assert "4 of 8 logical CPUs usable" in cpu(usable=4).basis
+
+
+def test_unknown_cpu_peaks_say_why():
+    assert cpu(flags=set()).tflops is None
+    amx = cpu("mixed_bfloat16", ZEN4 | {"amx_bf16"})
+    assert amx.tflops is None and "AMX" in amx.basis
+
+
+def test_cpu_peak_without_a_clock_is_unknown(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_clock_hz", lambda: None)
+    peak = cpu(clock_hz=None)
+    assert peak.tflops is None and "clock" in peak.basis
+
+
+@pytest.mark.parametrize("name, precision, tflops", [
+    ("NVIDIA H100 80GB HBM3", "mixed_bfloat16", 989.4),
+    ("NVIDIA H100 PCIe", "fp32", 51),
+    ("NVIDIA H200", "mixed_float16", 989.4),
+    ("NVIDIA A100-SXM4-80GB", "tf32", 156),
+    ("NVIDIA A10", "fp32", 31.2),
+    ("NVIDIA A10G", "fp32", None),
+    ("Tesla T4", "mixed_bfloat16", None),
+    ("NVIDIA GeForce RTX 4090", "mixed_float16", 165.2),
+    ("NVIDIA GeForce RTX 4090 Laptop GPU", "fp32", None),
+    ("GeForce GTX 960M", "fp32", 1.5),
+    ("Some Future GPU", "fp32", None),
+])
+def test_gpu_datasheet_peaks(name, precision, tflops):
+    peak = hardware.gpu_peak(name, precision)
+    assert peak.tflops == tflops and peak.basis
+
+
+def test_peak_of_a_device():
+    gpu = devices.Device("gpu:0", "GPU", "NVIDIA L4", compute_capability="8.9")
+    assert hardware.peak(gpu, "mixed_bfloat16").tflops == 121
+    assert hardware.peak(devices.Device("cpu", "CPU", "x"), "fp32").basis
