@@ -1,16 +1,17 @@
 """What is there: the CPU and every GPU, named the way their owners know them.
 
 The harness process never imports TensorFlow (it would take seconds and, on a GPU
-machine, grab device memory the workers need). GPUs come from two witnesses: a short
-probe subprocess that asks TensorFlow what it can use, and ``nvidia-smi`` for the memory
-and driver TensorFlow does not report. A GPU that ``nvidia-smi`` sees but TensorFlow
+machine, grab device memory the workers need). The CPU is described by py-cpuinfo (name,
+instruction sets); GPUs come from two witnesses: NVIDIA's management library (NVML, no
+framework needed) for names, memory, compute capability and the driver, and a short probe
+subprocess that asks TensorFlow what it can use. A GPU that NVML sees but TensorFlow
 cannot use is listed, marked unusable, with the reason, so a user learns why its cell
 was skipped.
 """
 
 from __future__ import annotations
 
-import csv
+import functools
 import json
 import os
 import platform
@@ -18,8 +19,15 @@ import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import cpuinfo
 import psutil
+
+try:
+    import pynvml  # nvidia-ml-py: NVIDIA's own bindings to the driver's management library
+except ImportError:  # pragma: no cover - it is a dependency; a broken install still runs on CPU
+    pynvml = None
 
 PROBE_TIMEOUT_S = 180
 DEVICE_ID = re.compile(r"^(cpu|gpu|gpu:\d+|all)$")
@@ -58,6 +66,7 @@ class Inventory:
     cuda_version: str | None = None
     cudnn_version: str | None = None
     driver_version: str | None = None
+    cuda_driver_version: str | None = None   # the newest CUDA the driver supports (NVML)
     notes: list[str] = field(default_factory=list)
 
     def get(self, device_id: str) -> Device | None:
@@ -82,31 +91,20 @@ class Requested:
 
 # --------------------------------------------------------------------------- the CPU
 
+@functools.cache
+def cpu_info() -> dict:
+    """py-cpuinfo's answer, asked once per process: it can take a second (it may spawn a
+    subprocess to read CPUID), and the CPU does not change while we run."""
+    try:
+        return cpuinfo.get_cpu_info()
+    except Exception:  # noqa: BLE001 - a third-party probe must never stop a benchmark
+        return {}
+
+
 def cpu_name() -> str:
     """The CPU's marketing name ("AMD EPYC 9R14", "Apple M2"), not the architecture."""
-    system = platform.system()
-    try:
-        if system == "Linux":
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    key, _, value = line.partition(":")
-                    value = value.strip()
-                    # x86: "model name"; some Arm kernels: "Hardware" or a named "Processor"
-                    if key.strip().lower() in ("model name", "hardware", "processor") \
-                            and value and not value.isdigit():
-                        return re.sub(r"\s+", " ", value)
-        elif system == "Darwin":
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
-                                  text=True, timeout=5, check=True).stdout.strip()
-        elif system == "Windows":
-            import winreg  # noqa: PLC0415 - Windows only
-
-            key = winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE,
-                                 r"HARDWARE\DESCRIPTION\System\CentralProcessor\0")
-            return winreg.QueryValueEx(key, "ProcessorNameString")[0].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    name = re.sub(r"\s+", " ", str(cpu_info().get("brand_raw") or "")).strip()
+    return name or platform.processor() or platform.machine() or "unknown CPU"
 
 
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16",
@@ -114,17 +112,101 @@ CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_
 BF16_CPU_FEATURES = {"avx512_bf16", "amx_bf16"}
 
 
-def cpu_features() -> tuple[str, ...]:
-    """The instruction-set extensions that decide training speed (from /proc/cpuinfo)."""
+def cpu_flags() -> set[str]:
+    """Every instruction-set flag py-cpuinfo reports, lower case, also without underscores
+    (its CPUID names say "avx512vnni" where Linux says "avx512_vnni")."""
+    flags = {str(flag).lower() for flag in cpu_info().get("flags", [])}
+    return flags | {flag.replace("_", "") for flag in flags}
+
+
+def cpu_features(flags: set[str] | None = None) -> tuple[str, ...]:
+    """The instruction-set extensions that decide training speed, by their Linux names."""
+    flags = cpu_flags() if flags is None else flags
+    return tuple(f for f in CPU_FEATURES if f in flags or f.replace("_", "") in flags)
+
+
+@dataclass(frozen=True)
+class UsableCpus:
+    """How many CPUs this process may really use, and why that many.
+
+    ``count`` is an int for whole CPUs and a float for a fractional cgroup quota (1.5).
+    """
+
+    count: float
+    reason: str
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def usable_cpus(cgroup_root: Path = CGROUP_ROOT,
+                proc_cgroup: Path = Path("/proc/self/cgroup")) -> UsableCpus:
+    """The CPUs this process may use: the affinity mask AND the cgroup CPU quota.
+
+    ``os.cpu_count()`` counts the machine; a container limited to 1.5 CPUs or a process
+    pinned with ``taskset`` gets less, and its numbers must say so.
+    """
+    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("flags", "features")):
-                    present = set(line.split(":", 1)[1].split())
-                    return tuple(flag for flag in CPU_FEATURES if flag in present)
+        affinity = len(psutil.Process().cpu_affinity())
+    except (AttributeError, psutil.Error, OSError):  # macOS has no affinity
+        affinity = logical
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None and quota < affinity:
+        count = int(quota) if float(quota).is_integer() else round(quota, 2)
+        return UsableCpus(count, f"{count} of {logical} logical CPUs (cgroup quota)")
+    if affinity < logical:
+        return UsableCpus(affinity, f"{affinity} of {logical} logical CPUs (affinity)")
+    return UsableCpus(logical, f"{logical} of {logical} logical CPUs")
+
+
+def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT,
+                     proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The tightest CPU quota on this process's cgroup and its ancestors, in CPUs; None if none.
+
+    cgroup v2: ``cpu.max`` holds "QUOTA PERIOD" (or "max PERIOD"); cgroup v1:
+    ``cpu.cfs_quota_us`` (-1 for none) and ``cpu.cfs_period_us`` in the ``cpu`` controller.
+    Inside a container the cgroup path in /proc is often not under the mount, so the
+    mount's own root is read too.
+    """
+    try:
+        lines = proc_cgroup.read_text(encoding="utf-8").splitlines()
     except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":            # cgroup v2 unified hierarchy
+            mounts = [cgroup_root]
+        elif "cpu" in controllers.split(","):
+            mounts = [cgroup_root / name for name in (controllers, "cpu", "cpu,cpuacct")]
+        else:
+            continue
+        for mount in dict.fromkeys(mounts):
+            for directory in _self_and_ancestors(mount, path.strip()):
+                limit = _cpu_limit(directory)
+                if limit is not None:
+                    limits.append(limit)
+    return min(limits) if limits else None
+
+
+def _self_and_ancestors(mount: Path, path: str) -> list[Path]:
+    parts = [p for p in path.split("/") if p]
+    return [mount.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _cpu_limit(directory: Path) -> float | None:
+    try:
+        quota, period = (directory / "cpu.max").read_text(encoding="utf-8").split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
         pass
-    return ()
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text(encoding="utf-8"))
+        period = int((directory / "cpu.cfs_period_us").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def cpu_device() -> Device:
@@ -153,22 +235,72 @@ def auto_precision(device: Device) -> str:
 
 # --------------------------------------------------------------------------- GPUs
 
-def nvidia_smi() -> tuple[list[dict], str | None]:
-    """GPUs as ``nvidia-smi`` lists them (PCI bus order), and the driver version."""
-    fields = ["index", "name", "memory.total", "compute_cap", "driver_version"]
-    for query in (fields, fields[:3] + fields[4:]):  # old drivers lack compute_cap
+@dataclass(frozen=True)
+class NvmlGpu:
+    """One GPU as NVIDIA's management library sees it (index = PCI bus order, like nvidia-smi)."""
+
+    index: int
+    name: str
+    memory_bytes: int | None = None
+    compute_capability: str | None = None
+
+
+@dataclass(frozen=True)
+class NvmlView:
+    """What NVML says about the machine's GPUs; ``error`` says why it could not answer."""
+
+    gpus: tuple[NvmlGpu, ...] = ()
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None   # the newest CUDA the driver supports, "12.4"
+    error: str | None = None
+
+
+def _text(value) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def nvml_view() -> NvmlView:
+    """Every NVIDIA GPU, its memory, compute capability and the driver, from NVML.
+
+    NVML (``nvidia-ml-py``) needs no framework: GPUs are listed whether TensorFlow, JAX
+    or PyTorch is installed or not. Without the NVIDIA driver (a CPU-only machine, a
+    container without GPU access) it answers with the reason and no GPUs; there is no
+    ``nvidia-smi`` fallback, since ``nvidia-smi`` reads the same library.
+    """
+    if pynvml is None:
+        return NvmlView(error="NVML unavailable: nvidia-ml-py is not installed")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as error:
+        return NvmlView(error=f"NVML unavailable ({error}): no NVIDIA driver, or no GPU access")
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            gpus.append(NvmlGpu(index=index, name=_text(pynvml.nvmlDeviceGetName(handle)),
+                                memory_bytes=_optional(lambda: int(
+                                    pynvml.nvmlDeviceGetMemoryInfo(handle).total)),
+                                compute_capability=_optional(lambda: "{}.{}".format(
+                                    *pynvml.nvmlDeviceGetCudaComputeCapability(handle)))))
+        cuda = _optional(pynvml.nvmlSystemGetCudaDriverVersion)
+        return NvmlView(gpus=tuple(gpus),
+                        driver_version=_optional(lambda: _text(pynvml.nvmlSystemGetDriverVersion())),
+                        cuda_driver_version=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None)
+    except pynvml.NVMLError as error:
+        return NvmlView(error=f"NVML failed while listing GPUs: {error}")
+    finally:
         try:
-            done = subprocess.run(
-                ["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return [], None
-        if done.returncode == 0:
-            rows = [dict(zip(query, (v.strip() for v in row)))
-                    for row in csv.reader(done.stdout.splitlines()) if row]
-            driver = rows[0].get("driver_version") if rows else None
-            return rows, driver
-    return [], None
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def _optional(read):
+    """One NVML query that an old driver or a GPU may not support: None then."""
+    try:
+        return read()
+    except pynvml.NVMLError:
+        return None
 
 
 def tensorflow_probe(timeout_s: float = PROBE_TIMEOUT_S) -> dict:
@@ -186,11 +318,18 @@ def tensorflow_probe(timeout_s: float = PROBE_TIMEOUT_S) -> dict:
     return {"error": f"TensorFlow probe failed (exit {done.returncode}): {tail}"}
 
 
-def detect(probe: dict | None = None, smi: tuple[list[dict], str | None] | None = None) -> Inventory:
-    """Find every device. ``probe``/``smi`` can be passed in (tests, cached answers)."""
+def detect(probe: dict | None = None, nvml: NvmlView | None = None) -> Inventory:
+    """Find every device. ``probe``/``nvml`` can be passed in (tests, cached answers).
+
+    A GPU's name, memory and compute capability come from NVML; TensorFlow's probe says
+    whether TensorFlow can use it. When the probe itself failed (TensorFlow missing, as on
+    the JAX/PyTorch GPU machines) the GPUs NVML found stay usable, with a note: another
+    backend may use them.
+    """
     probe = tensorflow_probe() if probe is None else probe
-    smi_rows, driver = nvidia_smi() if smi is None else smi
-    inventory = Inventory(devices=[cpu_device()], driver_version=driver,
+    nvml = nvml_view() if nvml is None else nvml
+    inventory = Inventory(devices=[cpu_device()], driver_version=nvml.driver_version,
+                          cuda_driver_version=nvml.cuda_driver_version,
                           tensorflow_version=probe.get("tensorflow"),
                           keras_version=probe.get("keras"),
                           built_with_cuda=probe.get("built_with_cuda"),
@@ -198,22 +337,27 @@ def detect(probe: dict | None = None, smi: tuple[list[dict], str | None] | None 
                           cudnn_version=probe.get("cudnn_version"))
     if "error" in probe:
         inventory.notes.append(probe["error"])
+    if nvml.error:
+        inventory.notes.append(nvml.error)
     tf_gpus = probe.get("gpus", [])
-    for i in range(max(len(tf_gpus), len(smi_rows))):
+    for i in range(max(len(tf_gpus), len(nvml.gpus))):
         seen_by_tf = tf_gpus[i] if i < len(tf_gpus) else {}
-        smi_row = smi_rows[i] if i < len(smi_rows) else {}
-        memory = smi_row.get("memory.total")
-        note = ""
-        if not seen_by_tf:
+        seen_by_nvml = nvml.gpus[i] if i < len(nvml.gpus) else NvmlGpu(index=i, name="")
+        usable, note = True, ""
+        if "error" in probe:
+            note = "TensorFlow did not answer; usability not checked"
+        elif not seen_by_tf:
+            usable = False
             note = ("TensorFlow cannot use this GPU: "
                     + ("it was built without CUDA" if probe.get("built_with_cuda") is False
                        else "CUDA libraries missing or mismatched (pip install 'cifar-bench[gpu]')"))
         inventory.devices.append(Device(
             id=f"gpu:{i}", type="GPU",
-            name=seen_by_tf.get("name") or smi_row.get("name") or f"GPU {i}",
-            memory_bytes=int(float(memory)) * 2**20 if memory and memory[0].isdigit() else None,
-            compute_capability=seen_by_tf.get("compute_capability") or smi_row.get("compute_cap"),
-            usable=bool(seen_by_tf), note=note))
+            name=seen_by_nvml.name or seen_by_tf.get("name") or f"GPU {i}",
+            memory_bytes=seen_by_nvml.memory_bytes,
+            compute_capability=seen_by_nvml.compute_capability
+            or seen_by_tf.get("compute_capability"),
+            usable=usable, note=note))
     return inventory
 
 

@@ -18,11 +18,38 @@ from pathlib import Path
 
 import psutil
 
-from bench.devices import Inventory
+from bench.devices import Inventory, usable_cpus
 
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench")
-ENV_PREFIXES = ("TF_", "CUDA_", "XLA_", "KERAS_", "OMP_", "MKL_", "ONEDNN_", "DNNL_", "NVIDIA_",
-                "CIFAR10_", "TF_ENABLE_ONEDNN_OPTS")
+
+# The environment variables that change what a framework computes or how fast, by exact
+# name: a prefix such as "TF_" also caught Terraform's TF_VAR_* (and, with them, secrets).
+FRAMEWORK_VARIABLES = (
+    # TensorFlow: oneDNN, XLA, GPU memory, threads, determinism, logging, Keras 2 vs 3
+    "TF_ENABLE_ONEDNN_OPTS", "TF_XLA_FLAGS", "TF_GPU_ALLOCATOR", "TF_FORCE_GPU_ALLOW_GROWTH",
+    "TF_CPP_MIN_LOG_LEVEL", "TF_INTRA_OP_PARALLELISM_THREADS", "TF_INTER_OP_PARALLELISM_THREADS",
+    "TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_DETERMINISTIC_OPS",
+    "TF_CUDNN_DETERMINISTIC", "TF_CUDNN_USE_AUTOTUNE", "TF_GPU_THREAD_MODE", "TF_GPU_THREAD_COUNT",
+    "TF_USE_LEGACY_KERAS",
+    # CUDA: which devices, in which order, and whether launches are synchronous
+    "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING", "CUDA_MODULE_LOADING",
+    "CUBLAS_WORKSPACE_CONFIG", "NVIDIA_TF32_OVERRIDE",
+    # XLA and JAX
+    "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "XLA_PYTHON_CLIENT_ALLOCATOR", "JAX_PLATFORMS", "JAX_ENABLE_X64", "JAX_DEFAULT_MATMUL_PRECISION",
+    # PyTorch
+    "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+    "TORCH_CUDNN_V8_API_DISABLED",
+    # Keras
+    "KERAS_BACKEND", "KERAS_HOME",
+    # CPU threading and math libraries
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME",
+    "ONEDNN_VERBOSE", "DNNL_VERBOSE", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+    "ONEDNN_CPU_ISA_HINTS", "DNNL_CPU_ISA_HINTS", "ONEDNN_DEFAULT_FPMATH_MODE",
+    "DNNL_DEFAULT_FPMATH_MODE",
+    # this project's data
+    "CIFAR10_DIR",
+)
 
 
 def system_name() -> str:
@@ -51,8 +78,10 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def relevant_environment() -> dict[str, str]:
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
+def relevant_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The set variables among :data:`FRAMEWORK_VARIABLES`, by name and nothing else."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in sorted(FRAMEWORK_VARIABLES) if name in environ}
 
 
 def git_state(directory: Path | None = None) -> dict:
@@ -73,7 +102,7 @@ def git_state(directory: Path | None = None) -> dict:
 def fingerprint(inventory: Inventory) -> dict:
     """Everything about this machine and stack that can change a measurement."""
     cpu = inventory.get("cpu")
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    usable = usable_cpus()
     return {
         "system": system_name(),
         "platform": platform.platform(),
@@ -93,7 +122,8 @@ def fingerprint(inventory: Inventory) -> dict:
             "model": cpu.name if cpu else None,
             "physical_cores": psutil.cpu_count(logical=False),
             "logical_cpus": psutil.cpu_count(logical=True),
-            "usable_cpus": affinity,
+            "usable_cpus": usable.count,              # affinity and cgroup quota applied
+            "usable_cpus_reason": usable.reason,      # "1 of 2 logical CPUs (affinity)"
             "flags": list(cpu.features) if cpu else [],
         },
         "memory_bytes": psutil.virtual_memory().total,
@@ -101,6 +131,7 @@ def fingerprint(inventory: Inventory) -> dict:
                   "compute_capability": d.compute_capability, "usable": d.usable}
                  for d in inventory.gpus],
         "driver_version": inventory.driver_version,
+        "cuda_driver_version": inventory.cuda_driver_version,
         "environment": relevant_environment(),
         "git": git_state(),
         "notes": inventory.notes,

@@ -1,0 +1,387 @@
+"""Know what else ran: the contention a cell met, measured while its worker ran.
+
+A shared machine makes a run slower without anything having changed. The runner starts a
+:class:`ContentionSampler` when a cell's worker process starts and stops it when the worker
+ends; the :class:`Contention` it returns goes into the cell's row, and verdicts use it
+(:meth:`Contention.busy`) to call a slowdown on a busy machine inconclusive.
+
+Cheap by design: every ``interval_s`` the sampler reads the system-wide CPU times, the
+load average, the CPU times of the worker's known process tree and (on a GPU cell) a
+few NVML counters. Only every ``scan_every_s`` does it walk the process table, to find
+the worker's new children and the busiest other process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import psutil
+
+from bench.devices import usable_cpus as detect_usable_cpus
+
+try:
+    import pynvml
+except ImportError:  # pragma: no cover - a dependency; without it GPU fields stay None
+    pynvml = None
+
+BUSY_THRESHOLD_PCT = 20.0          # other processes' + steal share above which a cell was "busy"
+SCAN_EVERY_S = 3.0                 # process-table walks: the worker's children, the busiest other
+
+# NVML clock event ("throttle") reasons by bit; GPU idle is left out: it is not a slowdown.
+THROTTLE_REASONS = {
+    0x0002: "applications_clocks_setting",
+    0x0004: "sw_power_cap",
+    0x0008: "hw_slowdown",
+    0x0010: "sync_boost",
+    0x0020: "sw_thermal_slowdown",
+    0x0040: "hw_thermal_slowdown",
+    0x0080: "hw_power_brake_slowdown",
+    0x0100: "display_clock_setting",
+}
+
+
+@dataclass(frozen=True)
+class Contention:
+    """What else used the machine while one cell ran. Percentages are of wall time.
+
+    wall_s                  the window measured: from start to the worker's end (last seen alive)
+    usable_cpus             the CPUs the run may use (affinity and cgroup quota), the 100 % below
+    samples                 how many samples were taken
+    other_cpu_pct           CPU time of every process but the worker tree, as % of the usable
+                            CPUs (system-wide busy time minus the worker tree's; it includes
+                            the harness itself; above 100 % only when a quota is tighter than
+                            the CPUs the process may be scheduled on)
+    worker_cpu_pct          the worker and its children's CPU time, as % of the usable CPUs
+    steal_pct               time the hypervisor gave the measured CPUs to other VMs, as % of
+                            their time (Linux only; None elsewhere)
+    load_avg_1m_max/_mean   the 1-minute load average over the samples
+    busiest_other_name      "name (pid N)" of the other process that used the most CPU
+    busiest_other_cpu_pct   its CPU time, as % of the usable CPUs (from process-table scans)
+    gpu_other_processes     the most processes other than the worker tree seen on the GPU
+                            (NVML; in a container NVML may report host pids, which all count)
+    gpu_sm_clock_min_mhz / _mean_mhz   the SM clock seen (idle moments lower the minimum)
+    gpu_sm_clock_max_mhz    the GPU's maximum SM clock, the yardstick for the two above
+    gpu_throttle_reasons    every clock event reason seen active, GPU idle excepted
+    notes                   why a field is missing ("NVML unavailable ...")
+    """
+
+    wall_s: float
+    usable_cpus: float
+    samples: int = 0
+    other_cpu_pct: float | None = None
+    worker_cpu_pct: float | None = None
+    steal_pct: float | None = None
+    load_avg_1m_max: float | None = None
+    load_avg_1m_mean: float | None = None
+    busiest_other_name: str | None = None
+    busiest_other_cpu_pct: float | None = None
+    gpu_other_processes: int | None = None
+    gpu_sm_clock_min_mhz: int | None = None
+    gpu_sm_clock_mean_mhz: float | None = None
+    gpu_sm_clock_max_mhz: int | None = None
+    gpu_throttle_reasons: tuple[str, ...] | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Contention:
+        """Read a stored record; unknown keys (newer files) are ignored, missing ones are None."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for name in ("gpu_throttle_reasons", "notes"):
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
+        values.setdefault("wall_s", 0.0)
+        values.setdefault("usable_cpus", 0)
+        return cls(**values)
+
+    def busy(self, threshold_pct: float = BUSY_THRESHOLD_PCT) -> bool:
+        """Whether the cell competed for its hardware: other processes' CPU plus steal time
+        reached ``threshold_pct`` of the usable CPUs, or another process used its GPU.
+        Throttle reasons are reported, not judged: a GPU at its power cap is normal."""
+        cpu = (self.other_cpu_pct or 0.0) + (self.steal_pct or 0.0)
+        return cpu >= threshold_pct or bool(self.gpu_other_processes)
+
+    def describe(self) -> str:
+        """One line for a log or a table note."""
+        cpus = f"{self.usable_cpus:g}"
+        if self.other_cpu_pct is None:
+            parts = ["contention not measured"]
+        else:
+            parts = [f"other processes used {self.other_cpu_pct:.0f} % of the {cpus} usable CPUs"
+                     + (f" (busiest: {self.busiest_other_name}, {self.busiest_other_cpu_pct:.0f} %)"
+                        if self.busiest_other_name else "")]
+            if self.steal_pct is not None:
+                parts.append(f"steal {self.steal_pct:.0f} %")
+            parts.append(f"worker {self.worker_cpu_pct:.0f} %")
+        if self.gpu_other_processes is not None:
+            parts.append(f"GPU: {self.gpu_other_processes} other process(es)")
+        if self.gpu_sm_clock_min_mhz is not None:
+            parts.append(f"SM clock {self.gpu_sm_clock_min_mhz}–{self.gpu_sm_clock_max_mhz} MHz")
+        if self.gpu_throttle_reasons:
+            parts.append("throttled: " + ", ".join(self.gpu_throttle_reasons))
+        return "; ".join(parts)
+
+
+def _busy_and_steal(times) -> tuple[float, float | None]:
+    """CPU-seconds spent working and (Linux) stolen, from psutil cpu_times.
+
+    Idle and I/O wait are not work; on Linux guest time is already inside user time, and
+    steal is time the CPU was not ours at all, counted apart.
+    """
+    values = times._asdict()
+    not_busy = sum(values.get(k, 0.0) for k in ("idle", "iowait", "steal", "guest", "guest_nice"))
+    return sum(values.values()) - not_busy, values.get("steal")
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    """The process's CPU time including children it has reaped (a finished subprocess.run)."""
+    t = process.cpu_times()
+    return t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
+
+
+class ContentionSampler:
+    """Samples the machine in a background thread while one worker process runs.
+
+    ``start()`` takes the first sample at once, ``stop()`` takes a last one and returns a
+    :class:`Contention`. Call ``stop()`` as soon as the worker ends: the window ends at the
+    last sample that saw the worker alive, so nothing after the cell is counted.
+    """
+
+    def __init__(self, worker_pid: int, usable_cpus: float | None = None, interval_s: float = 0.5,
+                 gpu_index: int | None = None, scan_every_s: float = SCAN_EVERY_S):
+        self.worker_pid = worker_pid
+        self.usable_cpus = usable_cpus or detect_usable_cpus().count
+        self.interval_s = interval_s
+        self.gpu_index = gpu_index
+        self.scan_every_s = scan_every_s
+        self.cpus = self._measured_cpus()
+        self.notes: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="contention-sampler", daemon=True)
+        self._tree: dict[int, psutil.Process] = {}       # the worker and its descendants
+        self._other_cpu: dict[tuple[int, float], tuple[str, float, float]] = {}  # (pid, created)
+        # -> (name, CPU-seconds at first scan, at last scan)
+        self._last_scan = 0.0
+        self._first: tuple[float, float, float | None, float] | None = None  # t, busy, steal, worker
+        self._last_alive: tuple[float, float, float | None, float] | None = None
+        self._loads: list[float] = []
+        self._clocks: list[int] = []
+        self._gpu_others = 0
+        self._throttle = 0
+        self._gpu = None
+        self._clock_max: int | None = None
+        self.samples = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> ContentionSampler:
+        self._started_at = time.time()
+        try:
+            self._tree = {self.worker_pid: psutil.Process(self.worker_pid)}
+        except psutil.Error:
+            self.notes.append("worker had ended before sampling started")
+        if self.gpu_index is not None:
+            self._open_gpu()
+        self._scan()
+        self._sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> Contention:
+        self._stop.set()
+        self._thread.join(timeout=max(5.0, 4 * self.interval_s))
+        self._scan()
+        self._sample()
+        if self._gpu is not None:
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError:
+                pass
+        return self._result()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if time.monotonic() - self._last_scan >= self.scan_every_s:
+                self._scan()
+            self._sample()
+
+    # ------------------------------------------------------------------ measuring
+
+    def _measured_cpus(self) -> list[int] | None:
+        """The CPU numbers the process may run on, when that is fewer than all of them:
+        load on the other CPUs does not compete and is not counted."""
+        try:
+            affinity = sorted(psutil.Process().cpu_affinity())
+        except (AttributeError, psutil.Error, OSError):
+            return None
+        total = psutil.cpu_count(logical=True) or 0
+        return affinity if 0 < len(affinity) < total else None
+
+    def _system_times(self) -> tuple[float, float | None]:
+        if self.cpus is None:
+            return _busy_and_steal(psutil.cpu_times())
+        per_cpu = psutil.cpu_times(percpu=True)
+        pairs = [_busy_and_steal(per_cpu[i]) for i in self.cpus if i < len(per_cpu)]
+        steals = [s for _, s in pairs if s is not None]
+        return sum(b for b, _ in pairs), (sum(steals) if len(steals) == len(pairs) else None)
+
+    def _worker_seconds(self) -> tuple[float, bool]:
+        """CPU-seconds of the worker tree's live members, and whether the worker is alive."""
+        total, alive = 0.0, False
+        for pid, process in list(self._tree.items()):
+            try:
+                total += _cpu_seconds(process)
+                alive |= pid == self.worker_pid and process.status() != psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                self._tree.pop(pid, None)
+        return total, alive
+
+    def _sample(self) -> None:
+        now = time.monotonic()
+        try:
+            busy, steal = self._system_times()
+            worker, alive = self._worker_seconds()
+        except (psutil.Error, OSError):
+            return
+        point = (now, busy, steal, worker)
+        if self._first is None:
+            self._first = point
+        if alive or self._last_alive is None:
+            self._last_alive = point
+        elif self.samples:
+            return                      # the worker has ended: outside the cell's window
+        self.samples += 1
+        try:
+            self._loads.append(psutil.getloadavg()[0])
+        except (OSError, AttributeError):
+            pass
+        if self._gpu is not None:
+            self._sample_gpu()
+
+    def _scan(self) -> None:
+        """Walk the process table: adopt the worker's new descendants, account other processes."""
+        self._last_scan = time.monotonic()
+        processes = list(psutil.process_iter(["ppid", "name", "cpu_times", "create_time"],
+                                             ad_value=None))
+        tree_pids = set(self._tree)
+        children: dict[int | None, list[psutil.Process]] = {}
+        for process in processes:
+            children.setdefault(process.info["ppid"], []).append(process)
+        stack = list(tree_pids)
+        while stack:
+            for child in children.get(stack.pop(), []):
+                if child.pid not in tree_pids:
+                    tree_pids.add(child.pid)
+                    self._tree[child.pid] = child
+                    stack.append(child.pid)
+        for process in processes:
+            info = process.info
+            if process.pid in tree_pids or info["cpu_times"] is None or info["create_time"] is None:
+                continue
+            seconds = info["cpu_times"].user + info["cpu_times"].system
+            key = (process.pid, info["create_time"])
+            if key in self._other_cpu:
+                name, first, _ = self._other_cpu[key]
+                self._other_cpu[key] = (name, first, seconds)
+            else:            # born during the cell: all of its time counts
+                born_inside = info["create_time"] >= self._started_at
+                self._other_cpu[key] = (info["name"] or "?", 0.0 if born_inside else seconds,
+                                        seconds)
+
+    # ------------------------------------------------------------------ GPU
+
+    def _open_gpu(self) -> None:
+        if pynvml is None:
+            self.notes.append("NVML unavailable: nvidia-ml-py is not installed")
+            return
+        try:
+            pynvml.nvmlInit()
+            self._gpu = pynvml.nvmlDeviceGetHandleByIndex(self.gpu_index)
+        except pynvml.NVMLError as error:
+            self.notes.append(f"NVML unavailable ({error}): no GPU contention fields")
+            return
+        try:
+            self._clock_max = int(pynvml.nvmlDeviceGetMaxClockInfo(self._gpu, pynvml.NVML_CLOCK_SM))
+        except pynvml.NVMLError:
+            pass
+
+    def _sample_gpu(self) -> None:
+        try:
+            self._clocks.append(int(pynvml.nvmlDeviceGetClockInfo(self._gpu, pynvml.NVML_CLOCK_SM)))
+        except pynvml.NVMLError:
+            pass
+        pids = set()
+        for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            try:
+                pids |= {p.pid for p in getattr(pynvml, query)(self._gpu)}
+            except (pynvml.NVMLError, AttributeError):
+                pass
+        self._gpu_others = max(self._gpu_others, len(pids - set(self._tree) - {self.worker_pid}))
+        for query in ("nvmlDeviceGetCurrentClocksEventReasons",
+                      "nvmlDeviceGetCurrentClocksThrottleReasons"):
+            try:
+                self._throttle |= int(getattr(pynvml, query)(self._gpu))
+                break
+            except (pynvml.NVMLError, AttributeError):
+                continue
+
+    # ------------------------------------------------------------------ the result
+
+    def _result(self) -> Contention:
+        if self._first is None or self._last_alive is None:
+            return Contention(wall_s=0.0, usable_cpus=self.usable_cpus, notes=tuple(self.notes))
+        t0, busy0, steal0, worker0 = self._first
+        t1, busy1, steal1, worker1 = self._last_alive
+        wall = t1 - t0
+        capacity = wall * self.usable_cpus
+        worker = max(0.0, worker1 - worker0)
+        other = max(0.0, busy1 - busy0 - worker)
+        measured_cpus = len(self.cpus) if self.cpus else psutil.cpu_count(logical=True) or 1
+        steal = (100 * (steal1 - steal0) / (wall * measured_cpus)
+                 if steal0 is not None and steal1 is not None and wall > 0 else None)
+        (busiest_pid, _), busiest = max(self._other_cpu.items(), key=lambda kv: kv[1][2] - kv[1][1],
+                                        default=((None, None), None))
+        gpu = self._gpu is not None
+        return Contention(
+            wall_s=round(wall, 3), usable_cpus=self.usable_cpus, samples=self.samples,
+            other_cpu_pct=round(100 * other / capacity, 1) if capacity > 0 else None,
+            worker_cpu_pct=round(100 * worker / capacity, 1) if capacity > 0 else None,
+            steal_pct=round(steal, 1) if steal is not None else None,
+            load_avg_1m_max=round(max(self._loads), 2) if self._loads else None,
+            load_avg_1m_mean=round(sum(self._loads) / len(self._loads), 2) if self._loads else None,
+            busiest_other_name=f"{busiest[0]} (pid {busiest_pid})" if busiest else None,
+            busiest_other_cpu_pct=(round(100 * (busiest[2] - busiest[1]) / capacity, 1)
+                                   if busiest and capacity > 0 else None),
+            gpu_other_processes=self._gpu_others if gpu else None,
+            gpu_sm_clock_min_mhz=min(self._clocks) if self._clocks else None,
+            gpu_sm_clock_mean_mhz=round(sum(self._clocks) / len(self._clocks), 1)
+            if self._clocks else None,
+            gpu_sm_clock_max_mhz=self._clock_max,
+            gpu_throttle_reasons=tuple(name for bit, name in THROTTLE_REASONS.items()
+                                       if self._throttle & bit) if gpu else None,
+            notes=tuple(self.notes))
+
+
+def measure_call(function: Callable, *args, interval_s: float = 0.5, gpu_index: int | None = None,
+                 **kwargs) -> tuple[object, Contention]:
+    """Run ``function(*args, **kwargs)`` in this process and return (its result, the contention)."""
+    sampler = ContentionSampler(os.getpid(), interval_s=interval_s, gpu_index=gpu_index).start()
+    try:
+        result = function(*args, **kwargs)
+    finally:
+        contention = sampler.stop()
+    return result, contention
+
+
+def measure_window(duration_s: float = 2.0, interval_s: float = 0.25,
+                   gpu_index: int | None = None) -> Contention:
+    """Is the machine quiet right now? Everything but this (sleeping) process, for ``duration_s``."""
+    return measure_call(time.sleep, duration_s, interval_s=interval_s, gpu_index=gpu_index)[1]
