@@ -300,7 +300,7 @@ def render_devices(inventory: devices_module.Inventory) -> str:
         missing = runner.backend_missing(backend)
         lines.append(f"backend {backend}: {'installed' if missing is None else missing}")
     if not inventory.gpus:
-        lines.append("No GPU found.")
+        lines.append("No GPU found (NVML and TensorFlow see none).")
     lines += [f"note: {n}" for n in inventory.notes]
     return "\n".join(lines)
 
@@ -424,7 +424,8 @@ def cmd_run(args, argv: list[str]) -> int:
                 runner.peak_combinations(cells), env, root, out / "logs", refresh=False, say=say)
             with reporter_class() as reporter:
                 outcome = runner.execute(config, cells, writer, context, reporter, out / "logs",
-                                         peaks=peaks, **contention_hooks(env))
+                                         peaks=peaks, **runner.contention_hooks(
+                                             (env.get("cpu") or {}).get("usable_cpus")))
         except runner.Stopped as stop:
             outcome.stopped_by = stop.signum
         return _finish_run(args, config, cells, writer, env, out, outcome, baseline)
@@ -515,11 +516,6 @@ def _steps_frame(writer):
     from bench.record import STEP_COLUMNS
 
     return pd.DataFrame(writer.steps, columns=list(STEP_COLUMNS))
-
-
-def contention_hooks(env: dict) -> dict:
-    """The runner's contention sampler, when :mod:`bench.contention` is available."""
-    return {}
 
 
 def display_command(argv: list[str], cwd: Path | None = None) -> str:

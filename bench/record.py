@@ -91,6 +91,9 @@ _MEASURED = {
     "steal_pct": Column("CPU time stolen by the hypervisor while the cell ran, % of wall time"),
     "worker_cpu_pct": Column("the worker's CPU share while the cell ran, % of the usable CPUs"),
     "load_avg_max": Column("highest 1-minute load average seen while the cell ran"),
+    "gpu_other_processes": Column("other processes on the cell's GPU while it ran (NVML)", "int"),
+    "gpu_sm_clock_min_mhz": Column("lowest SM clock seen while the cell ran (NVML, MHz)"),
+    "gpu_throttle_reasons": Column("GPU throttle reasons seen while the cell ran, other than idle", "text"),
     "contention_note": Column("what else used the machine while the cell ran", "text"),
     "framework_version": Column("the backend framework's version in the worker", "text"),
     "tensorflow_version": Column("TensorFlow in the worker (tensorflow backend)", "text"),
@@ -219,7 +222,7 @@ def _contention_columns(contention: dict | None) -> dict:
     if not contention:
         return {}
     keys = ("usable_cpus", "other_cpu_pct", "steal_pct", "worker_cpu_pct", "load_avg_max",
-            "contention_note")
+            "gpu_other_processes", "gpu_sm_clock_min_mhz", "gpu_throttle_reasons", "contention_note")
     return {k: contention.get(k) for k in keys if k in contention}
 
 

@@ -246,6 +246,28 @@ class RichReporter(Reporter):
             pass
 
 
+def contention_hooks(usable_cpus: float | None) -> dict:
+    """``execute``'s hooks that sample what else used the machine while each worker ran."""
+    from bench.contention import ContentionSampler
+
+    def watch(pid: int, cell: matrix.Cell):
+        gpu = cell.device.device.index if cell.device_type == "GPU" and cell.device.device else None
+        return ContentionSampler(pid, usable_cpus=usable_cpus, gpu_index=gpu).start()
+
+    return {"watch": watch, "contention_columns": contention_columns}
+
+
+def contention_columns(contention) -> dict:
+    """A :class:`bench.contention.Contention` as runs.csv values."""
+    return {"usable_cpus": contention.usable_cpus, "other_cpu_pct": contention.other_cpu_pct,
+            "steal_pct": contention.steal_pct, "worker_cpu_pct": contention.worker_cpu_pct,
+            "load_avg_max": contention.load_avg_1m_max,
+            "gpu_other_processes": contention.gpu_other_processes,
+            "gpu_sm_clock_min_mhz": contention.gpu_sm_clock_min_mhz,
+            "gpu_throttle_reasons": ", ".join(contention.gpu_throttle_reasons or ()) or None,
+            "contention_note": contention.describe()}
+
+
 @dataclass
 class Outcome:
     """How ``execute`` ended: the rows kept, and why it stopped early if it did."""

@@ -46,10 +46,6 @@ def watch_parent(poll_s: float = PARENT_POLL_S) -> None:
     threading.Thread(target=poll, name="parent-watch", daemon=True).start()
 
 
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def peak_rss_bytes() -> int | None:
     """The worker's peak resident memory, from the OS (covers the framework's native allocations)."""
     try:
@@ -67,6 +63,9 @@ def _callbacks(total_steps: int, evaluates: bool):
     import keras
     import psutil
 
+    from bench.devices import usable_cpus
+
+    cpus = usable_cpus().count
     every = max(1, math.ceil(total_steps / 10))  # about ten progress lines a cell
 
     class Progress(keras.callbacks.Callback):
@@ -100,7 +99,7 @@ def _callbacks(total_steps: int, evaluates: bool):
                 return  # the unsynced block is a second fit: keep the training figure
             now = psutil.Process().cpu_times()
             busy = (now.user - self.times.user) + (now.system - self.times.system)
-            self.percent = 100 * busy / ((time.perf_counter() - self.wall) * usable_cpus())
+            self.percent = 100 * busy / ((time.perf_counter() - self.wall) * cpus)
 
     return Progress(), CpuMeter()
 

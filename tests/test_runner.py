@@ -180,3 +180,14 @@ def test_run_config_round_trips_through_env_json():
     back = runner.RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back.to_dict() == cfg.to_dict() and back.plan.of("backend") == ("jax",)
     assert runner.plan_cells(back, [CPU]) == runner.plan_cells(cfg, [CPU])
+
+
+def test_contention_is_sampled_while_each_worker_runs(tmp_path):
+    cfg = config((32,), steps=4, warmup=1)
+    outcome = runner.execute(cfg, runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
+                             CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER,
+                             **runner.contention_hooks(2))
+    row = outcome.rows[0]
+    assert row["other_cpu_pct"] is not None and 0 <= row["worker_cpu_pct"]
+    assert row["usable_cpus"] == 2 and "other processes used" in row["contention_note"]
+    assert "other_cpu_pct" in pd.read_csv(tmp_path / store.RUNS_CSV).dropna(axis=1).columns
