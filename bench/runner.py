@@ -246,13 +246,13 @@ class RichReporter(Reporter):
             pass
 
 
-def contention_hooks(usable_cpus: float | None) -> dict:
+def contention_hooks(usable_cpus: float | None, interval_s: float = 0.5) -> dict:
     """``execute``'s hooks that sample what else used the machine while each worker ran."""
     from bench.contention import ContentionSampler
 
     def watch(pid: int, cell: matrix.Cell):
         gpu = cell.device.device.index if cell.device_type == "GPU" and cell.device.device else None
-        return ContentionSampler(pid, usable_cpus=usable_cpus, gpu_index=gpu).start()
+        return ContentionSampler(pid, usable_cpus=usable_cpus, gpu_index=gpu, interval_s=interval_s).start()
 
     return {"watch": watch, "contention_columns": contention_columns}
 

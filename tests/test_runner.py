@@ -183,10 +183,10 @@ def test_run_config_round_trips_through_env_json():
 
 
 def test_contention_is_sampled_while_each_worker_runs(tmp_path):
-    cfg = config((32,), steps=4, warmup=1)
+    cfg = config((14,), steps=4, warmup=1, cell_timeout=1.5)     # the fake's batch 14 hangs
     outcome = runner.execute(cfg, runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
                              CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER,
-                             **runner.contention_hooks(2))
+                             **runner.contention_hooks(2, interval_s=0.1))
     row = outcome.rows[0]
     assert row["other_cpu_pct"] is not None and 0 <= row["worker_cpu_pct"]
     assert row["usable_cpus"] == 2 and "other processes used" in row["contention_note"]
