@@ -356,7 +356,30 @@ def build_run_config(args) -> runner.RunConfig:
     problems = config.problems()
     if problems:
         raise UsageError(problems[0])
+    if args.out:
+        check_output_dir(args.out)
     return config
+
+
+def check_output_dir(path: Path) -> None:
+    """``--out`` must be creatable and empty; nothing is created here (the run claims it later)."""
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"--out {path}: is a file; name a directory")
+        if any(path.iterdir()):
+            raise UsageError(f"--out {path}: already exists and is not empty; choose a new "
+                             "directory so no earlier run is overwritten")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {path}: not writable; choose a directory you can write to")
+        return
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"--out {path}: {ancestor} is a file; choose another directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: cannot create it, {ancestor} is not writable; "
+                         "choose a directory you can write to")
 
 
 RESUME_KEEPS = ("profile", "epochs", "steps", "warmup", "repeats", "data", "data_dir", "split",

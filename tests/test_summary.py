@@ -105,3 +105,9 @@ def test_the_machine_label_names_the_system():
                                            (3725, "1 h 2 m 5 s"), (float("nan"), "–")])
 def test_format_duration(seconds, text):
     assert summary.format_duration(seconds) == text
+
+
+def test_float16_rows_on_a_cpu_without_float16_say_why_they_are_slow():
+    runs = pd.DataFrame([row("CPU", 64, 0.2, precision="mixed_float16")])
+    assert "emulated" in " ".join(summary.describe_settings(runs, {"cpu": {"flags": ["avx512f"]}}))
+    assert "emulated" not in " ".join(summary.describe_settings(runs, {"cpu": {"flags": ["avx512_fp16"]}}))
