@@ -28,16 +28,21 @@ def build_model(
     steps_per_execution: int = 1,
     seed: int | None = None,
 ) -> keras.Model:
-    """Return the seed network, compiled with Adam and categorical cross-entropy.
+    """Return the seed network, compiled with Adam and categorical cross-entropy
+    (:func:`build_network` then :func:`compile_model`)."""
+    _check_choice("jit_compile", jit_compile, JIT_COMPILE)
+    return compile_model(build_network(precision, seed), precision, jit_compile, learning_rate,
+                         steps_per_execution)
 
-    ``precision`` is one of :data:`PRECISIONS`; under ``mixed_float16`` the optimizer is
-    wrapped in a ``LossScaleOptimizer`` (dynamic loss scaling), which float16 needs and
-    bfloat16 does not. The softmax always runs in float32 so the loss is stable.
+
+def build_network(precision: str = "fp32", seed: int | None = None) -> keras.Model:
+    """Return the seed network, not compiled (so a wrapper can be compiled instead of it).
+
+    ``precision`` is one of :data:`PRECISIONS`: every layer computes in its compute dtype,
+    keeps float32 variables, and the softmax always runs in float32 so the loss is stable.
+    ``seed`` fixes every initialiser and dropout layer.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if jit_compile not in JIT_COMPILE:
-        raise ValueError(f"unknown jit_compile {jit_compile!r}; choose one of {', '.join(JIT_COMPILE)}")
+    _check_choice("precision", precision, PRECISIONS)
     policy = PRECISIONS[precision]
     seeds = itertools.count(seed) if seed is not None else None
 
@@ -81,9 +86,7 @@ def build_model(
     logits = dense(NUM_CLASSES, "fc3", None)(x)
     outputs = keras.layers.Activation("softmax", name="softmax", dtype="float32")(logits)
 
-    model = keras.Model(inputs, outputs, name="cifar10_seed_cnn")
-    compile_model(model, precision, jit_compile, learning_rate, steps_per_execution)
-    return model
+    return keras.Model(inputs, outputs, name="cifar10_seed_cnn")
 
 
 def compile_model(
@@ -95,9 +98,13 @@ def compile_model(
 ) -> keras.Model:
     """Compile ``model`` the way the notebook trained: Adam, categorical cross-entropy.
 
-    Also used for a model that wraps the seed network (see
-    :func:`cifar_model.training.train`'s ``data_placement``), so both train identically.
+    Under ``mixed_float16`` the optimizer is wrapped in a ``LossScaleOptimizer`` (dynamic
+    loss scaling), which float16 needs and bfloat16 does not. Also used for a model that
+    wraps the seed network (see :func:`cifar_model.training.train`'s ``data_placement``),
+    so both train identically.
     """
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("jit_compile", jit_compile, JIT_COMPILE)
     optimizer = keras.optimizers.Adam(learning_rate)
     if PRECISIONS[precision] == "mixed_float16":
         # float16 gradients underflow without it; Keras only adds it by itself when the
@@ -111,6 +118,11 @@ def compile_model(
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def _check_choice(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
 
 
 def forward_flops_per_image(model: keras.Model) -> int:
