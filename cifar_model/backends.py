@@ -238,6 +238,18 @@ def tensor_place(tensor) -> str:
     return f"{'CPU' if kind == 'cpu' else 'GPU'}:{index or 0}"
 
 
+def keras_device_name(device: str) -> str:
+    """``device`` as ``keras.device`` should get it on this backend.
+
+    PyTorch: ``"cpu:0"`` becomes ``"cpu"``: Keras's torch backend moves each new variable
+    ``.to("cpu:0")``, which copies a tensor already on ``"cpu"`` into a plain tensor and
+    then fails on integer variables (the dropout layers' seed state).
+    """
+    if backend_name() == "torch" and device.lower().startswith("cpu"):
+        return "cpu"
+    return device
+
+
 def _jax_device(device: str | None):
     if device is None:
         return None

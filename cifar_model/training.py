@@ -339,8 +339,7 @@ def _evaluate(model: keras.Model, dataset: Dataset, settings: TrainSettings) -> 
 
     Predictions come from the trained network itself (not the wrapper a device-resident
     run trains, which takes training-set indices), so no second compile is needed; the
-    loss is categorical cross-entropy as Keras computes it (probabilities clipped to
-    [1e-7, 1 - 1e-7]).
+    loss is the training loss, softmax cross-entropy from the logits, in float64.
     """
     total = len(dataset.x_test)
     if settings.eval_images == 0:
@@ -354,18 +353,20 @@ def _evaluate(model: keras.Model, dataset: Dataset, settings: TrainSettings) -> 
                     accuracy_note=note, eval_seconds=None)
     n = total if settings.eval_images is None else min(settings.eval_images, total)
     started = time.perf_counter()
-    probabilities = np.asarray(model.predict(dataset.x_test[:n], batch_size=settings.batch_size,
-                                             verbose=0), dtype=np.float64)
+    logits = np.asarray(model.predict(dataset.x_test[:n], batch_size=settings.batch_size,
+                                      verbose=0), dtype=np.float64)
     eval_seconds = time.perf_counter() - started
     labels = dataset.y_test[:n]
-    chosen = np.clip(probabilities[np.arange(n), labels], 1e-7, 1 - 1e-7)
+    top = logits.max(axis=1)
+    log_sum_exp = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    losses = log_sum_exp - logits[np.arange(n), labels]
     if n == total:
         note = f"whole held-out split of the {dataset.split} split ({total} images)"
     else:
         note = (f"first {n} of the {total} held-out images of the {dataset.split} split "
                 f"(not the whole split)")
-    return dict(heldout_loss=float(-np.log(chosen).mean()),
-                heldout_accuracy=float((probabilities.argmax(axis=1) == labels).mean()),
+    return dict(heldout_loss=float(losses.mean()),
+                heldout_accuracy=float((logits.argmax(axis=1) == labels).mean()),
                 heldout_images=n, accuracy_note=note, eval_seconds=eval_seconds)
 
 
@@ -390,4 +391,4 @@ def _device_type(device: str | None) -> str:
 
 
 def _device_scope(device: str | None):
-    return keras.device(device) if device else contextlib.nullcontext()
+    return keras.device(backends.keras_device_name(device)) if device else contextlib.nullcontext()
