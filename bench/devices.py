@@ -305,7 +305,8 @@ def _optional(read):
 
 def tensorflow_probe(timeout_s: float = PROBE_TIMEOUT_S) -> dict:
     """Ask TensorFlow, in a throw-away subprocess, about itself and the GPUs it can use."""
-    env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID", TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID", TF_CPP_MIN_LOG_LEVEL="3",
+               KERAS_BACKEND="tensorflow")
     try:
         done = subprocess.run([sys.executable, "-m", "bench.worker", "--probe"], capture_output=True,
                               text=True, timeout=timeout_s, env=env)

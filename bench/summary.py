@@ -202,7 +202,9 @@ def _precision_notes(ok: pd.DataFrame, env: dict | None) -> list[str]:
 
 
 def _first_xla(ok: pd.DataFrame):
-    return ok["xla"].iloc[0] if len(ok) and "xla" in ok else None
+    """What ``jit_compile auto`` resolved to, when every row agrees (backends differ: JAX always compiles)."""
+    values = set(ok["xla"].dropna()) if "xla" in ok else set()
+    return values.pop() if len(values) == 1 else None
 
 
 def _cpu_notes(runs: pd.DataFrame, env: dict | None) -> list[str]:
