@@ -21,6 +21,7 @@ from bench import __version__, environment, matrix, plots, readme, regression, r
 from bench import devices as devices_module
 from bench import peak as peak_module
 from bench.protocol import DataSpec
+from cifar_model.settings import BACKENDS
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CELL_FAILED, EXIT_WRITE = 0, 1, 2, 3, 4, 5
 EXIT_STATUSES = (
@@ -295,10 +296,19 @@ def render_devices(inventory: devices_module.Inventory) -> str:
     lines.append(f"TensorFlow {inventory.tensorflow_version or 'not installed'} ({build}), "
                  f"Keras {inventory.keras_version or '?'}"
                  + (f", NVIDIA driver {inventory.driver_version}" if inventory.driver_version else ""))
-    for backend in matrix.BY_NAME["backend"].default + tuple(
-            b for b in ("jax", "torch") if b not in matrix.BY_NAME["backend"].default):
+    for backend in BACKENDS:
         missing = runner.backend_missing(backend)
-        lines.append(f"backend {backend}: {'installed' if missing is None else missing}")
+        if missing:
+            lines.append(f"backend {backend}: {missing}")
+            continue
+        probe = devices_module.backend_probe(backend)
+        if "error" in probe:
+            lines.append(f"backend {backend}: installed, but {probe['error']}")
+            continue
+        version = (probe.get("versions") or {}).get(backend, "?")
+        gpus = [g.get("name") for g in probe.get("gpus") or []]
+        lines.append(f"backend {backend} {version}: sees the CPU"
+                     + (f" and {len(gpus)} GPU(s): {', '.join(map(str, gpus))}" if gpus else ", no GPU"))
     if not inventory.gpus:
         lines.append("No GPU found (NVML and TensorFlow see none).")
     lines += [f"note: {n}" for n in inventory.notes]

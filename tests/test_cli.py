@@ -229,4 +229,6 @@ def test_devices_command_lists_the_cpu_by_name():
     done = bench("devices", cwd=Path.cwd())
     assert done.returncode == 0, done.stderr
     assert "| cpu " in done.stdout and "TensorFlow 2." in done.stdout
+    for backend in ("tensorflow", "jax", "torch"):     # each installed backend says what it sees
+        assert f"backend {backend} " in done.stdout and "sees the CPU" in done.stdout
     assert "x86_64 |" not in done.stdout
