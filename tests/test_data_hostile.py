@@ -71,7 +71,8 @@ def op_global(module: str, name: str) -> bytes:
 
 def op_int(n: int) -> bytes:
     raw = n.to_bytes((n.bit_length() + 8) // 8 or 1, "little", signed=True)
-    return (b"\x8a" + bytes([len(raw)]) if len(raw) < 256 else b"\x8b" + struct.pack("<i", len(raw))) + raw
+    size = bytes([len(raw)]) if len(raw) < 256 else None
+    return (b"\x8a" + size if size else b"\x8b" + struct.pack("<i", len(raw))) + raw
 
 
 def op_bytes(raw: bytes) -> bytes:
