@@ -536,10 +536,10 @@ def read_cifar10(path: str | os.PathLike) -> RawCifar10:
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
-    if path.is_dir():
-        for inner in (PYTHON_DIR, BINARY_DIR, ARCHIVE_NAME):
-            if (path / inner).exists() and not (path / TRAIN_BATCHES[0]).exists():
-                return read_cifar10(path / inner)
+    if path.is_dir() and not (path / TRAIN_BATCHES[0]).exists():
+        # One level down only: a 'cifar-10-batches-py -> .' symlink must not loop.
+        path = next((path / inner for inner in (PYTHON_DIR, BINARY_DIR, ARCHIVE_NAME)
+                     if (path / inner).exists()), path)
     files = _Files(path)
     layout = _detect_layout(files)
     if layout is None:

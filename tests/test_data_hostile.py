@@ -296,3 +296,9 @@ def test_empty_batch_is_refused(python_layout):
 def test_class_names_must_be_strings(python_layout):
     (python_layout / "batches.meta").write_bytes(pickle.dumps({b"label_names": list(range(10))}))
     refused(python_layout, "batches.meta", "must be a list of strings")
+
+
+def test_a_layout_symlink_to_its_parent_does_not_loop(tmp_path):
+    (tmp_path / "cifar-10-batches-py").symlink_to(".")
+    message = refused(tmp_path, "no CIFAR-10 files here")
+    assert message.count("cifar-10-batches-py") == 1
