@@ -31,8 +31,9 @@ cannot make the program reserve gigabytes. What is bounded, and where:
   ``object``) whose shape times item size equals the bytes the pickle carries; the
   ``numpy.ndarray`` global cannot be called to allocate; ``numpy.dtype`` only for a
   short type code, always as a copy (its state cannot touch numpy's shared dtypes).
-- a batch: 1 to 10,000 images; labels Python ints (or an integer array) 0-9, one per
-  image; class names strings. ``num_cases_per_batch`` in the meta file is never used.
+- a batch: 1 to 10,000 images; labels a list (or tuple) of Python ints, or a 1-D integer
+  array, all 0-9, one per image; class names strings. ``num_cases_per_batch`` in the
+  meta file is never used.
 
 Each refusal is a :class:`DataError` of one line naming the file and the problem. An
 out-of-memory while reading is *not* turned into a DataError: with these bounds it
