@@ -24,6 +24,9 @@ from bench import cli
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(?:sh|bash|shell|console)?\s*$")
+INLINE = re.compile(r"`(python -m bench[^`]*)`")
+#: an inline command with one of these is a template (``--run DIR``), not one to run
+PLACEHOLDER = re.compile(r"[<>\[\]|…]|\.\.\.|\b(DIR|NAME|PATH|FILE|N|S|A|B|RUN_A|RUN_B|BASELINE)\b")
 CHEAP = {"summary", "readme", "check", "compare", "runs", "export", "devices", "baseline"}
 
 
@@ -37,8 +40,11 @@ def documented_commands() -> list[tuple[str, str]]:
                 inside = not inside if (FENCE.match(line) or inside) else inside
                 continue
             command = line.split(" #")[0].strip()
+            name = document.relative_to(REPO).as_posix()
             if inside and command.startswith("python -m bench"):
-                found.append((document.relative_to(REPO).as_posix(), command))
+                found.append((name, command))
+            elif not inside:
+                found += [(name, c.strip()) for c in INLINE.findall(line) if not PLACEHOLDER.search(c)]
     return found
 
 
@@ -55,7 +61,7 @@ def _argv(command: str) -> list[str]:
 
 
 def _is_cheap(argv: list[str]) -> bool:
-    if argv in (["--version"], ["--help"]):
+    if argv == ["--version"] or "--help" in argv or "-h" in argv:
         return True
     if not argv or argv[0] not in CHEAP:
         return False
