@@ -96,6 +96,11 @@ def step_time_plot(runs: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path 
 LOG_SCALE_SPREAD = 10
 
 
+def y_scale(images_per_s: pd.Series) -> str:
+    """"log" when the fastest is more than :data:`LOG_SCALE_SPREAD` times the slowest, else "linear"."""
+    return "log" if images_per_s.max() > LOG_SCALE_SPREAD * images_per_s.min() else "linear"
+
+
 def comparison_plot(cells: pd.DataFrame, path: Path, title: str = "Training throughput") -> Path | None:
     """Images/s against batch size for cells of several runs: one line per machine and device.
 
@@ -128,9 +133,8 @@ def comparison_plot(cells: pd.DataFrame, path: Path, title: str = "Training thro
     ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_locator(plt.matplotlib.ticker.NullLocator())
     ax.set_xlabel("batch size (images per step)")
-    spread = ok["images_per_s"].max() / ok["images_per_s"].min()
     ticker = plt.matplotlib.ticker
-    if spread > LOG_SCALE_SPREAD:
+    if y_scale(ok["images_per_s"]) == "log":
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1, 2, 5)))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
