@@ -17,7 +17,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench import __version__, environment, matrix, plots, readme, regression, runner, store, summary
+from bench import __version__, environment, matrix, multirun, plots, readme, regression, runner, store, summary
+from bench import export as export_module
 from bench import devices as devices_module
 from bench import peak as peak_module
 from bench.protocol import DataSpec
@@ -253,19 +254,68 @@ def build_parser() -> Parser:
 
     summary_ = commands.add_parser("summary", parents=[common], help="print the table of a run")
     summary_.set_defaults(func=cmd_summary)
-    summary_.add_argument("--run", type=path_arg, help="run directory (default: the latest run)")
+    summary_.add_argument("--run", type=path_arg, action="append", metavar="DIR",
+                          help="run directory or baseline; repeat it for one table of several runs, "
+                               "of one machine or many (default: the latest run)")
     summary_.add_argument("--json", action="store_true", help="print the table as JSON, for scripts")
+    summary_.add_argument("--reference", metavar="REF", help=REFERENCE_HELP)
+    summary_.add_argument("--plot", type=path_arg, metavar="FILE.png",
+                          help="also draw images/s by batch size, one line per machine and device")
 
     update = commands.add_parser("readme", parents=[common],
                                  help="regenerate the README statistics table from a run")
     update.set_defaults(func=cmd_readme)
-    update.add_argument("--run", type=path_arg, help="run directory (default: the latest run)")
+    update.add_argument("--run", type=path_arg, action="append", metavar="DIR",
+                        help="run directory or baseline; repeat it for one table of several runs "
+                             "(default: the latest run)")
+    update.add_argument("--reference", metavar="REF", help=REFERENCE_HELP)
     update.add_argument("--readme", type=path_arg, default=Path("README.md"),
                         help="the file to update (default: README.md)")
     update.add_argument("--marker", default=readme.DEFAULT_MARKER,
                         help="which generated block: the text between <!-- bench:MARKER:start --> "
                              "and <!-- bench:MARKER:end --> (default: table)")
+
+    compare = commands.add_parser("compare", parents=[common],
+                                  help="compare any two runs or baselines, of one machine or two "
+                                       "(informational; 'check' is the CI gate)",
+                                  epilog="Exit statuses: 0 the comparison ran (whatever it found); "
+                                         "2 bad input.")
+    compare.set_defaults(func=cmd_compare)
+    compare.add_argument("run_a", metavar="RUN_A", help="run directory, or baseline name or directory "
+                                                        "(the reference side)")
+    compare.add_argument("run_b", metavar="RUN_B", help="run directory, or baseline name or directory")
+    compare.add_argument("--match", choices=regression.MATCHES, default="device",
+                         help="device: cells match when device type and name and every setting "
+                              "match (as check); settings: every setting and the device's type and "
+                              "index, whatever its name, to compare two machines (default: device)")
+    compare.add_argument("--max-slowdown", type=slowdown, default=0.10,
+                         help="the change that counts as slower or faster, as for check (default: 10%%)")
+    compare.add_argument("--confidence", type=confidence, default=0.95,
+                         help="confidence level of the intervals (default: 0.95)")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    runs = commands.add_parser("runs", parents=[common],
+                               help="list the runs (and baselines) under the results root, newest first")
+    runs.set_defaults(func=cmd_runs)
+    runs.add_argument("--json", action="store_true", help="print the list as JSON, for scripts")
+    runs.add_argument("--no-baselines", action="store_true", help="list runs only")
+
+    export = commands.add_parser("export", parents=[common],
+                                 help="write a run's results for CI dashboards (Bencher, "
+                                      "github-action-benchmark) or as plain JSON")
+    export.set_defaults(func=cmd_export)
+    export.add_argument("--run", type=path_arg, help="run directory or baseline (default: the latest run)")
+    export.add_argument("--format", choices=export_module.FORMATS, required=True,
+                        help="bencher: Bencher Metric Format (latency, throughput, accuracy); "
+                             "github-action-benchmark: its customSmallerIsBetter array (median step "
+                             "in ms); json: this project's flat form")
+    export.add_argument("--out", type=path_arg, metavar="FILE", help="write here (default: stdout)")
     return parser
+
+
+REFERENCE_HELP = ("what Speed-up divides by: cpu (each machine's own CPU row) or MACHINE:DEVICE, "
+                  "e.g. laptop:gpu:0 (a machine label, or the name in the Machine column) "
+                  "(default: cpu)")
 
 
 # --------------------------------------------------------------------------- devices
@@ -572,12 +622,57 @@ def load_run_arg(run_arg: Path | None, root: Path) -> store.Run:
         raise UsageError(str(exc)) from None
 
 
+def load_runs_arg(run_args: list[Path] | None, root: Path) -> list[store.Run]:
+    """``--run`` given any number of times: run directories or baselines (names or directories)."""
+    if not run_args:
+        return [load_run_arg(None, root)]
+    return [load_run_or_baseline(str(arg), root) for arg in run_args]
+
+
+def load_run_or_baseline(text: str, root: Path) -> store.Run:
+    """A run directory (a path), else a saved baseline by name; UsageError when neither."""
+    path = Path(text)
+    if not path.exists() and (path.is_absolute() or len(path.parts) > 1):
+        raise UsageError(f"{text}: no such run directory")
+    return load_baseline_arg(text, root)
+
+
+def reference_arg(text: str | None) -> multirun.Reference:
+    try:
+        return multirun.Reference.parse(text)
+    except multirun.MultiRunError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def several(runs: list[store.Run], reference: multirun.Reference) -> bool:
+    """The multi-run table: several runs, or a reference other than each machine's CPU."""
+    return len(runs) > 1 or reference.machine is not None
+
+
 def cmd_summary(args) -> int:
-    run = load_run_arg(args.run, store.results_root(args.results_dir))
-    if args.json:
-        _print(json.dumps(summary.summary_json(run.runs, run.env), indent=2, ensure_ascii=False))
-    else:
-        _print(summary.summary_markdown(run.runs, run.env))
+    root = store.results_root(args.results_dir)
+    plot_path = check_report_path("--plot", args.plot)
+    runs, reference = load_runs_arg(args.run, root), reference_arg(args.reference)
+    try:
+        if several(runs, reference):
+            text = (json.dumps(multirun.as_json(runs, reference), indent=2, ensure_ascii=False)
+                    if args.json else multirun.markdown(runs, reference))
+        else:
+            run = runs[0]
+            text = (json.dumps(summary.summary_json(run.runs, run.env), indent=2, ensure_ascii=False)
+                    if args.json else summary.summary_markdown(run.runs, run.env))
+    except multirun.MultiRunError as exc:
+        raise UsageError(str(exc)) from None
+    _print(text)
+    if plot_path:
+        try:
+            drawn = plots.comparison_plot(multirun.combined(runs), plot_path,
+                                          "Training throughput: " + ", ".join(
+                                              dict.fromkeys(multirun.machine_names(runs))))
+        except OSError as exc:
+            _stderr(f"bench: error: could not write {plot_path}: {exc.strerror or exc}")
+            return EXIT_WRITE
+        _stderr(f"plot: {plot_path}" if drawn else "plot: no measured cell to draw")
     return EXIT_OK
 
 
@@ -600,14 +695,17 @@ def readme_command(run: store.Run) -> str | None:
 def cmd_readme(args) -> int:
     if not re.fullmatch(r"[a-z0-9-]+", args.marker):
         raise UsageError(f"--marker '{args.marker}': use lowercase letters, digits and dashes")
-    run = load_run_arg(args.run, store.results_root(args.results_dir))
-    table = summary.summary_markdown(run.runs, run.env, command=readme_command(run))
+    runs, reference = load_runs_arg(args.run, store.results_root(args.results_dir)), reference_arg(args.reference)
     try:
+        if several(runs, reference):
+            table = multirun.markdown(runs, reference, [readme_command(run) for run in runs])
+        else:
+            table = summary.summary_markdown(runs[0].runs, runs[0].env, command=readme_command(runs[0]))
         changed = readme.update_readme(args.readme, table, args.marker)
-    except readme.ReadmeError as exc:
+    except (readme.ReadmeError, multirun.MultiRunError) as exc:
         raise UsageError(str(exc)) from None
     _print(f"{args.readme}: {'table updated' if changed else 'already up to date'} "
-           f"from run {run.directory}")
+           f"from run{'s' if len(runs) > 1 else ''} {', '.join(str(run.directory) for run in runs)}")
     return EXIT_OK
 
 
@@ -732,6 +830,66 @@ def cmd_check(args) -> int:
     if comparison.regressions:
         _stderr("regression: " + "; ".join(c.cell for c in comparison.regressions))
     return check_status(comparison)
+
+
+# --------------------------------------------------------------------------- compare, runs, export
+
+def cmd_compare(args) -> int:
+    root = store.results_root(args.results_dir)
+    first, second = load_run_or_baseline(args.run_a, root), load_run_or_baseline(args.run_b, root)
+    try:
+        comparison = regression.compare_runs(first, second, args.match, args.max_slowdown,
+                                             args.confidence)
+    except regression.BaselineError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print(json.dumps(comparison.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print(f"RUN_A `{args.run_a}` is the baseline side, RUN_B `{args.run_b}` the run side: "
+               "+ means RUN_B takes longer per step. Informational: the exit status is 0 whatever "
+               "the verdicts ('check' is the gate).\n")
+        _print(regression.comparison_markdown(comparison))
+    return EXIT_OK
+
+
+def cmd_runs(args) -> int:
+    root = store.results_root(args.results_dir)
+    found = store.list_runs(root, baselines=not args.no_baselines)
+    if args.json:
+        _print(json.dumps([vars(listing) for listing in found], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not found:
+        _print(f"no runs under {store.runs_dir(root)}")
+        return EXIT_OK
+    import pandas as pd
+
+    _print(pd.DataFrame([{
+        "Kind": r.kind, "ID": r.id, "Date": (r.date or "?")[:16].replace("T", " "),
+        "Machine": r.machine or "?", "Data": r.data or "–",
+        "Cells ok/failed/skipped": f"{r.ok}/{r.failed}/{r.skipped}" if not r.error else "–",
+        "Commit": r.git_commit or "–", "Problem": r.error or ""}
+        for r in found]).to_markdown(index=False, disable_numparse=True))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    root = store.results_root(args.results_dir)
+    out = check_report_path("--out", args.out)
+    run = load_run_or_baseline(str(args.run), root) if args.run else load_run_arg(None, root)
+    data = export_module.export(run, args.format)
+    if not data:
+        raise UsageError(f"{run.directory}: no measured cell to export")
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        _print(text.rstrip("\n"))
+        return EXIT_OK
+    try:
+        store.write_atomically(out, text)
+    except OSError as exc:
+        _stderr(f"bench: error: could not write {out}: {exc.strerror or exc}")
+        return EXIT_WRITE
+    _stderr(f"{args.format}: {out} ({len(data)} benchmark(s) from {run.directory})")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- main

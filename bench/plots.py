@@ -92,6 +92,69 @@ def step_time_plot(runs: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path 
     return path
 
 
+#: Above this ratio between the fastest and the slowest line, images/s is drawn on a log scale.
+LOG_SCALE_SPREAD = 10
+
+
+def y_scale(images_per_s: pd.Series) -> str:
+    """"log" when the fastest is more than :data:`LOG_SCALE_SPREAD` times the slowest, else "linear"."""
+    return "log" if images_per_s.max() > LOG_SCALE_SPREAD * images_per_s.min() else "linear"
+
+
+def comparison_plot(cells: pd.DataFrame, path: Path, title: str = "Training throughput") -> Path | None:
+    """Images/s against batch size for cells of several runs: one line per machine and device.
+
+    ``cells`` are runs.csv rows with a ``machine`` column (:func:`bench.multirun.combined`).
+    Dimensions that vary (backend, precision, ...) split lines further and are named in the
+    legend. A CPU next to a GPU is often 10-100x apart: then the y axis is logarithmic, so
+    the slow lines do not flatten onto zero.
+    """
+    ok = cells[(cells["status"] == "ok") & cells["images_per_s"].notna()]
+    if ok.empty:
+        return None
+    plt = _pyplot()
+    varying = [d for d in matrix.varying_dimensions([ok]) if d != "batch_size"]
+    fig, ax = plt.subplots(figsize=(8, 5.6))
+    keys = ["machine", "device_type", "device_id", "device_name", *varying]
+    groups = sorted(ok.groupby(keys, sort=False, dropna=False), key=lambda g: (
+        list(dict.fromkeys(ok["machine"])).index(g[0][0]), g[0][1] != "CPU", str(g[0][2])))
+    markers = "osD^v<>ph*"
+    for i, (key, series) in enumerate(groups):
+        points = series.groupby("batch_size")["images_per_s"].median().sort_index()
+        first = series.iloc[0]
+        device = first["device_name"] or first["device_id"]
+        label = ", ".join([f"{first['machine']}: {first['device_type']} {device}",
+                           *(f"{matrix.BY_NAME[d].label.lower()} {matrix.BY_NAME[d].show(matrix.plain(first[d]))}"
+                             for d in varying)])
+        ax.plot(points.index, points.values, marker=markers[i % len(markers)],
+                linestyle="-" if first["device_type"] == "GPU" else "--", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(ok["batch_size"].unique()))
+    ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(plt.matplotlib.ticker.NullLocator())
+    ax.set_xlabel("batch size (images per step)")
+    ticker = plt.matplotlib.ticker
+    if y_scale(ok["images_per_s"]) == "log":
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1, 2, 5)))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_ylabel("steady images/s, log scale\n(batch ÷ median step, warm-up excluded)")
+    else:
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("steady images/s\n(batch ÷ median step, warm-up excluded)")
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.4)
+    ax.grid(True, which="minor", alpha=0.15)
+    # under the axes: long machine and device names never squeeze the plot
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False,
+              title="machine: device (dashed: CPU, solid: GPU)", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def write_plots(runs: pd.DataFrame, steps: pd.DataFrame, directory: Path) -> list[Path]:
     made = [throughput_plot(runs, directory / THROUGHPUT_PNG),
             step_time_plot(runs, steps, directory / STEP_TIMES_PNG)]

@@ -97,14 +97,19 @@ class Comparison:
         return asdict(self)
 
 
-def _keyed(run: Run) -> dict[tuple, tuple[dict, list[np.ndarray]]]:
+#: Matching across machines: every dimension, the device by type and index but not by name
+#: (two machines' CPUs have different names). ``bench compare --match settings``.
+SETTINGS_MATCH_KEYS = ("device_type", "device_id", *(d.name for d in matrix.DIMENSIONS))
+
+
+def _keyed(run: Run, keys: tuple[str, ...] = MATCH_KEYS) -> dict[tuple, tuple[dict, list[np.ndarray]]]:
     """Each matched cell's key -> (key as dict, steady step times of each ok repeat)."""
     ok = run.runs[run.runs["status"] == "ok"]
     cells = {}
-    for key, group in ok.groupby(list(MATCH_KEYS), sort=False, dropna=False):
+    for key, group in ok.groupby(list(keys), sort=False, dropna=False):
         repeats = [steps for steps in map(run.steady_steps, group["cell_id"]) if len(steps)]
         if repeats:
-            cells[tuple(str(matrix.plain(v)) for v in key)] = (dict(zip(MATCH_KEYS, key)), repeats)
+            cells[tuple(str(matrix.plain(v)) for v in key)] = (dict(zip(keys, key)), repeats)
     return cells
 
 
@@ -133,19 +138,20 @@ def environment_differences(baseline_env: dict, current_env: dict) -> list[str]:
 
 
 def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
-            confidence: float = 0.95) -> Comparison:
-    """Match cells and decide each; BaselineError when nothing matches.
+            confidence: float = 0.95, match_keys: tuple[str, ...] = MATCH_KEYS) -> Comparison:
+    """Match cells (on ``match_keys``) and decide each; BaselineError when nothing matches.
 
     Cells are labelled by their device, batch size and every dimension that varies across
     the two runs, by value, so no two compared cells read alike.
     """
-    base_cells, cur_cells = _keyed(baseline), _keyed(current)
+    base_cells, cur_cells = _keyed(baseline, match_keys), _keyed(current, match_keys)
     matched = [k for k in cur_cells if k in base_cells]
     varying = matrix.varying_dimensions([pd.DataFrame([spec for spec, _ in cells.values()])
                                          for cells in (base_cells, cur_cells) if cells])
 
     def _cell_label(key: dict) -> str:
-        return matrix.describe(key, varying)
+        # matched by settings, a cell has no device name: its index says which device
+        return matrix.describe({"device_name": key.get("device_id", ""), **key}, varying)
 
     comparison = Comparison(
         cells=[], only_in_baseline=[_cell_label(base_cells[k][0]) for k in base_cells if k not in cur_cells],
@@ -156,7 +162,7 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
     if not matched:
         raise BaselineError(
             f"nothing to compare: no cell of {current.directory} matches one of {baseline.directory} "
-            f"(by {', '.join(MATCH_KEYS)}); baseline has {len(base_cells)} cell(s), run has "
+            f"(by {', '.join(match_keys)}); baseline has {len(base_cells)} cell(s), run has "
             f"{len(cur_cells)}")
     for key in matched:
         spec, base = base_cells[key]
@@ -172,6 +178,45 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             baseline_steps=sum(map(len, base)), current_steps=sum(map(len, cur)),
             baseline_repeats=len(base), current_repeats=len(cur)))
     return comparison
+
+
+MATCHES = ("device", "settings")
+
+
+def compare_runs(reference: Run, other: Run, match: str = "device", max_slowdown: float = 0.10,
+                 confidence: float = 0.95) -> Comparison:
+    """``bench compare``: any two runs, of one machine or two.
+
+    ``match="device"`` matches cells as ``check`` does (device type and name, every
+    dimension); ``"settings"`` matches every dimension and the device by type and index
+    (cpu with cpu, gpu:0 with gpu:0) whatever its name, and the report names the devices
+    that differ. With device matching and nothing in common, the error says whether
+    ``--match settings`` would match.
+    """
+    keys = MATCH_KEYS if match == "device" else SETTINGS_MATCH_KEYS
+    try:
+        comparison = compare(reference, other, max_slowdown, confidence, keys)
+    except BaselineError as exc:
+        if match == "device" and set(_keyed(reference, SETTINGS_MATCH_KEYS)) & set(_keyed(other, SETTINGS_MATCH_KEYS)):
+            raise BaselineError(f"{exc}; the devices have different names (two machines?): "
+                                "pass --match settings to compare them by settings") from None
+        raise
+    if match == "settings":
+        names = [_device_names(run) for run in (reference, other)]
+        differ = [f"{device_id}: {names[0][device_id]} vs {names[1][device_id]}"
+                  for device_id in dict.fromkeys(c.key["device_id"] for c in comparison.cells)
+                  if names[0].get(device_id) != names[1].get(device_id)]
+        comparison.notes.append(
+            "Cells matched by settings (--match settings): every dimension and the device's "
+            "type and index, not its name. " + (f"The devices differ ({'; '.join(differ)}): the "
+                                                "ratio compares devices, not a change of code."
+                                                if differ else "The devices have the same names."))
+    return comparison
+
+
+def _device_names(run: Run) -> dict[str, str]:
+    ok = run.runs[run.runs["status"] == "ok"]
+    return {str(i): str(n) for i, n in zip(ok["device_id"], ok["device_name"])}
 
 
 # --------------------------------------------------------------------------- reports
@@ -210,6 +255,7 @@ def comparison_markdown(comparison: Comparison) -> str:
                          ("only in the run", comparison.only_in_current)):
         if cells:
             lines.append(f"- Cells {label} (not compared): {'; '.join(cells)}.")
+    lines += [f"- {note}" for note in comparison.notes]
     if comparison.environment_differences:
         lines.append("- WARNING: the environments differ: "
                      + "; ".join(comparison.environment_differences) + ".")

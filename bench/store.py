@@ -339,6 +339,58 @@ def latest_run(root: str | os.PathLike) -> Path:
     return candidates[-1]
 
 
+@dataclass
+class RunListing:
+    """One line of ``bench runs``: what a run (or baseline) is, or why it cannot be read."""
+
+    kind: str                  # "run" or "baseline"
+    id: str                    # the run directory's name, or the baseline's
+    path: str
+    date: str | None = None    # when its first cell started (UTC)
+    machine: str | None = None  # the machine label, else its fingerprint id
+    data: str | None = None
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    git_commit: str | None = None
+    error: str | None = None
+
+
+def list_runs(root: Path, baselines: bool = True) -> list[RunListing]:
+    """The runs under ``<root>/runs`` (and the baselines), newest first; a damaged one is
+    listed with its error instead of stopping the listing."""
+    found = []
+    places = [("run", runs_dir(root))] + ([("baseline", baselines_dir(root))] if baselines else [])
+    for kind, base in places:
+        for directory in sorted(base.iterdir()) if base.is_dir() else []:
+            if directory.name.startswith(".") or not directory.is_dir():
+                continue
+            found.append(_listing(kind, directory))
+    return sorted(found, key=lambda r: (r.date or "", r.id), reverse=True)
+
+
+def _listing(kind: str, directory: Path) -> RunListing:
+    listing = RunListing(kind, directory.name, str(directory))
+    try:
+        run = read_run(directory)
+    except ResultsError as exc:
+        listing.error = str(exc)
+        return listing
+    runs = run.runs
+    started = sorted(v for v in runs["started_at"] if isinstance(v, str) and v)
+    counts = runs["status"].value_counts()
+    labels = [v for v in runs["machine_label"] if isinstance(v, str) and v]
+    commit = (run.env.get("git") or {}).get("commit") or next(
+        (v for v in runs["git_commit"] if isinstance(v, str) and v), None)
+    listing.date = started[0] if started else None
+    listing.machine = run.env.get("machine_label") or (labels[0] if labels else None) or (
+        machine_id(run.env) if run.env else None)
+    listing.data = ",".join(dict.fromkeys(v for v in runs["data"] if isinstance(v, str) and v)) or None
+    listing.ok, listing.failed, listing.skipped = (int(counts.get(s, 0)) for s in ("ok", "failed", "skipped"))
+    listing.git_commit = commit[:12] if commit else None
+    return listing
+
+
 # --------------------------------------------------------------------------- baselines
 
 def check_name(name: str, what: str = "--name") -> str:

@@ -25,7 +25,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours} h {minutes} m {secs} s" if hours else f"{minutes} m {secs} s"
 
 
-def _number(value: float | None, fmt: str, suffix: str = "") -> str:
+def number(value: float | None, fmt: str, suffix: str = "") -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:{fmt}}{suffix}"
 
 
@@ -77,17 +77,17 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
         median_step = ok["step_median_s"].median()
         row.update({
             "Time": format_duration(ok["train_s"].median()),
-            "Accuracy": _accuracy_text(ok),
-            "Images/s": _number(ok["images_per_s"].median(), ",.0f"),
-            "Median step": _number(median_step * 1000, ".1f", " ms"),
+            "Accuracy": accuracy_text(ok),
+            "Images/s": number(ok["images_per_s"].median(), ",.0f"),
+            "Median step": number(median_step * 1000, ".1f", " ms"),
             "Speed-up vs CPU": _speedup(first, runs, median_step),
-            "TFLOP/s": _number(ok["achieved_tflops"].median(), ".3f"),
-            "Efficiency": _number(ok["efficiency_pct"].median(), ".0f", " %"),
+            "TFLOP/s": number(ok["achieved_tflops"].median(), ".3f"),
+            "Efficiency": number(ok["efficiency_pct"].median(), ".0f", " %"),
             "Est. notebook run": format_duration(ok["projected_seed_run_s"].median()),
         })
         if ok["unsynced_images_per_s"].notna().any():
-            row["Unsynced images/s"] = _number(ok["unsynced_images_per_s"].median(), ",.0f")
-            row["Sync overhead"] = _number(ok["sync_overhead_pct"].median(), "+.1f", " %")
+            row["Unsynced images/s"] = number(ok["unsynced_images_per_s"].median(), ",.0f")
+            row["Sync overhead"] = number(ok["sync_overhead_pct"].median(), "+.1f", " %")
         if len(group) > 1:
             row["Repeats"] = f"{len(ok)}/{len(group)}"
         rows.append(row)
@@ -99,7 +99,7 @@ def _system(row: pd.Series) -> str:
     return f"{label} ({row['system']})" if isinstance(label, str) and label else str(row["system"])
 
 
-def _accuracy_text(ok: pd.DataFrame) -> str:
+def accuracy_text(ok: pd.DataFrame) -> str:
     """Mean held-out accuracy; with repeats, ± the standard deviation across them (seeds).
 
     A figure from part of the held-out split says how many images it covers.
@@ -163,7 +163,7 @@ def describe_settings(runs: pd.DataFrame, env: dict | None = None) -> list[str]:
             "**Median step**: median steady step time. **Speed-up vs CPU**: the CPU row's median "
             "step ÷ this row's, same machine, batch size and settings.",
             "**TFLOP/s**: analytic training FLOPs per image (forward + backward of the conv and "
-            f"dense layers, {_number(first['flops_per_image'] / 1e6, '.1f', ' M')}) × images/s. "
+            f"dense layers, {number(first['flops_per_image'] / 1e6, '.1f', ' M')}) × images/s. "
             "**Efficiency**: TFLOP/s ÷ the device's measured peak in that precision, thread count "
             "and backend (a large dense matrix multiply, `python -m bench peak`).",
             f"**Est. notebook run**: projected time of the notebook's training ({NOTEBOOK_EPOCHS} "
@@ -271,7 +271,7 @@ def _accuracy_note(ok: pd.DataFrame) -> str:
 
 def header(runs: pd.DataFrame, env: dict) -> str:
     run_id = runs["run_id"].iloc[0] if len(runs) else "?"
-    versions = ", ".join(f"{name} {version}" for name, version in _framework_versions(runs, env))
+    versions = ", ".join(f"{name} {version}" for name, version in framework_versions(runs, env))
     cpu = (env.get("cpu") or {}).get("model") or "?"
     started = runs["started_at"].dropna() if "started_at" in runs else pd.Series(dtype=str)
     when = str(started.iloc[0])[:10] if len(started) else "?"
@@ -281,7 +281,7 @@ def header(runs: pd.DataFrame, env: dict) -> str:
             f"{versions or 'TensorFlow ?'}, data: {data_label(runs)}.")
 
 
-def _framework_versions(runs: pd.DataFrame, env: dict) -> list[tuple[str, str]]:
+def framework_versions(runs: pd.DataFrame, env: dict) -> list[tuple[str, str]]:
     names = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
     ok = runs[runs["status"] == "ok"]
     out = []

@@ -25,19 +25,27 @@ def cell(batch: int, repeat: int = 0, device: Requested = TEST_CPU, **values) ->
 
 
 def write_run(directory: Path, cells: dict, env: dict = ENV, warmup: int = 3,
-              device: Requested = TEST_CPU, contention: dict | None = None) -> Path:
+              device: Requested = TEST_CPU, contention: dict | None = None,
+              train: dict | None = None) -> Path:
     """A run directory whose cells (batch size, or (batch size, {dimension: value}) -> steady
-    step times, or a list of them, one per repeat) are as given."""
+    step times, or a list of them, one per repeat) are as given.
+
+    A cell's values may name its ``device`` (a Requested; default ``device``); ``train``
+    overrides what the fake worker reports (``data``, ``heldout_accuracy``, ...)."""
     directory.mkdir(parents=True)
     writer = store.RunWriter(directory, directory.name)
     writer.write_env(env)
-    context = {"run_id": directory.name, "system": env["system"], "git_commit": None}
+    context = {"run_id": directory.name, "system": env["system"], "git_commit": None,
+               "machine_label": env.get("machine_label")}
     for key, repeats in cells.items():
         batch, values = key if isinstance(key, tuple) else (key, {})
+        values = dict(values)
+        cell_device = values.pop("device", device)
         per_repeat = isinstance(repeats, list) and len(repeats) and np.ndim(repeats[0]) == 1
         for repeat, steady in enumerate(repeats if per_repeat else [repeats]):
-            planned_cell = cell(batch, repeat, device, **dict(values))
+            planned_cell = cell(batch, repeat, cell_device, **values)
             result = fake_result(batch, [1.0] * warmup + list(np.asarray(steady)), warmup)
+            result.train.update(train or {})
             planned = record.planned(planned_cell, {"data": "synthetic", "split": "standard",
                                                     "epochs": 1, "warmup_steps": warmup}, context)
             writer.add(record.ok_row(planned, result, contention=contention),
