@@ -16,10 +16,11 @@ import os
 import platform
 import re
 import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 
 import psutil
+
+from bench import process
 
 PROBE_TIMEOUT_S = 180
 DEVICE_ID = re.compile(r"^(cpu|gpu|gpu:\d+|all)$")
@@ -175,7 +176,7 @@ def tensorflow_probe(timeout_s: float = PROBE_TIMEOUT_S) -> dict:
     """Ask TensorFlow, in a throw-away subprocess, about itself and the GPUs it can use."""
     env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID", TF_CPP_MIN_LOG_LEVEL="3")
     try:
-        done = subprocess.run([sys.executable, "-m", "bench.worker", "--probe"], capture_output=True,
+        done = subprocess.run([*process.WORKER_COMMAND, "--probe"], capture_output=True,
                               text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"TensorFlow probe did not answer within {timeout_s:.0f} s"}

@@ -12,7 +12,6 @@ under a lock so concurrent runs lose nothing.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from bench.store import read_json_object, update_json
 
 MATMUL_SIZE = {"CPU": 2048, "GPU": 8192}   # large enough to reach the plateau (2048 ~ 4096 on a CPU)
 PEAK_TIMEOUT_S = 600
-PEAK_COMMAND = (sys.executable, "-m", "bench.worker", "--peak")
+PEAK_COMMAND = (*process.WORKER_COMMAND, "--peak")
 
 
 def cache_key(device_id: str, precision: str, cpu_threads: int, backend: str,

@@ -6,7 +6,8 @@ Its stderr shares the stdout pipe, so its log keeps everything in the order writ
 that cannot be written (a full disk) costs the log, never the cell or a hang.
 
 Test hook: ``BENCH_WORKER_COMMAND`` (a shell-style command, split with :func:`shlex.split`)
-replaces the cell worker command, so tests can drive the real CLI with a fake worker
+replaces ``python -m bench.worker`` (cells, and the device probe and peak measurement, which
+are its ``--probe`` and ``--peak`` modes), so tests can drive the real CLI with a fake worker
 (``python tests/helpers/fake_worker.py``) without a framework. It is read here and nowhere
 else; users never need it.
 """

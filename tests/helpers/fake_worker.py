@@ -3,10 +3,17 @@
 It speaks the real protocol (:mod:`bench.protocol`) and returns a real ``WorkerResult``, so
 it cannot drift from the contract unnoticed. The cell's batch size picks the behaviour: 13
 crashes, 14 hangs, 15 is killed by a signal, 16 reports an error, 17 prints a result that
-breaks the protocol, 18 reports every step as warm-up; anything else reports a plausible result whose steps take
-``batch_size / 1000`` seconds each (``batch_size / 100`` for backend jax).
+breaks the protocol, 18 reports every step as warm-up, 19 trains slowly (a progress line every
+0.2 s for a minute: a cell still running when a test stops the run); anything else reports a
+plausible result whose steps take ``batch_size / 1000`` seconds each (``batch_size / 100`` for
+backend jax).
+
+Like the real worker it exits when its parent dies (:func:`bench.worker.watch_parent`), and
+answers ``--probe`` (no GPU, a fake TensorFlow). With ``FAKE_WORKER_PIDS`` set, it appends
+"<pid> <batch size>" to that file on start, so a test can find it and check it is gone.
 """
 
+import json
 import os
 import signal
 import sys
@@ -15,11 +22,23 @@ import time
 from fake_results import fake_result  # same folder: on sys.path when run as a script
 
 from bench.protocol import CellSpec, emit
+from bench.worker import PROBE_MARK, watch_parent
+
+PROBE = {"tensorflow": "2.99.0-fake", "keras": "3.99.0-fake", "built_with_cuda": False, "gpus": [],
+         "backend": "tensorflow", "versions": {"tensorflow": "2.99.0-fake", "keras": "3.99.0-fake"}}
+SLOW_STEPS, SLOW_STEP_S = 300, 0.2
 
 
 def main():
+    if sys.argv[1:] == ["--probe"]:
+        print(PROBE_MARK + json.dumps(PROBE), flush=True)
+        return
+    watch_parent(poll_s=0.1)
     spec = CellSpec.from_json(sys.stdin.read())
     settings = spec.settings
+    if os.environ.get("FAKE_WORKER_PIDS"):
+        with open(os.environ["FAKE_WORKER_PIDS"], "a") as pids:
+            pids.write(f"{os.getpid()} {settings.batch_size}\n")
     emit("started", startup_seconds=0.1, pid=os.getpid(), backend=os.environ.get("KERAS_BACKEND"))
     emit("phase", phase="loading data")
     behaviour = settings.batch_size
@@ -34,6 +53,10 @@ def main():
     if behaviour == 16:
         emit("error", reason="out of memory (ResourceExhaustedError): OOM when allocating")
         sys.exit(1)
+    if behaviour == 19:
+        for done in range(1, SLOW_STEPS + 1):
+            time.sleep(SLOW_STEP_S)
+            emit("step", done=done, total=SLOW_STEPS)
     if behaviour == 17:
         emit("result", result={"train": "not a training result"})
         return
