@@ -84,7 +84,10 @@ def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, vers
             if precision not in entry[1]:
                 entry[1].append(precision)
     if wanted:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the measurement does not need its log; it says so itself
+            say(f"warning: {log_dir}: cannot create ({exc.strerror or exc}); peak logs not kept")
     measured_now: dict[str, dict] = {}
     for (device_id, threads, backend), (device, precisions) in wanted.items():
         say(f"measuring peak on {device_id} with {backend} ({', '.join(precisions)}, "
