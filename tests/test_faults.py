@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -267,7 +266,7 @@ def test_a_signal_keeps_the_finished_cells_and_says_how_to_resume(tmp_path, star
     assert list(kept.runs["batch_size"]) == [32]
     assert "| 32 " in (tmp_path / "run" / store.SUMMARY_MD).read_text()
     assert "Traceback" not in run.stderr
-    assert f"python -m bench run --resume run" in run.stderr.strip().splitlines()[-1]
+    assert "python -m bench run --resume run" in run.stderr.strip().splitlines()[-1]
     assert 64 not in worker_pids(tmp_path).values()
     assert not no_temporaries(tmp_path / "run")
 
@@ -679,6 +678,8 @@ def test_resume_refuses_another_run_and_reruns_failed_cells_only_when_asked(tmp_
     assert_usage_error(cli("run", "--resume", "missing"), "missing")
     (tmp_path / "empty").mkdir()
     assert_usage_error(cli("run", "--resume", "empty"), "empty")
+    write_run(tmp_path / "old", {32: [0.01, 0.01]})                 # written before runs kept their config
+    assert_usage_error(cli("run", "--resume", "old"), "recorded settings are incomplete")
     monkeypatch.setattr(process, "WORKER_COMMAND", tuple(FAKE_WORKER))    # the device probe
     for field, value, difference in ((("cpu", "model"), "Another CPU", "CPU model"),
                                      (("tensorflow", "version"), "2.0.0", "TensorFlow: 2.0.0 ->")):
