@@ -8,6 +8,8 @@ README and ``--help``) are distinct, so CI can act on each.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import shlex
 import signal
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import __version__, environment, matrix, multirun, plots, readme, regression, runner, store, summary
@@ -43,6 +46,10 @@ PROFILES = {
 
 class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
+
+
+class WriteError(Exception):
+    """Results could not be written (a full disk): reported as one line, exit status 5."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -114,6 +121,9 @@ def _label(text: str) -> str:
 machine_label = _typed(_label, "label")
 
 
+MAX_PATH_BYTES = 4096     # Linux's PATH_MAX; longer paths fail every system call with ENAMETOOLONG
+
+
 def _path(text: str) -> Path:
     try:
         text.encode("utf-8")
@@ -122,6 +132,8 @@ def _path(text: str) -> Path:
                          "UTF-8; choose another name") from None
     if any(len(part.encode()) > 255 for part in Path(text).parts):
         raise ValueError(f"'{text[:60]}...': a name in it is longer than 255 bytes")
+    if len(text.encode()) >= MAX_PATH_BYTES:
+        raise ValueError(f"'{text[:60]}...': longer than {MAX_PATH_BYTES - 1:,} bytes")
     return Path(text)
 
 
@@ -442,33 +454,54 @@ def check_output_dir(path: Path) -> None:
                          "choose a directory you can write to")
 
 
+#: what a resumed run takes from the run itself (env.json's config), so may not be given again
 RESUME_KEEPS = ("profile", "epochs", "steps", "warmup", "repeats", "data", "data_dir", "split",
-                "synthetic_images", "eval_images", "seed", "unsynced_steps", "devices",
-                *(d.name for d in matrix.DIMENSIONS))
+                "synthetic_images", "eval_images", "seed", "unsynced_steps", "devices", "cell_timeout",
+                "machine_label", "out", *(d.name for d in matrix.DIMENSIONS))
 
 
-def resume_config(args, root: Path):
-    """The run to resume, its config and its devices; refuses what would not be the same run."""
-    given = [name for name in RESUME_KEEPS if getattr(args, name, None) not in (None, False, 0, "quick", "cifar10", 1)]
+def resume_config(args, held: contextlib.ExitStack):
+    """The run to resume (locked until ``held`` closes), its config and devices.
+
+    Refuses, before anything is written, what would not be the same run: other settings, a
+    directory that is not a run, one another process is still writing.
+    """
+    defaults = build_parser().parse_args(["run"])
+    given = [name for name in RESUME_KEEPS if getattr(args, name) != getattr(defaults, name)]
     if given:
-        raise UsageError(f"--resume takes its settings from the run; drop --{given[0].replace('_', '-')}")
-    if args.out:
-        raise UsageError("--resume DIR appends to DIR; drop --out")
+        flags = {d.name: d.flag for d in matrix.DIMENSIONS}
+        raise UsageError(f"--resume takes its settings from the run; drop "
+                         f"{flags.get(given[0], '--' + given[0].replace('_', '-'))}")
+    if not args.resume.is_dir():
+        raise UsageError(f"--resume {args.resume}: no such run directory")
+    if not (args.resume / store.ENV_JSON).is_file():  # checked before the lock file is made in it
+        raise UsageError(f"--resume {args.resume}: not a run directory (no {store.ENV_JSON}); "
+                         "not a run that can be resumed")
     try:
-        run = store.read_run(args.resume)
+        held.callback(store.lock_run_dir(args.resume).release)
+        run = store.read_run(args.resume, started=True)
         config = runner.RunConfig.from_dict(run.env.get("config") or {})
-    except store.ResultsError as exc:
-        raise UsageError(f"--resume: {exc}") from None
+    except (store.ResultsError, OSError) as exc:
+        reason = exc if isinstance(exc, store.ResultsError) else f"{args.resume}: {exc.strerror or exc}"
+        raise UsageError(f"--resume: {reason}; not a run that can be resumed") from None
     except ValueError as exc:
         raise UsageError(f"--resume {args.resume}: {exc}; it cannot be resumed, start a new run") from None
     return run, config, run.env.get("devices_requested") or ["all"]
 
 
 def cmd_run(args, argv: list[str]) -> int:
+    if args.rerun_failed and not args.resume:
+        raise UsageError("--rerun-failed goes with --resume DIR; add it or drop --rerun-failed")
+    # the run directory's lock, released however this ends; a stop signal from the start
+    with contextlib.ExitStack() as held, runner.stop_on_signals() as stops:
+        return _run(args, argv, held, stops)
+
+
+def _run(args, argv: list[str], held: contextlib.ExitStack, stops: runner.StopSignals) -> int:
     root = store.results_root(args.results_dir)
     previous = None
     if args.resume:
-        previous, config, device_ids = resume_config(args, root)
+        previous, config, device_ids = resume_config(args, held)
     else:
         config = build_run_config(args)
         device_ids = args.devices or ["all"]
@@ -480,9 +513,9 @@ def cmd_run(args, argv: list[str]) -> int:
     missing = [r for r in requested if r.device is None or not r.device.usable]
     if args.require_devices and missing:
         raise UsageError("--require-devices: " + "; ".join(f"{r.id}: {r.reason}" for r in missing))
-    env = environment.fingerprint(inventory)
-    cells = runner.plan_cells(config, requested)
-    writer, out, cells = _open_run(args, previous, config, env, cells, device_ids, argv, root)
+    here = environment.fingerprint(inventory)
+    planned = runner.plan_cells(config, requested)
+    writer, out, cells, env = _open_run(args, previous, config, here, planned, device_ids, argv, root, held)
 
     say = _stderr
     if config.data.kind == "synthetic":
@@ -497,25 +530,33 @@ def cmd_run(args, argv: list[str]) -> int:
             say(f"WARNING: {warning}")
     say(f"{len(cells)} cell(s) -> {out}")
 
-    context = {"run_id": writer.run_id, "system": env["system"], "git_commit": env["git"]["commit"],
+    context = {"run_id": writer.run_id, "system": env["system"], "git_commit": here["git"]["commit"],
                "machine_label": env.get("machine_label")}
     reporter_class = runner.RichReporter if sys.stderr.isatty() else runner.Reporter
     outcome = runner.Outcome(rows=writer.rows)
-    with runner.stop_on_signals():
-        try:
-            peaks = {} if args.no_peak else measured_peaks(
-                runner.peak_combinations(cells), env, root, out / "logs", refresh=False, say=say)
-            with reporter_class() as reporter:
-                outcome = runner.execute(config, cells, writer, context, reporter, out / "logs",
-                                         peaks=peaks, **runner.contention_hooks(
-                                             (env.get("cpu") or {}).get("usable_cpus")))
-        except runner.Stopped as stop:
-            outcome.stopped_by = stop.signum
-        return _finish_run(args, config, cells, writer, env, out, outcome, baseline)
+    try:
+        peaks = {} if args.no_peak else measured_peaks(
+            runner.peak_combinations(cells), env, root, out / "logs", refresh=False, say=say)
+        with reporter_class() as reporter:
+            outcome = runner.execute(config, cells, writer, context, reporter, out / "logs",
+                                     peaks=peaks, **runner.contention_hooks(
+                                         (env.get("cpu") or {}).get("usable_cpus")))
+    except runner.Stopped as stop:
+        outcome.stopped_by = stop.signum
+    stops.hold()  # a signal from here on must not cut the summary short
+    return _finish_run(args, planned, writer, env, out, outcome, baseline)
 
 
-def _open_run(args, previous, config, env, cells, device_ids, argv, root):
-    """Claim (or reopen, to resume) the run directory and write its env.json."""
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _open_run(args, previous, config, env, planned, device_ids, argv, root, held):
+    """Claim (or reopen, to resume) the run directory and write its env.json.
+
+    Returns the writer, the directory, the cells to run and the run's env. A new directory
+    is locked until ``held`` closes (a resumed one already is). From here on the directory is
+    a run that ``--resume`` can finish, whatever stops this process.
+    """
     if previous is not None:
         differences = regression.environment_differences(previous.env, env)
         if environment.machine_id(previous.env) != environment.machine_id(env) or differences:
@@ -523,41 +564,62 @@ def _open_run(args, previous, config, env, cells, device_ids, argv, root):
                              f"started on ({'; '.join(differences) or 'another machine'}); start a new run")
         done = set(previous.runs["cell_id"][previous.runs["status"].isin(
             ["ok", "skipped"] + ([] if args.rerun_failed else ["failed"]))])
-        todo = [c for c in cells if c.cell_id not in done]
-        rows = [_row_record(r) for r in previous.runs.to_dict(orient="records")]
-        writer = store.RunWriter(args.resume, previous.run_id, rows,
-                                 previous.steps.to_dict(orient="records"))
+        todo = [c for c in planned if c.cell_id not in done]
+        failed = int((previous.runs["status"] == "failed").sum())
+        if not todo:
+            _stderr(f"resuming {args.resume}: nothing to run, all {len(planned)} cell(s) are done"
+                    + (f" ({failed} failed; --rerun-failed runs them again)" if failed else ""))
+            return (store.RunWriter(args.resume, previous.run_id, _records(previous.runs),
+                                    _records(previous.steps)), Path(args.resume), [], previous.env)
+        rows = _records(previous.runs)
+        writer = store.RunWriter(args.resume, previous.run_id, rows, _records(previous.steps))
         writer.replace_cells({c.cell_id for c in todo})
-        _stderr(f"resuming {args.resume}: {len(cells) - len(todo)} of {len(cells)} cell(s) kept, "
+        run_env = {**previous.env, "resumed": [*previous.env.get("resumed", []), {
+            "command": display_command(argv), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git": env["git"], "cells": len(todo)}]}
+        try:
+            writer.write_env(run_env)
+        except OSError as exc:
+            raise WriteError(f"{args.resume}: cannot write env.json ({exc.strerror or exc})") from None
+        _stderr(f"resuming {args.resume}: {len(planned) - len(todo)} of {len(planned)} cell(s) kept, "
                 f"{len(todo)} to run")
-        return writer, Path(args.resume), todo
+        return writer, Path(args.resume), todo, run_env
     try:
         out = store.claim_run_dir(args.out, root)
     except OSError as exc:
         target = args.out or store.runs_dir(root)
+        if exc.errno in DISK_FULL:
+            raise WriteError(f"{target}: cannot create the run directory ({exc.strerror})") from None
         if isinstance(exc, FileExistsError) and args.out:
             raise UsageError(f"--out {args.out}: already exists and is not empty (or another run "
                              "just claimed it); choose a new directory so no run is overwritten") from None
         raise UsageError(f"{'--out ' if args.out else ''}{target}: cannot create the run directory "
                          f"({exc.strerror or exc}); choose a directory you can write to") from None
+    held.callback(store.lock_run_dir(out).release)
     env.update(command=display_command(argv), config=config.to_dict(), devices_requested=device_ids,
                machine_label=args.machine_label)
     writer = store.RunWriter(out, out.name)
     try:
         writer.write_env(env)
     except OSError as exc:
-        raise UsageError(f"{out}: cannot write env.json ({exc.strerror or exc})") from None
-    return writer, out, cells
+        raise WriteError(f"{out}: cannot write env.json ({exc.strerror or exc})") from None
+    return writer, out, planned, env
 
 
-def _row_record(row: dict) -> dict:
+def _records(frame) -> list[dict]:
+    """A table read back, as the writer's rows: empty cells None again."""
     import math
 
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
 
 
-def _finish_run(args, config, cells, writer, env, out, outcome, baseline) -> int:
-    """Summary and plots from what is in memory, then the exit status."""
+def _finish_run(args, planned, writer, env, out, outcome, baseline) -> int:
+    """Summary and plots from what is in memory, then the exit status.
+
+    Files first, the printed table last: a closed stdout (``| head``, a hung-up terminal)
+    must cost neither the summary on disk nor the exit status.
+    """
     try:
         writer.flush()          # a row kept in memory when a signal cut its write short
     except OSError as exc:
@@ -565,18 +627,18 @@ def _finish_run(args, config, cells, writer, env, out, outcome, baseline) -> int
     rows = writer.frame()
     if len(rows):
         text = summary.summary_markdown(rows, env)
-        _print(text)
         try:
             store.write_atomically(out / store.SUMMARY_MD, text)
             plots.write_plots(rows, _steps_frame(writer), out)
         except OSError as exc:
             outcome.write_error = outcome.write_error or f"could not write the summary to {out}: {exc.strerror or exc}"
+        _print_if_read(text)
     if outcome.write_error:
         _stderr(f"bench: error: {outcome.write_error}")
         return EXIT_WRITE
     if outcome.stopped_by is not None:
-        finished = sum(1 for r in writer.rows if r["cell_id"] in {c.cell_id for c in cells})
-        _stderr(f"stopped by {signal.Signals(outcome.stopped_by).name}: {finished} of {len(cells)} "
+        finished = sum(1 for r in writer.rows if r["cell_id"] in {c.cell_id for c in planned})
+        _stderr(f"stopped by {signal.Signals(outcome.stopped_by).name}: {finished} of {len(planned)} "
                 f"cell(s) finished and kept in {out}; finish it with: python -m bench run --resume {out}")
         return 128 + outcome.stopped_by
     _stderr(f"results: {out}")
@@ -775,7 +837,7 @@ def cmd_baseline_save(args) -> int:
     root = store.results_root(args.results_dir)
     run = load_run_arg(args.run, root)
     try:
-        name = args.name or environment.machine_id(run.env)
+        name = args.name if args.name is not None else environment.machine_id(run.env)
         path = store.save_baseline(run, name, root, replace=args.replace)
     except store.BaselineError as exc:
         raise UsageError(str(exc)) from None
@@ -898,9 +960,26 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
-def _stderr(text: str) -> None:
+def _print_if_read(text: str) -> None:
+    """Print, unless nobody reads stdout any more: then print nothing more, quietly."""
     try:
-        print(text, file=sys.stderr, flush=True)
+        _print(text)
+    except (BrokenPipeError, OSError):
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit cannot fail on a closed pipe either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def _stderr(text: str) -> None:
+    try:  # an undecodable file name (surrogate escapes) is shown escaped, whatever stderr's handler
+        print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr, flush=True)
     except (BrokenPipeError, OSError):
         pass
 
@@ -914,14 +993,16 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         _stderr(f"bench: error: {exc}")
         return EXIT_USAGE
+    except WriteError as exc:
+        _stderr(f"bench: error: {exc}")
+        return EXIT_WRITE
     except KeyboardInterrupt:
         _stderr("bench: interrupted")
         return 128 + signal.SIGINT
+    except runner.Stopped as stop:  # stopped before any cell ran (a run that stops later says more)
+        _stderr(f"bench: stopped by {signal.Signals(stop.signum).name}")
+        return 128 + stop.signum
     except BrokenPipeError:
         # the reader went away (`bench summary | head`): stop quietly, as `cat` does
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
+        _silence_stdout()
         return 128 + signal.SIGPIPE

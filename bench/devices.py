@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,8 @@ try:
     import pynvml  # nvidia-ml-py: NVIDIA's own bindings to the driver's management library
 except ImportError:  # pragma: no cover - it is a dependency; a broken install still runs on CPU
     pynvml = None
+
+from bench import process
 
 PROBE_TIMEOUT_S = 180
 DEVICE_ID = re.compile(r"^(cpu|gpu|gpu:\d+|all)$")
@@ -315,7 +316,7 @@ def backend_probe(backend: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
                KERAS_BACKEND=backend)
     env.pop("JAX_PLATFORMS", None)
     try:
-        done = subprocess.run([sys.executable, "-m", "bench.worker", "--probe"], capture_output=True,
+        done = subprocess.run([*process.WORKER_COMMAND, "--probe"], capture_output=True,
                               text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"{name} probe did not answer within {timeout_s:.0f} s"}

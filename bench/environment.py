@@ -156,13 +156,13 @@ def machine_id(env: dict) -> str:
     Only hardware and OS go in (not library versions), so a TensorFlow upgrade on the
     same machine keeps its name and can be compared against its old baseline.
     """
-    cpu = env.get("cpu", {})
-    gpus = "+".join(g["name"] for g in env.get("gpus", [])) or "nogpu"
+    cpu = env.get("cpu") or {}
+    gpus = "+".join(str(g.get("name")) for g in env.get("gpus") or []) or "nogpu"
+    memory = round((env.get("memory_bytes") or 0) / 2**30)
     stable = "|".join(str(part) for part in (
-        cpu.get("model"), cpu.get("logical_cpus"), round(env.get("memory_bytes", 0) / 2**30),
+        cpu.get("model"), cpu.get("logical_cpus"), memory,
         gpus, env.get("machine"), env.get("system")))
     digest = hashlib.sha256(stable.encode()).hexdigest()[:6]
     model = re.sub(r"[^a-z0-9]+", "-", str(cpu.get("model", "cpu")).lower()).strip("-")[:32]
     gpu_part = re.sub(r"[^a-z0-9]+", "-", gpus.lower()).strip("-")[:32]
-    memory = round(env.get("memory_bytes", 0) / 2**30)
     return f"{model}-{cpu.get('logical_cpus')}cpu-{memory}gib-{gpu_part}-{digest}"

@@ -12,7 +12,6 @@ under a lock so concurrent runs lose nothing.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from bench.store import read_json_object, update_json
 
 MATMUL_SIZE = {"CPU": 2048, "GPU": 8192}   # large enough to reach the plateau (2048 ~ 4096 on a CPU)
 PEAK_TIMEOUT_S = 600
-PEAK_COMMAND = (sys.executable, "-m", "bench.worker", "--peak")
+PEAK_COMMAND = (*process.WORKER_COMMAND, "--peak")
 
 
 def cache_key(device_id: str, precision: str, cpu_threads: int, backend: str,
@@ -85,7 +84,10 @@ def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, vers
             if precision not in entry[1]:
                 entry[1].append(precision)
     if wanted:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the measurement does not need its log; it says so itself
+            say(f"warning: {log_dir}: cannot create ({exc.strerror or exc}); peak logs not kept")
     measured_now: dict[str, dict] = {}
     for (device_id, threads, backend), (device, precisions) in wanted.items():
         say(f"measuring peak on {device_id} with {backend} ({', '.join(precisions)}, "

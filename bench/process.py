@@ -4,12 +4,19 @@ A worker gets its own process group, so a terminal's Ctrl-C reaches only the har
 then stops the worker itself; on a timeout or any interruption the whole group is killed.
 Its stderr shares the stdout pipe, so its log keeps everything in the order written. A log
 that cannot be written (a full disk) costs the log, never the cell or a hang.
+
+Test hook: ``BENCH_WORKER_COMMAND`` (a shell-style command, split with :func:`shlex.split`)
+replaces ``python -m bench.worker`` (cells, and the device probe and peak measurement, which
+are its ``--probe`` and ``--peak`` modes), so tests can drive the real CLI with a fake worker
+(``python tests/helpers/fake_worker.py``) without a framework. It is read here and nowhere
+else; users never need it.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,7 +29,9 @@ from typing import Any
 
 from bench.protocol import MARK, Event, ProtocolError, WorkerResult
 
-WORKER_COMMAND = (sys.executable, "-m", "bench.worker")
+WORKER_COMMAND_ENV = "BENCH_WORKER_COMMAND"
+WORKER_COMMAND = (tuple(shlex.split(os.environ[WORKER_COMMAND_ENV])) if os.environ.get(WORKER_COMMAND_ENV)
+                  else (sys.executable, "-m", "bench.worker"))
 PUMP_JOIN_S = 10
 
 

@@ -38,19 +38,38 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+class StopSignals:
+    """Raises :class:`Stopped` on the first stop signal; later ones, or any once ``hold()``
+    is called, are only noted (``noted``), so the summary of what finished gets written."""
+
+    def __init__(self):
+        self.held = False
+        self.noted: list[int] = []
+
+    def hold(self) -> None:
+        self.held = True
+
+    def handler(self, signum, frame):
+        if self.held:
+            self.noted.append(signum)
+            return
+        self.held = True
+        raise Stopped(signum)
+
+
 @contextlib.contextmanager
 def stop_on_signals():
     """Turn SIGINT, SIGTERM and SIGHUP into :class:`Stopped` while the run goes on.
 
     What ``timeout``, CI cancellation and ``docker stop`` send is treated like Ctrl-C: the
-    running worker is killed, every finished cell is kept and the summary is written.
+    running worker is killed, every finished cell is kept and the summary is written. Only
+    the first signal stops: one sent again while stopping (a second Ctrl-C, a repeated
+    SIGTERM) must not cut the summary short.
     """
-    def handler(signum, frame):
-        raise Stopped(signum)
-
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    stops = StopSignals()
+    previous = {s: signal.signal(s, stops.handler) for s in STOP_SIGNALS}
     try:
-        yield
+        yield stops
     finally:
         for s, old in previous.items():
             signal.signal(s, old)

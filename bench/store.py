@@ -39,6 +39,7 @@ from bench.record import RUN_COLUMNS, STATUSES, STEP_COLUMNS, as_dict, columns_o
 
 RUNS_CSV, STEPS_CSV, ENV_JSON, SUMMARY_MD = "runs.csv", "steps.csv", "env.json", "summary.md"
 BASELINE_JSON = "baseline.json"
+RUN_LOCK = ".lock"
 BASELINE_SCHEMA = "cifar-bench-baseline/1"
 #: Version of the run files written now; env.json says ``"schema_version": SCHEMA_VERSION``.
 SCHEMA_VERSION = 2
@@ -115,6 +116,21 @@ def claim_run_dir(out: Path | None, root: Path, run_id: str | None = None) -> Pa
     raise OSError(errno.EEXIST, f"no free run directory name under {base}")
 
 
+def lock_run_dir(directory: Path) -> FileLock:
+    """Hold ``directory`` for this process: another run or resume of it is refused at once.
+
+    The OS drops the lock when the process ends, however it ends (SIGKILL included), so a
+    killed run never leaves its directory locked; it can be resumed.
+    """
+    lock = FileLock(str(Path(directory) / RUN_LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ResultsError(f"{directory}: in use by another bench run or resume; wait for it to end "
+                           "or stop it first") from None
+    return lock
+
+
 def _mark_claimed(directory: Path) -> None:
     """An exclusive marker: of two runs racing for one empty directory, one gets EEXIST."""
     with open(directory / ".claimed", "x", encoding="utf-8") as f:
@@ -180,8 +196,7 @@ class RunWriter:
 
     def flush(self) -> None:
         # steps first: runs.csv never names a cell whose steps are not on disk yet
-        write_atomically(self.directory / STEPS_CSV,
-                         pd.DataFrame(self.steps, columns=list(STEP_COLUMNS)).to_csv(index=False))
+        write_atomically(self.directory / STEPS_CSV, _schema_frame(self.steps, STEP_COLUMNS).to_csv(index=False))
         write_atomically(self.directory / RUNS_CSV, self.frame().to_csv(index=False))
 
     def frame(self) -> pd.DataFrame:
@@ -302,6 +317,16 @@ def read_env(path: Path) -> dict:
             raise ResultsError(f"{path}: '{key}' must be a JSON {'object' if kind is dict else 'array'}")
     if "gpus" in env and any(not isinstance(g, dict) for g in env["gpus"] or []):
         raise ResultsError(f"{path}: every entry of 'gpus' must be a JSON object")
+    cpu = env.get("cpu") or {}
+    for name, value, kind in (
+            ("system", env.get("system"), str), ("machine", env.get("machine"), str),
+            ("memory_bytes", env.get("memory_bytes"), int), ("cpu.model", cpu.get("model"), str),
+            *((f"cpu.{k}", cpu.get(k), int) for k in ("logical_cpus", "usable_cpus", "physical_cores")),
+            *((f"gpus[{i}].name", g.get("name"), str) for i, g in enumerate(env.get("gpus") or []))):
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                  or (kind is int and value < 0)):
+            raise ResultsError(f"{path}: '{name}' must be {'text' if kind is str else 'a whole number >= 0'}"
+                               f" (got {json.dumps(value)[:40]})")
     version = env.get("schema_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ResultsError(f"{path}: schema_version must be a positive integer")
@@ -311,12 +336,23 @@ def read_env(path: Path) -> dict:
     return env
 
 
-def read_run(directory: str | os.PathLike) -> Run:
-    """Read, validate and upgrade a run directory (runs.csv, steps.csv, env.json)."""
+def read_run(directory: str | os.PathLike, started: bool = False) -> Run:
+    """Read, validate and upgrade a run directory (runs.csv, steps.csv, env.json).
+
+    ``started``: a run stopped before its first cell was written (env.json only) reads as
+    a run with no rows, so that it can be resumed.
+    """
     directory = Path(directory)
-    if not directory.is_dir():
+    try:
+        is_directory = directory.is_dir()
+    except OSError as exc:
+        raise ResultsError(f"{directory}: {exc.strerror}") from None
+    if not is_directory:
         raise ResultsError(f"{directory}: no such run directory")
     env = read_env(directory / ENV_JSON)
+    if started and env and not (directory / RUNS_CSV).exists():
+        # steps.csv without runs.csv: a cell cut short between the two writes; it is run again
+        return Run(directory, _schema_frame([], RUN_COLUMNS), _schema_frame([], STEP_COLUMNS), env)
     runs = read_table(directory / RUNS_CSV, RUN_COLUMNS, required={
         "run_id", "cell_id", "status", "device_id", "device_type", "batch_size", "step_median_s"})
     steps = read_table(directory / STEPS_CSV, STEP_COLUMNS)
@@ -456,8 +492,12 @@ def save_baseline(run: Run, name: str, root: Path, replace: bool = False) -> Pat
 
 def load_baseline(name_or_path: str, root: Path) -> Run:
     """A baseline (or any run directory) read and validated; BaselineError otherwise."""
-    path = baseline_path(name_or_path, root)
-    if not path.exists():
+    try:
+        path = baseline_path(name_or_path, root)
+        found = path.exists()
+    except OSError as exc:  # a name longer than the file system allows, a path through a file
+        raise BaselineError(f"baseline '{name_or_path[:MAX_NAME_LENGTH]}': {exc.strerror}") from None
+    if not found:
         known = [m["name"] for m in list_baselines(root) if "error" not in m]
         hint = (f" (saved: {', '.join(known)})" if known
                 else " (save one with 'python -m bench baseline save')")

@@ -134,7 +134,8 @@ def _speedup(row: pd.Series, runs: pd.DataFrame, median_step: float) -> str:
         column = f"{d.name}_requested" if d.resolve is not None else d.name
         if column in runs:
             cpu = cpu[_requested(cpu, d.name, column) == _requested(runs.loc[[row.name]], d.name, column).iloc[0]]
-    return f"{cpu['step_median_s'].median() / median_step:.2f}×" if not cpu.empty else "–"
+    ratio = cpu["step_median_s"].median() / median_step if not cpu.empty else float("nan")
+    return f"{ratio:.2f}×" if math.isfinite(ratio) else "–"  # no steady steps on either side: no ratio
 
 
 def _requested(runs: pd.DataFrame, name: str, column: str) -> pd.Series:

@@ -3,10 +3,18 @@
 It speaks the real protocol (:mod:`bench.protocol`) and returns a real ``WorkerResult``, so
 it cannot drift from the contract unnoticed. The cell's batch size picks the behaviour: 13
 crashes, 14 hangs, 15 is killed by a signal, 16 reports an error, 17 prints a result that
-breaks the protocol, 18 reports every step as warm-up; anything else reports a plausible result whose steps take
-``batch_size / 1000`` seconds each (``batch_size / 100`` for backend jax).
+breaks the protocol, 18 reports every step as warm-up, 19 trains slowly (a progress line every
+0.2 s for ``FAKE_SLOW_SECONDS``, default 60: a cell still running when a test stops the run);
+anything else reports a plausible result whose steps take ``batch_size / 1000`` seconds each
+(``batch_size / 100`` for backend jax).
+
+Like the real worker it exits when its parent dies (:func:`bench.worker.watch_parent`), and
+answers ``--probe`` (no GPU, a fake TensorFlow) and ``--peak`` (1 TFLOP/s in every precision).
+With ``FAKE_WORKER_PIDS`` set, it appends "<pid> <batch size>" to that file on start, so a test
+can find it and check it is gone.
 """
 
+import json
 import os
 import signal
 import sys
@@ -14,12 +22,29 @@ import time
 
 from fake_results import fake_result  # same folder: on sys.path when run as a script
 
-from bench.protocol import CellSpec, emit
+from bench.protocol import CellSpec, PeakSpec, emit
+from bench.worker import PROBE_MARK, watch_parent
+
+PROBE = {"tensorflow": "2.99.0-fake", "keras": "3.99.0-fake", "built_with_cuda": False, "gpus": [],
+         "backend": "tensorflow", "versions": {"tensorflow": "2.99.0-fake", "keras": "3.99.0-fake"}}
+SLOW_STEP_S = 0.2
 
 
 def main():
+    if sys.argv[1:] == ["--probe"]:
+        print(PROBE_MARK + json.dumps(PROBE), flush=True)
+        return
+    watch_parent(poll_s=0.1)
+    if sys.argv[1:] == ["--peak"]:
+        peak = PeakSpec.from_dict(json.loads(sys.stdin.read())["peak"])
+        emit("result", result={p: {"tflops": 1.0, "median_tflops": 0.9, "repeats": 3, "size": peak.size,
+                                   "dtype": "float32"} for p in peak.precisions})
+        return
     spec = CellSpec.from_json(sys.stdin.read())
     settings = spec.settings
+    if os.environ.get("FAKE_WORKER_PIDS"):
+        with open(os.environ["FAKE_WORKER_PIDS"], "a") as pids:
+            pids.write(f"{os.getpid()} {settings.batch_size}\n")
     emit("started", startup_seconds=0.1, pid=os.getpid(), backend=os.environ.get("KERAS_BACKEND"))
     emit("phase", phase="loading data")
     behaviour = settings.batch_size
@@ -34,6 +59,11 @@ def main():
     if behaviour == 16:
         emit("error", reason="out of memory (ResourceExhaustedError): OOM when allocating")
         sys.exit(1)
+    if behaviour == 19:
+        slow_steps = max(1, round(float(os.environ.get("FAKE_SLOW_SECONDS", 60)) / SLOW_STEP_S))
+        for done in range(1, slow_steps + 1):
+            time.sleep(SLOW_STEP_S)
+            emit("step", done=done, total=slow_steps)
     if behaviour == 17:
         emit("result", result={"train": "not a training result"})
         return
