@@ -29,6 +29,8 @@ from bench.matrix import MATCH_KEYS
 from bench.store import BaselineError, Run
 
 REGRESSION, FASTER, WITHIN_NOISE, INCONCLUSIVE = "regression", "faster", "within noise", "inconclusive"
+#: `bench noise` adds this to the largest spread seen between identical runs.
+NOISE_MARGIN_PCT = 1.0
 #: A side counts as disturbed only when other processes (+ steal) took at least this share
 #: of its usable CPUs, or another process used its GPU: a worker share that fell on a quiet
 #: machine is the code's doing (a real regression can serialise work), not contention.
@@ -194,6 +196,8 @@ class CellComparison:
     why: str = ""                   # why inconclusive, or a regression's likely cause
     baseline_contention: str = ""   # "other 3 %, worker 85 %" (empty: not recorded)
     current_contention: str = ""
+    baseline_pressure_pct: float | None = None   # other processes' CPU + steal, % of usable CPUs
+    current_pressure_pct: float | None = None
     attempts: list[str] = field(default_factory=list)  # with --retry: earlier attempts' verdicts
 
 
@@ -313,8 +317,36 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             baseline_repeats=len(base), current_repeats=len(cur),
             statistical_verdict=verdict.verdict, why=why,
             baseline_contention=_contention_text(base_load),
-            current_contention=_contention_text(cur_load)))
+            current_contention=_contention_text(cur_load),
+            baseline_pressure_pct=base_load.pressure_pct if base_load else None,
+            current_pressure_pct=cur_load.pressure_pct if cur_load else None))
     return comparison
+
+
+def noise_report(runs: list[Run], confidence: float = 0.95) -> tuple[pd.DataFrame, float, int]:
+    """Identical runs compared pairwise: (table, suggested --max-slowdown in %, busy pair-cells).
+
+    The suggestion is the largest |step time change| any pair's interval allows (max of
+    high and -low), rounded up to the next whole percent, plus :data:`NOISE_MARGIN_PCT`:
+    a threshold none of these identical pairs would have failed.
+    """
+    from itertools import combinations
+
+    rows, worst, busy = [], 0.0, 0
+    for (i, first), (j, second) in combinations(enumerate(runs, 1), 2):
+        comparison = compare(first, second, max_slowdown=0.10, confidence=confidence)
+        for c in comparison.cells:
+            bound = max(c.high_pct, -c.low_pct)
+            worst = max(worst, bound)
+            disturbed = any((pressure or 0.0) >= DISTURBED_PCT
+                            for pressure in (c.baseline_pressure_pct, c.current_pressure_pct))
+            busy += disturbed
+            rows.append({"Runs": f"{i} vs {j}", "Cell": c.cell, "Step time change": f"{c.change_pct:+.1f} %",
+                         f"{confidence * 100:g} % interval": f"[{c.low_pct:+.1f} %, {c.high_pct:+.1f} %]",
+                         "Largest |change| allowed": f"{bound:.1f} %",
+                         "Machine (first / second)": f"{c.baseline_contention or '?'} / "
+                                                     f"{c.current_contention or '?'}"})
+    return pd.DataFrame(rows), math.ceil(worst) + NOISE_MARGIN_PCT, busy
 
 
 # --------------------------------------------------------------------------- reports

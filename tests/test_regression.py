@@ -253,3 +253,100 @@ def test_cells_differing_only_in_a_value_that_prints_like_a_default_are_named_ap
     assert [c.cell for c in comparison.cells] == ["CPU Test CPU, bs32, cpu threads default",
                                                   "CPU Test CPU, bs32, cpu threads 1"]
     assert [c.verdict for c in comparison.cells] == [regression.REGRESSION] * 2
+
+
+# --------------------------------------------------------------------------- contention and the verdict
+
+QUIET = {"usable_cpus": 2, "other_cpu_pct": 3.0, "steal_pct": 0.0, "worker_cpu_pct": 85.0}
+BUSY = {"usable_cpus": 2, "other_cpu_pct": 48.0, "steal_pct": 0.0, "worker_cpu_pct": 52.0}
+
+
+def side(pressure, worker, usable=2, gpu=None):
+    return regression.SideContention(pressure, worker, usable, gpu)
+
+
+@pytest.mark.parametrize("verdict, base, cur, expected", [
+    # quiet both: the statistics decide
+    (regression.REGRESSION, side(3, 85), side(4, 84), regression.REGRESSION),
+    (regression.WITHIN_NOISE, side(3, 85), side(4, 84), regression.WITHIN_NOISE),
+    # busy run: its slowdown may be contention; its within-noise cannot hide a slowdown
+    (regression.REGRESSION, side(3, 85), side(48, 52), regression.INCONCLUSIVE),
+    (regression.WITHIN_NOISE, side(3, 85), side(48, 52), regression.WITHIN_NOISE),
+    (regression.FASTER, side(3, 85), side(48, 52), regression.FASTER),
+    # busy baseline: a speed-up may be an illusion and a slowdown may hide; a slowdown stands
+    (regression.FASTER, side(48, 52), side(3, 85), regression.INCONCLUSIVE),
+    (regression.WITHIN_NOISE, side(48, 52), side(3, 85), regression.INCONCLUSIVE),
+    (regression.REGRESSION, side(48, 52), side(3, 85), regression.REGRESSION),
+    # equal load on both sides (an interleaved A/B): it cannot fake a difference
+    (regression.REGRESSION, side(48, 52), side(47, 53), regression.REGRESSION),
+    # a worker share that fell on a quiet machine is the code's doing, not contention
+    (regression.REGRESSION, side(3, 85), side(4, 50), regression.REGRESSION),
+    # a little load that cannot move the step time by the 10 % threshold
+    (regression.REGRESSION, side(3, 85), side(11, 84), regression.REGRESSION),
+    # only the worker's share says how much: 12 % other load, worker 85 -> 60 %
+    (regression.REGRESSION, side(3, 85), side(12, 60), regression.INCONCLUSIVE),
+    # another process on the GPU cannot be quantified: it explains any difference
+    (regression.REGRESSION, side(0, 90, gpu=0), side(0, 90, gpu=1), regression.INCONCLUSIVE),
+    # an older run without contention records: decided as before
+    (regression.REGRESSION, None, side(48, 52), regression.REGRESSION),
+])
+def test_the_contention_rule(verdict, base, cur, expected):
+    assert regression.contention_verdict(verdict, base, cur, 0.10)[0] == expected
+
+
+def test_shares_are_of_each_sides_own_cpus_so_fewer_usable_cpus_is_not_contention():
+    # pinned to 1 of 2 CPUs: worker 95 % of 1 CPU vs 85 % of 2 -- no contention to blame
+    assert regression.contention_factor(side(3, 85), side(4, 95, usable=1)) == 1.0
+    # the larger of: CPU share left (97 % vs 52 %) and the worker's own share (85 % vs 52 %)
+    assert regression.contention_factor(side(3, 85), side(48, 52)) == pytest.approx(97 / 52)
+
+
+def test_a_busy_run_is_inconclusive_and_says_which_side_and_how_much(tmp_path):
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}, contention=QUIET))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.233, seed=1)}, contention=BUSY))
+    comparison = regression.compare(base, cur)
+    cell = comparison.cells[0]
+    assert cell.verdict == regression.INCONCLUSIVE and cell.statistical_verdict == regression.REGRESSION
+    assert comparison.inconclusive == [cell] and not comparison.regressions
+    assert cell.why == ("inconclusive: machine busy during the run (other processes used 48 % of the "
+                        "2 usable CPUs; worker 52 % vs 85 % in the baseline)")
+    report = regression.comparison_markdown(comparison)
+    assert "1 inconclusive" in report and "other 3 %, worker 85 % / other 48 %, worker 52 %" in report
+
+
+def test_a_busy_baseline_makes_a_speed_up_inconclusive(tmp_path):
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.2)}, contention=BUSY))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.1, seed=1)}, contention=QUIET))
+    cell = regression.compare(base, cur).cells[0]
+    assert cell.verdict == regression.INCONCLUSIVE
+    assert cell.why.startswith("inconclusive: machine busy during the baseline (other processes used 48 %")
+
+
+def test_quiet_runs_still_catch_a_regression(tmp_path):
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}, contention=QUIET))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.2, seed=1)},
+                                   contention={**QUIET, "other_cpu_pct": 6.0}))
+    cell = regression.compare(base, cur).cells[0]
+    assert cell.verdict == regression.REGRESSION and cell.why == ""
+
+
+def test_an_environment_change_is_a_regressions_likely_cause_not_noise(tmp_path):
+    pinned = {**ENV, "cpu": {**ENV["cpu"], "usable_cpus": 1}}
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}, contention=QUIET))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.2, seed=1)}, env=pinned,
+                                   contention={**QUIET, "usable_cpus": 1, "worker_cpu_pct": 97.0}))
+    comparison = regression.compare(base, cur)
+    cell = comparison.cells[0]
+    assert cell.verdict == regression.REGRESSION
+    assert cell.why == "likely cause: CPUs usable by the process: 2 -> 1"
+    assert "REGRESSION, likely cause: CPUs usable by the process: 2 -> 1" in \
+        regression.comparison_markdown(comparison)
+
+
+def test_check_exits_3_when_the_only_slowdown_is_a_busy_machines(tmp_path):
+    write_run(tmp_path / "base", {32: step_times(0.1), 64: step_times(0.2)}, contention=QUIET)
+    write_run(tmp_path / "busy", {32: step_times(0.2, seed=1), 64: step_times(0.2, seed=2)}, contention=BUSY)
+    done = bench("check", "--baseline", tmp_path / "base", "--run", tmp_path / "busy", cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "inconclusive: CPU Test CPU, bs32" in done.stderr
+    assert "machine busy during the run" in done.stdout
