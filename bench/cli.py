@@ -185,6 +185,7 @@ def build_parser() -> Parser:
                     help="the slowdown of B over A that counts as a regression (default: 10%%)")
     ab.add_argument("--confidence", type=confidence, default=0.95,
                     help="confidence level of the intervals (default: 0.95)")
+    ab.add_argument("--json", type=path_arg, help="also write the comparison as JSON to this file")
 
     noise = commands.add_parser(
         "noise", parents=[common], help="calibrate: this machine's run-to-run spread, and the "
@@ -698,6 +699,7 @@ def interleaved(cells: list) -> list[tuple[str, object]]:
 def cmd_ab(args, argv: list[str]) -> int:
     if len(args.python) != 2:
         raise UsageError(f"--python: give it exactly twice (arm A, then arm B), not {len(args.python)} time(s)")
+    json_path = check_report_path("--json", args.json)
     root = store.results_root(args.results_dir)
     versions = [arm_versions(python) for python in args.python]
     config = replace(build_run_config(args), data=resolve_data(args))
@@ -769,6 +771,12 @@ def cmd_ab(args, argv: list[str]) -> int:
            f"B = {envs['b']['ab_label']} ({args.python[1]}); + means B is slower.\n")
     _print(regression.comparison_markdown(comparison))
     _stderr(f"results: {out}/a, {out}/b")
+    if json_path:
+        try:
+            store.write_atomically(json_path, json.dumps(comparison.as_dict(), indent=2) + "\n")
+        except OSError as exc:
+            _stderr(f"bench: error: could not write the report: {exc.strerror or exc}")
+            return EXIT_WRITE
     return gate_status(comparison, failed)
 
 

@@ -304,8 +304,11 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
         _, cur, cur_load = cur_cells[key]
         verdict = decide(base, cur, max_slowdown, confidence)
         final, why = contention_verdict(verdict.verdict, base_load, cur_load, max_slowdown)
-        if final == REGRESSION and comparison.environment_differences:
-            why = "likely cause: " + "; ".join(comparison.environment_differences)
+        changed = "; ".join(comparison.environment_differences)
+        if final == REGRESSION and changed:
+            why = f"likely cause: {changed}"
+        elif final == INCONCLUSIVE and changed and verdict.verdict == REGRESSION:
+            why += f"; the environment changed too: {changed}"
         batch = float(spec["batch_size"])
         comparison.cells.append(CellComparison(
             cell=_cell_label(spec), key={k: str(matrix.plain(v)) for k, v in spec.items()},

@@ -4,7 +4,8 @@ It speaks the real protocol (:mod:`bench.protocol`) and returns a real ``WorkerR
 it cannot drift from the contract unnoticed. The cell's batch size picks the behaviour: 13
 crashes, 14 hangs, 15 is killed by a signal, 16 reports an error, 17 prints a result that
 breaks the protocol, 18 reports every step as warm-up; anything else reports a plausible result whose steps take
-``batch_size / 1000`` seconds each (``batch_size / 100`` for backend jax).
+``batch_size / 1000`` seconds each (``batch_size / 100`` for backend jax), times
+``$FAKE_WORKER_SLOWDOWN`` (default 1): a deterministic slowdown no machine load can fake or hide.
 """
 
 import os
@@ -39,6 +40,7 @@ def main():
         return
     steps = settings.epochs * (settings.max_steps_per_epoch or 4)
     step = settings.batch_size / (100 if settings.backend == "jax" else 1000)
+    step *= float(os.environ.get("FAKE_WORKER_SLOWDOWN", "1"))
     emit("step", done=steps, total=steps)
     warmup = steps if behaviour == 18 else settings.warmup_steps
     result = fake_result(settings.batch_size, [step * 3] + [step] * (steps - 1), warmup,
