@@ -21,6 +21,7 @@ from bench import __version__, environment, matrix, plots, readme, regression, r
 from bench import devices as devices_module
 from bench import peak as peak_module
 from bench.protocol import DataSpec
+from cifar_model.settings import BACKENDS
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CELL_FAILED, EXIT_WRITE = 0, 1, 2, 3, 4, 5
 EXIT_STATUSES = (
@@ -344,10 +345,19 @@ def render_devices(inventory: devices_module.Inventory) -> str:
     lines.append(f"TensorFlow {inventory.tensorflow_version or 'not installed'} ({build}), "
                  f"Keras {inventory.keras_version or '?'}"
                  + (f", NVIDIA driver {inventory.driver_version}" if inventory.driver_version else ""))
-    for backend in matrix.BY_NAME["backend"].default + tuple(
-            b for b in ("jax", "torch") if b not in matrix.BY_NAME["backend"].default):
+    for backend in BACKENDS:
         missing = runner.backend_missing(backend)
-        lines.append(f"backend {backend}: {'installed' if missing is None else missing}")
+        if missing:
+            lines.append(f"backend {backend}: {missing}")
+            continue
+        probe = devices_module.backend_probe(backend)
+        if "error" in probe:
+            lines.append(f"backend {backend}: installed, but {probe['error']}")
+            continue
+        version = (probe.get("versions") or {}).get(backend, "?")
+        gpus = [g.get("name") for g in probe.get("gpus") or []]
+        lines.append(f"backend {backend} {version}: sees the CPU"
+                     + (f" and {len(gpus)} GPU(s): {', '.join(map(str, gpus))}" if gpus else ", no GPU"))
     if not inventory.gpus:
         lines.append("No GPU found (NVML and TensorFlow see none).")
     lines += [f"note: {n}" for n in inventory.notes]
@@ -405,7 +415,30 @@ def build_run_config(args) -> runner.RunConfig:
     problems = config.problems()
     if problems:
         raise UsageError(problems[0])
+    if args.out:
+        check_output_dir(args.out)
     return config
+
+
+def check_output_dir(path: Path) -> None:
+    """``--out`` must be creatable and empty; nothing is created here (the run claims it later)."""
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"--out {path}: is a file; name a directory")
+        if any(path.iterdir()):
+            raise UsageError(f"--out {path}: already exists and is not empty; choose a new "
+                             "directory so no earlier run is overwritten")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {path}: not writable; choose a directory you can write to")
+        return
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"--out {path}: {ancestor} is a file; choose another directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: cannot create it, {ancestor} is not writable; "
+                         "choose a directory you can write to")
 
 
 RESUME_KEEPS = ("profile", "epochs", "steps", "warmup", "repeats", "data", "data_dir", "split",

@@ -305,17 +305,25 @@ def _optional(read):
 
 def tensorflow_probe(timeout_s: float = PROBE_TIMEOUT_S) -> dict:
     """Ask TensorFlow, in a throw-away subprocess, about itself and the GPUs it can use."""
-    env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID", TF_CPP_MIN_LOG_LEVEL="3")
+    return backend_probe("tensorflow", timeout_s)
+
+
+def backend_probe(backend: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
+    """Ask a Keras backend, in a throw-away subprocess, about itself and the GPUs it can use."""
+    name = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}.get(backend, backend)
+    env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID", TF_CPP_MIN_LOG_LEVEL="3",
+               KERAS_BACKEND=backend)
+    env.pop("JAX_PLATFORMS", None)
     try:
         done = subprocess.run([sys.executable, "-m", "bench.worker", "--probe"], capture_output=True,
                               text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        return {"error": f"TensorFlow probe did not answer within {timeout_s:.0f} s"}
+        return {"error": f"{name} probe did not answer within {timeout_s:.0f} s"}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(PROBE_MARK):
             return json.loads(line[len(PROBE_MARK):])
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"TensorFlow probe failed (exit {done.returncode}): {tail}"}
+    return {"error": f"{name} probe failed (exit {done.returncode}): {tail}"}
 
 
 def detect(probe: dict | None = None, nvml: NvmlView | None = None) -> Inventory:

@@ -20,7 +20,7 @@ import psutil
 
 from bench.devices import Inventory, usable_cpus
 
-PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench")
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench", "jax", "jaxlib", "torch")
 
 # The environment variables that change what a framework computes or how fast, by exact
 # name: a prefix such as "TF_" also caught Terraform's TF_VAR_* (and, with them, secrets).
@@ -99,6 +99,17 @@ def git_state(directory: Path | None = None) -> dict:
     return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
+def backend_versions() -> dict:
+    """Each Keras backend's installed version (None: not installed), read without importing it."""
+    out = {}
+    for backend, package in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")):
+        try:
+            out[backend] = {"version": metadata.version(package)}
+        except metadata.PackageNotFoundError:
+            out[backend] = {"version": None}
+    return out
+
+
 def fingerprint(inventory: Inventory) -> dict:
     """Everything about this machine and stack that can change a measurement."""
     cpu = inventory.get("cpu")
@@ -118,6 +129,7 @@ def fingerprint(inventory: Inventory) -> dict:
             "cudnn_version": inventory.cudnn_version,
             "onednn_enabled": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0",
         },
+        "backends": backend_versions(),
         "cpu": {
             "model": cpu.name if cpu else None,
             "physical_cores": psutil.cpu_count(logical=False),

@@ -1,14 +1,24 @@
 """Regenerate the README's statistics table in place, between two marker comments.
 
-Only the text between the markers changes; everything else in the file stays byte for
-byte. Running it twice changes nothing. The file is replaced atomically.
+Only the text between the markers changes; every byte outside them stays as it was, and
+so does the file: its line endings (the generated block takes the file's first line
+ending, so a CRLF file stays CRLF), a missing final newline, a UTF-8 byte-order mark,
+its permission bits (and owner, where allowed), and where it lives (a symlinked README
+has its target updated; the link stays a link). Running it twice changes nothing.
+
+The file is replaced atomically: a temporary file beside it is written, flushed to disk
+and renamed over it, so a reader (or a crash) sees the old file or the new one, never
+half of one. What a rename cannot keep: other hard links to the old file keep the old
+text, and extended attributes or ACLs are not copied.
 """
 
 from __future__ import annotations
 
+import codecs
+import os
+import secrets
+import stat
 from pathlib import Path
-
-from bench.store import write_atomically
 
 DEFAULT_MARKER = "table"
 
@@ -22,11 +32,15 @@ START, END = markers()
 
 
 class ReadmeError(Exception):
-    """The README cannot be updated: missing, unreadable, or its markers are wrong."""
+    """The README cannot be updated: missing, unreadable, read-only, or its markers are wrong."""
 
 
-def replace_table(text: str, table: str, name: str = "README", marker: str = DEFAULT_MARKER) -> str:
-    """``text`` with everything between the ``marker`` pair replaced by ``table``."""
+def replace_table(text: str, table: str, name: str = "README", marker: str = DEFAULT_MARKER,
+                  newline: str = "\n") -> str:
+    """``text`` with everything between the ``marker`` pair replaced by ``table``.
+
+    The block's lines end with ``newline``, whatever the table's own line endings are.
+    """
     START, END = markers(marker)  # noqa: N806 - the same names as the module's defaults
     starts, ends = text.count(START), text.count(END)
     if starts == 0 or ends == 0:
@@ -40,23 +54,99 @@ def replace_table(text: str, table: str, name: str = "README", marker: str = DEF
         raise ReadmeError(f"{name}: '{END}' comes before '{START}'; put the end marker after "
                           "the start marker")
     _, after = rest.split(END)
-    return f"{before}{START}\n{table.strip()}\n{END}{after}"
+    lines = table.strip().replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return newline.join([f"{before}{START}", *lines, f"{END}{after}"])
+
+
+def line_ending(text: str) -> str:
+    """The first line ending in ``text`` (``\\r\\n``, ``\\n`` or ``\\r``); ``\\n`` if none."""
+    for index, char in enumerate(text):
+        if char == "\n":
+            return "\n"
+        if char == "\r":
+            return "\r\n" if text[index + 1:index + 2] == "\n" else "\r"
+    return "\n"
 
 
 def update_readme(readme: str | Path, table: str, marker: str = DEFAULT_MARKER) -> bool:
     """Write ``table`` between the README's markers. Returns whether the file changed."""
-    path = Path(readme)
+    shown = Path(readme)
     try:
-        text = path.read_text(encoding="utf-8")
+        path = shown.resolve(strict=True)  # a symlink: update its target, keep the link
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise ReadmeError(f"{path}: no such file; pass --readme PATH") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReadmeError(f"{path}: cannot be read ({exc})") from None
-    updated = replace_table(text, table, str(path), marker)
+        raise ReadmeError(f"{shown}: no such file; pass --readme PATH") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise ReadmeError(f"{shown}: cannot be read ({_reason(exc)})") from None
+    bom = codecs.BOM_UTF8 if raw.startswith(codecs.BOM_UTF8) else b""
+    try:
+        text = raw[len(bom):].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReadmeError(f"{shown}: not UTF-8 text (byte 0x{raw[len(bom) + exc.start]:02x} at "
+                          f"offset {len(bom) + exc.start}); save it as UTF-8") from None
+    updated = replace_table(text, table, str(shown), marker, line_ending(text))
     if updated == text:
         return False
     try:
-        write_atomically(path, updated)
+        _refuse_read_only(path, shown)
+        _replace_atomically(path, bom + updated.encode("utf-8"))
     except OSError as exc:
-        raise ReadmeError(f"{path}: cannot be written ({exc.strerror})") from None
+        raise ReadmeError(f"{shown}: cannot be written ({_reason(exc)})") from None
     return True
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or " ".join(str(exc).split())
+
+
+def _refuse_read_only(path: Path, shown: Path) -> None:
+    """A file or directory with no write bit is read-only on purpose, even to root.
+
+    (The rename needs only the directory to be writable, so a read-only README would
+    otherwise be silently replaced.)
+    """
+    for what, target in (("file", path), ("directory", path.parent)):
+        if not stat.S_IMODE(target.stat().st_mode) & 0o222 or not os.access(target, os.W_OK):
+            raise ReadmeError(f"{shown}: the {what} {target} is read-only; make it writable "
+                              "to update the table")
+
+
+def _replace_atomically(path: Path, content: bytes) -> None:
+    """Replace ``path`` by ``content`` through a temporary file beside it and a rename.
+
+    The temporary file gets ``path``'s mode (and owner, where allowed) while still empty,
+    so a private README is never readable by others, not even for a moment; it is flushed
+    to disk before the rename; on any failure it is removed and ``path`` is untouched.
+    """
+    before = path.stat()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as file:
+            os.chmod(file.fileno(), stat.S_IMODE(before.st_mode))
+            if (before.st_uid, before.st_gid) != (os.getuid(), os.getgid()):
+                try:
+                    os.chown(file.fileno(), before.st_uid, before.st_gid)
+                except PermissionError:  # not ours to give away: the writer owns the new file
+                    pass
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush the rename itself to disk (where the platform can open a directory)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)

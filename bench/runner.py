@@ -23,7 +23,8 @@ from bench import matrix, process, record
 from bench.devices import Requested
 from bench.protocol import CellSpec, DataSpec, Event
 from bench.store import RunWriter
-from cifar_model.settings import BACKEND_INSTALL, MAX_SEED, split_sizes, steps_per_epoch
+from cifar_model.settings import (BACKEND_INSTALL, MAX_SEED, backend_limitation, split_sizes,
+                                  steps_per_epoch)
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
@@ -288,7 +289,8 @@ class Outcome:
 def skip_reason(cell: matrix.Cell) -> str | None:
     if cell.device.device is None or not cell.device.device.usable:
         return cell.device.reason
-    return backend_missing(cell["backend"])
+    return backend_missing(cell["backend"]) or backend_limitation(
+        cell["backend"], cell["jit_compile"], cell["cpu_threads"])
 
 
 def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, context: dict,

@@ -192,8 +192,8 @@ def describe_settings(runs: pd.DataFrame, env: dict | None = None) -> list[str]:
              and len(measured)]
     if fixed:
         notes.append("All rows: " + ", ".join(fixed) + ".")
-    notes += (_impossible_efficiency_notes(ok) + _cpu_notes(runs, env) + _contention_notes(ok)
-              + _skipped_notes(runs, env))
+    notes += (_impossible_efficiency_notes(ok) + _cpu_notes(runs, env) + _precision_notes(ok, env)
+              + _contention_notes(ok) + _skipped_notes(runs, env))
     return notes
 
 
@@ -225,8 +225,21 @@ def _impossible_efficiency_notes(ok: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _precision_notes(ok: pd.DataFrame, env: dict | None) -> list[str]:
+    """Say once why a float16 CPU row is slow, when the CPU has no float16 arithmetic."""
+    cpu = (env or {}).get("cpu") or {}
+    fp16 = ok[(ok["device_type"] == "CPU") & (ok["precision"] == "mixed_float16")]
+    if fp16.empty or matrix.FLOAT16_CPU_FEATURES & set(cpu.get("flags") or []):
+        return []
+    return ["**mixed_float16 on this CPU is emulated**: it has no float16 arithmetic (no AVX512_FP16 "
+            "or AMX-FP16), so those rows train several times slower than fp32; --precision auto "
+            "avoids it."]
+
+
 def _first_xla(ok: pd.DataFrame):
-    return ok["xla"].iloc[0] if len(ok) and "xla" in ok else None
+    """What ``jit_compile auto`` resolved to, when every row agrees (backends differ: JAX always compiles)."""
+    values = set(ok["xla"].dropna()) if "xla" in ok else set()
+    return values.pop() if len(values) == 1 else None
 
 
 def _cpu_notes(runs: pd.DataFrame, env: dict | None) -> list[str]:

@@ -10,19 +10,53 @@ Both official layouts are read: the python version (pickled ``data_batch_1`` ...
 as directories or as the ``.tar.gz`` archive itself. Pickles are untrusted input: they
 are read with an unpickler that admits only the numpy globals an array needs.
 
+Files are untrusted in size too: every length a file declares is checked against what
+the format allows *before* anything that size is allocated, so a small hostile file
+cannot make the program reserve gigabytes. What is bounded, and where:
+
+- a file on disk: by its layout (:func:`_size_bound`): a ``.bin`` batch is at most
+  10,000 records of 3,073 bytes; a pickled batch at most 64 MiB (10,000 images of 3,072
+  bytes, doubled because a protocol-2 pickle written by Python 3 stores bytes as UTF-8
+  text, plus the file names); a meta file 64 KiB. Larger files are refused unread.
+- an archive: each wanted member's declared size against the same bounds, unread; at
+  most 64 members; at most 512 MiB decompressed in all; tarfile may read at most 1 MiB
+  at once (a GNU long name or pax header declaring gigabytes is refused, not read).
+- a pickle, before it is unpickled (:func:`_check_opcodes`): at most 161,000 opcodes
+  (the real batches need about 30,000), so no dict of 10^8 keys or list of millions of
+  lists; memo indices and frame lengths within those bounds; a length that runs past
+  the end of the file (``BINBYTES8`` of 10^12) is refused. CPython's unpickler would
+  allocate such declared lengths and memo indices up front.
+- a pickled array, while it is unpickled: ``_reconstruct`` only with numpy's empty
+  placeholder shape; ``ndarray.__setstate__`` only for a plain numeric dtype (never
+  ``object``) whose shape times item size equals the bytes the pickle carries; the
+  ``numpy.ndarray`` global cannot be called to allocate; ``numpy.dtype`` only for a
+  short type code, always as a copy (its state cannot touch numpy's shared dtypes).
+- a batch: 1 to 10,000 images; labels a list (or tuple) of Python ints, or a 1-D integer
+  array, all 0-9, one per image; class names strings. ``num_cases_per_batch`` in the
+  meta file is never used.
+
+Each refusal is a :class:`DataError` of one line naming the file and the problem. An
+out-of-memory while reading is *not* turned into a DataError: with these bounds it
+means the machine is short of memory, not that the file is corrupt.
+
 When no dataset can be found or fetched, :func:`load_dataset` falls back to synthetic
 data of the same shape, labelled as such, so speed-only runs still work offline.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
+import math
 import os
 import pickle
+import pickletools
 import socket
 import tarfile
 import time
-from collections.abc import Callable
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +80,17 @@ ARCHIVE_ORIGIN = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 DOWNLOAD_TIMEOUT_S = 10.0
 SYNTHETIC_SOURCE = "synthetic"
+
+# What the format allows; see the module docstring for why each bound is what it is.
+MAX_BATCH_IMAGES = 10_000
+BINARY_RECORD = 1 + PIXELS
+MAX_BINARY_BATCH_BYTES = MAX_BATCH_IMAGES * BINARY_RECORD
+MAX_PYTHON_BATCH_BYTES = 64 * 2**20
+MAX_META_BYTES = 64 * 2**10
+MAX_PICKLE_OPCODES = 16 * MAX_BATCH_IMAGES + 1_000
+MAX_ARCHIVE_MEMBERS = 64
+MAX_ARCHIVE_BYTES = 512 * 2**20
+ARCHIVE_READ_CHUNK = 2**20
 
 
 class DataError(Exception):
@@ -101,6 +146,25 @@ class Dataset:
 
 # --------------------------------------------------------------------------- safe unpickling
 
+class _Unsafe(pickle.UnpicklingError):
+    """A pickle asks for something a CIFAR-10 file never needs: a global, or a size."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _short(value: object) -> str:
+    """``value`` for a message: a huge number (or a shape of them) stays one short line."""
+    if isinstance(value, tuple):
+        text = "(" + ", ".join(_short(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    elif isinstance(value, int) and abs(value) >= 10**18:
+        text = f"a {value.bit_length()}-bit integer"
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _numpy_reconstruct():
     try:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
@@ -109,19 +173,72 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+def _plain_dtype(dtype: np.dtype) -> np.dtype:
+    """``dtype`` if it is a plain number type (no fields, sub-arrays or Python objects)."""
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise _Unsafe(f"refusing array dtype {dtype.str!r}; CIFAR-10 arrays are plain numbers")
+    return dtype
+
+
+def _dtype_from_pickle(spec, align=False, copy=True) -> np.dtype:
+    # Always a copy: the pickle's BUILD then sets the state of this copy, never of
+    # numpy's shared builtin dtype (which ``copy=False`` would return).
+    if not isinstance(spec, (str, bytes)) or len(spec) > 8:
+        raise _Unsafe(f"refusing dtype spec of type {type(spec).__name__}; expected a type code")
+    return _plain_dtype(np.dtype(spec, align=bool(align), copy=True))
+
+
+def _declared_bytes(shape, dtype: np.dtype) -> int:
+    if not isinstance(shape, tuple) or len(shape) > 32 \
+            or not all(type(n) is int and n >= 0 for n in shape):
+        raise _Unsafe("refusing array shape that is not a tuple of non-negative ints")
+    return math.prod(shape) * dtype.itemsize
+
+
+class _CheckedArray(np.ndarray):
+    """What a pickled array is built as: its state is checked before numpy allocates it."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Unsafe("refusing array state that is not numpy's 4- or 5-tuple")
+        shape, dtype, _, payload = state[-4:]
+        if not isinstance(dtype, np.dtype):
+            raise _Unsafe("refusing array state without a dtype")
+        declared = _declared_bytes(shape, _plain_dtype(dtype))
+        if not isinstance(payload, bytes) or declared != len(payload):
+            carried = len(payload) if isinstance(payload, bytes) else type(payload).__name__
+            raise _Unsafe(f"an array declares shape {_short(shape)} ({declared:,} bytes) "
+                          f"but carries {carried} bytes")
+        super().__setstate__(state)
+
+
+_NDARRAY_PLACEHOLDER = object()  # the pickle's 'numpy.ndarray': only _reconstruct's first argument
+
+
+def _checked_reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct`` for its empty placeholder only; ``__setstate__`` fills it."""
+    if subtype is not _NDARRAY_PLACEHOLDER:
+        raise _Unsafe("refusing _reconstruct of anything but numpy.ndarray")
+    dtype = _dtype_from_pickle(dtype)
+    if _declared_bytes(shape, dtype):
+        raise _Unsafe(f"refusing _reconstruct with shape {_short(shape)}; numpy pickles an "
+                      "empty placeholder")
+    return _numpy_reconstruct()(_CheckedArray, shape, dtype)
+
+
 def _codecs_encode(text, encoding="latin1"):
     # Python 3 writes ``bytes`` into protocol-2 pickles as _codecs.encode(str, 'latin1').
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode is allowed only to rebuild latin-1 bytes")
+        raise _Unsafe("_codecs.encode is allowed only to rebuild latin-1 bytes")
     return text.encode("latin1")
 
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], object]] = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("_codecs", "encode"): lambda: _codecs_encode,
+_ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy", "ndarray"): _NDARRAY_PLACEHOLDER,
+    ("numpy", "dtype"): _dtype_from_pickle,
+    ("_codecs", "encode"): _codecs_encode,
 }
 
 
@@ -129,30 +246,50 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings, numbers and numpy arrays; refuses any other global.
 
     A CIFAR-10 batch needs nothing else, and refusing everything else means a crafted
-    file cannot make ``pickle`` import or call arbitrary code.
+    file cannot make ``pickle`` import or call arbitrary code. The numpy globals it admits
+    are checking stand-ins (see the module docstring), none a type ``NEWOBJ`` could build.
     """
 
     def find_class(self, module: str, name: str):
-        resolve = _ALLOWED_GLOBALS.get((module, name))
-        if resolve is None:
-            raise pickle.UnpicklingError(f"refusing to load global '{module}.{name}'")
-        return resolve()
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise _Unsafe(f"refusing to load global '{module}.{name}'; only numpy arrays are "
+                          "allowed in a CIFAR-10 file")
+        return allowed
+
+
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _check_opcodes(payload: bytes) -> None:
+    """Walk the pickle's opcodes without building anything, bounding what they declare.
+
+    CPython's unpickler allocates a ``BINBYTES8``/``BYTEARRAY8`` length and a memo index
+    before it reads what follows; ``pickletools.genops`` reads lengths against the bytes
+    actually there. The opcode count bounds how many objects the pickle can make.
+    """
+    for count, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(payload)), 1):
+        if count > MAX_PICKLE_OPCODES:
+            raise _Unsafe(f"more than {MAX_PICKLE_OPCODES:,} pickle opcodes; a CIFAR-10 batch "
+                          "needs about 3 per image")
+        if opcode.name in _MEMO_OPCODES and arg > MAX_PICKLE_OPCODES:
+            raise _Unsafe(f"memo index {_short(arg)} is beyond any CIFAR-10 batch")
+        if opcode.name == "FRAME" and arg > len(payload):
+            raise _Unsafe(f"a frame declares {_short(arg)} bytes in a {len(payload):,}-byte file")
 
 
 def safe_unpickle(payload: bytes, name: str) -> object:
     """Unpickle ``payload`` (from file ``name``) admitting only numpy array globals."""
     try:
+        _check_opcodes(payload)
         return _NumpyOnlyUnpickler(io.BytesIO(payload), encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
-        if "refusing" in str(exc):
-            raise DataError(f"{name}: unsafe pickle, {exc}; only numpy arrays are allowed "
-                            "in a CIFAR-10 file") from None
-        raise DataError(f"{name}: not a readable pickle ({exc}); the file is corrupt or "
-                        "truncated, download it again") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError) as exc:
-        raise DataError(f"{name}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
-                        "download it again") from None
+    except _Unsafe as exc:
+        raise DataError(f"{name}: unsafe pickle, {_one_line(exc)}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, OverflowError) as exc:
+        raise DataError(f"{name}: not a readable pickle ({type(exc).__name__}: "
+                        f"{_one_line(exc)}); the file is corrupt or truncated, download it "
+                        "again") from None
 
 
 # --------------------------------------------------------------------------- the two layouts
@@ -177,32 +314,57 @@ def _parse_python_batch(payload: bytes, name: str) -> tuple[np.ndarray, np.ndarr
         dtype = getattr(data, "dtype", type(data).__name__)
         raise DataError(f"{name}: 'data' must be a uint8 array of shape (N, {PIXELS}), "
                         f"found {dtype} {shape}")
-    try:
-        labels = np.asarray(batch["labels"], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{name}: 'labels' is not a list of integers ({exc})") from None
-    return _checked(data, labels, name)
+    return _checked(np.asarray(data), batch["labels"], name)
 
 
 def _parse_binary_batch(payload: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    record = 1 + PIXELS
     if not payload:
         raise DataError(f"{name}: empty file; download it again")
-    if len(payload) % record:
+    if len(payload) % BINARY_RECORD:
         raise DataError(f"{name}: truncated, {len(payload)} bytes is not a whole number of "
-                        f"{record}-byte records; download it again")
-    records = np.frombuffer(payload, dtype=np.uint8).reshape(-1, record)
-    return _checked(records[:, 1:], records[:, 0].astype(np.int64), name)
+                        f"{BINARY_RECORD}-byte records; download it again")
+    records = np.frombuffer(payload, dtype=np.uint8).reshape(-1, BINARY_RECORD)
+    return _checked(records[:, 1:], records[:, 0], name)
 
 
-def _checked(data: np.ndarray, labels: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _checked_labels(labels: object, name: str) -> np.ndarray:
+    """``labels`` as int32 if they are integers 0-9 (Python ints, or an integer array)."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise DataError(f"{name}: 'labels' must be integers 0-9, found a {labels.dtype} "
+                            f"array of shape {labels.shape}")
+        out_of_range = labels[(labels < 0) | (labels >= NUM_CLASSES)].tolist()
+    elif isinstance(labels, (list, tuple)):
+        # type() rather than isinstance(): True is an int, and 1.0 or '1' would convert.
+        odd = next((v for v in labels if type(v) is not int), _NO_LABEL)
+        if odd is not _NO_LABEL:
+            raise DataError(f"{name}: 'labels' must be integers 0-9, found a "
+                            f"{type(odd).__name__}")
+        out_of_range = [v for v in labels if not 0 <= v < NUM_CLASSES]
+    else:
+        raise DataError(f"{name}: 'labels' must be a list of integers 0-9, found a "
+                        f"{type(labels).__name__}")
+    if out_of_range:
+        raise DataError(f"{name}: labels must be 0-9, found {len(out_of_range):,} outside "
+                        f"(e.g. {_short(out_of_range[0])})")
+    return np.asarray(labels, dtype=np.int32)
+
+
+_NO_LABEL = object()
+
+
+def _checked(data: np.ndarray, labels: object, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if not len(data):
+        raise DataError(f"{name}: no images; a CIFAR-10 batch holds {MAX_BATCH_IMAGES:,}")
+    if len(data) > MAX_BATCH_IMAGES:
+        raise DataError(f"{name}: {len(data):,} images; a CIFAR-10 batch holds at most "
+                        f"{MAX_BATCH_IMAGES:,}")
+    labels = _checked_labels(labels, name)
     if len(labels) != len(data):
         raise DataError(f"{name}: {len(data)} images but {len(labels)} labels")
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{name}: labels must be 0-9, found {labels.min()}..{labels.max()}")
     # Channel planes (R, G, B), each 32x32 row-major -> NHWC.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels.astype(np.int32)
+    return np.ascontiguousarray(images), labels
 
 
 def _parse_meta(payload: bytes, name: str, binary: bool) -> tuple[str, ...]:
@@ -212,7 +374,9 @@ def _parse_meta(payload: bytes, name: str, binary: bool) -> tuple[str, ...]:
     else:
         meta = _text_keys(safe_unpickle(payload, name), name)
         raw = meta.get("label_names", ())
-        names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in raw)
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in raw):
+            raise DataError(f"{name}: 'label_names' must be a list of strings")
+        names = tuple(n.decode("latin1") if isinstance(n, bytes) else n for n in raw)
     if len(names) != NUM_CLASSES:
         raise DataError(f"{name}: expected {NUM_CLASSES} class names, found {len(names)}")
     return names
@@ -223,28 +387,111 @@ _LAYOUTS = {
     "python": ("", "batches.meta", _parse_python_batch),
     "binary": (".bin", "batches.meta.txt", _parse_binary_batch),
 }
+_WANTED_FILES = frozenset({b + suffix for b in (*TRAIN_BATCHES, TEST_BATCH)
+                           for suffix, _, _ in _LAYOUTS.values()}
+                          | {meta for _, meta, _ in _LAYOUTS.values()})
+
+
+def _size_bound(filename: str) -> tuple[int, str]:
+    """The most bytes the CIFAR-10 file ``filename`` can hold, and what kind of file it is."""
+    if filename in {meta for _, meta, _ in _LAYOUTS.values()}:
+        return MAX_META_BYTES, "meta file"
+    if filename.endswith(".bin"):
+        return MAX_BINARY_BATCH_BYTES, "binary batch"
+    return MAX_PYTHON_BATCH_BYTES, "python batch"
+
+
+def _too_big(shown: str, size: int, filename: str, claimed: str = "is") -> DataError:
+    bound, kind = _size_bound(filename)
+    return DataError(f"{shown}: {claimed} {size:,} bytes, more than the {bound:,} a "
+                     f"CIFAR-10 {kind} can hold; refusing to read it")
+
+
+_DECOMPRESSORS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+
+
+class _BoundedStream:
+    """An archive's decompressed bytes as tarfile sees them, with two limits.
+
+    tarfile reads some records (a GNU long name, a pax header) whole, at their declared
+    size: no single read may exceed ARCHIVE_READ_CHUNK. And no offset past
+    MAX_ARCHIVE_BYTES is read or skipped to, which bounds the time a gzip bomb can take.
+    """
+
+    def __init__(self, raw, path: Path):
+        self.raw = raw
+        self.path = path
+
+    def _refuse_past(self, offset: int) -> None:
+        if offset > MAX_ARCHIVE_BYTES:
+            raise DataError(f"{self.path}: more than {MAX_ARCHIVE_BYTES:,} bytes decompressed; "
+                            "a CIFAR-10 archive is smaller, refusing to read on")
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > ARCHIVE_READ_CHUNK:
+            shown = f"{size:,}" if isinstance(size, int) else repr(size)
+            raise DataError(f"{self.path}: an archive record of {shown} bytes to read at once; "
+                            f"a CIFAR-10 archive has none over {ARCHIVE_READ_CHUNK:,}, refusing")
+        self._refuse_past(self.raw.tell() + size)
+        return self.raw.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._refuse_past(offset if whence == io.SEEK_SET else self.raw.tell() + offset)
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
+def _read_archive(path: Path) -> dict[str, bytes]:
+    """The CIFAR-10 members of a (compressed) tar archive, in one pass: gzip cannot seek."""
+    found = {}
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(8)
+            file.seek(0)
+            decompress = next((d for m, d in _DECOMPRESSORS.items() if magic.startswith(m)), None)
+            with (decompress(file) if decompress else file) as stream, \
+                    tarfile.open(fileobj=_BoundedStream(stream, path), mode="r:") as archive:
+                for count, member in enumerate(archive, 1):
+                    if count > MAX_ARCHIVE_MEMBERS:
+                        raise DataError(f"{path}: more than {MAX_ARCHIVE_MEMBERS} members; not "
+                                        "a CIFAR-10 archive")
+                    filename = Path(member.name).name
+                    if member.isfile() and filename in _WANTED_FILES:
+                        found[filename] = _read_member(archive, member, path, filename)
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise DataError(f"{path}: not a readable CIFAR-10 archive ({_one_line(exc)}); "
+                        "download it again") from None
+    return found
+
+
+def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: Path,
+                 filename: str) -> bytes:
+    shown = f"{path}:{filename}"
+    if member.size > _size_bound(filename)[0]:
+        raise _too_big(shown, member.size, filename, claimed="the archive says it is")
+    payload = bytearray(member.size)
+    view = memoryview(payload)
+    source = archive.extractfile(member)
+    done = 0
+    while done < member.size:  # chunked, so tarfile's reads stay under ARCHIVE_READ_CHUNK
+        got = source.readinto(view[done:done + ARCHIVE_READ_CHUNK])
+        if not got:
+            raise DataError(f"{shown}: truncated inside the archive; download it again")
+        done += got
+    return bytes(payload)
 
 
 class _Files:
     """Reads named CIFAR-10 files from a directory or from inside a .tar.gz archive.
 
-    An archive is read in one pass (gzip cannot seek), keeping only the CIFAR-10 members.
+    Each file is refused unread when it is larger than its layout allows.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self._archive: dict[str, bytes] | None = None
-        if path.is_file():
-            wanted = {b + suffix for b in (*TRAIN_BATCHES, TEST_BATCH)
-                      for suffix, _, _ in _LAYOUTS.values()}
-            wanted |= {meta for _, meta, _ in _LAYOUTS.values()}
-            try:
-                with tarfile.open(path, "r:*") as archive:
-                    self._archive = {Path(m.name).name: archive.extractfile(m).read()
-                                     for m in archive if m.isfile() and Path(m.name).name in wanted}
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                raise DataError(f"{path}: not a readable CIFAR-10 archive ({exc}); "
-                                "download it again") from None
+        self._archive = _read_archive(path) if path.is_file() else None
 
     def has(self, filename: str) -> bool:
         if self._archive is not None:
@@ -261,10 +508,18 @@ class _Files:
                             "data_batch_1..5 and test_batch (python or .bin layout)")
         if self._archive is not None:
             return self._archive[filename]
+        shown, bound = self.shown(filename), _size_bound(filename)[0]
         try:
-            return (self.path / filename).read_bytes()
+            with open(self.path / filename, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if size > bound:
+                    raise _too_big(shown, size, filename)
+                payload = file.read(size + 1)  # one more: a file that grew is noticed
         except OSError as exc:
-            raise DataError(f"{self.shown(filename)}: cannot be read ({exc.strerror})") from None
+            raise DataError(f"{shown}: cannot be read ({exc.strerror})") from None
+        if len(payload) != size:
+            raise DataError(f"{shown}: changed size while being read; try again")
+        return payload
 
 
 def _detect_layout(files: _Files) -> str | None:
@@ -282,10 +537,10 @@ def read_cifar10(path: str | os.PathLike) -> RawCifar10:
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
-    if path.is_dir():
-        for inner in (PYTHON_DIR, BINARY_DIR, ARCHIVE_NAME):
-            if (path / inner).exists() and not (path / TRAIN_BATCHES[0]).exists():
-                return read_cifar10(path / inner)
+    if path.is_dir() and not (path / TRAIN_BATCHES[0]).exists():
+        # One level down only: a 'cifar-10-batches-py -> .' symlink must not loop.
+        path = next((path / inner for inner in (PYTHON_DIR, BINARY_DIR, ARCHIVE_NAME)
+                     if (path / inner).exists()), path)
     files = _Files(path)
     layout = _detect_layout(files)
     if layout is None:

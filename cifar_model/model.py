@@ -1,8 +1,13 @@
 """The seed network: the original notebook's CNN, rebuilt layer for layer in Keras 3.
 
 The notebook (TensorFlow 1.8) built five 3x3 convolutions and three dense layers with
-truncated-normal(0.1) weights, 0.1 biases, softmax cross-entropy and Adam(1e-4). One
-deliberate difference: its ``tf.layers.dropout`` calls never passed ``training=True`` and
+truncated-normal(0.1) weights, 0.1 biases, softmax cross-entropy and Adam(1e-4). The
+network outputs float32 *logits* and the loss is computed from them
+(``from_logits=True``), as the notebook's ``softmax_cross_entropy_with_logits`` was: from
+softmax probabilities, Keras's JAX and PyTorch backends clip them at 1e-7, and this
+network's large initial logits saturate that clip, so its samples get no gradient and the
+loss barely moves (TensorFlow's backend quietly recovers the logits; the others do not).
+One deliberate difference: its ``tf.layers.dropout`` calls never passed ``training=True`` and
 so never dropped anything; here dropout is active while training, as the notebook meant.
 
 Only Keras 3's backend-neutral API is used, so the same network runs on the TensorFlow,
@@ -21,6 +26,20 @@ LEARNING_RATE = 1e-4
 DROPOUT_RATE = 0.25
 
 
+class StrictlyTruncatedNormal(keras.initializers.TruncatedNormal):
+    """Truncated normal whose values are *all* within two standard deviations, on every backend.
+
+    Keras's PyTorch backend draws four candidates per value and keeps the first inside the
+    bounds, or the first one when none is (4 values in a million): conv4's 147,456 weights
+    then hold one or two beyond 2 sigma. Clipping those few makes the initialisation the
+    same distribution as TensorFlow's and JAX's (where the clip changes nothing).
+    """
+
+    def __call__(self, shape, dtype=None):
+        limit = 2 * self.stddev
+        return keras.ops.clip(super().__call__(shape, dtype), self.mean - limit, self.mean + limit)
+
+
 def build_model(
     precision: str = "fp32",
     jit_compile: str = "auto",
@@ -28,16 +47,22 @@ def build_model(
     steps_per_execution: int = 1,
     seed: int | None = None,
 ) -> keras.Model:
-    """Return the seed network, compiled with Adam and categorical cross-entropy.
+    """Return the seed network, compiled with Adam and categorical cross-entropy
+    (:func:`build_network` then :func:`compile_model`)."""
+    _check_choice("jit_compile", jit_compile, JIT_COMPILE)
+    return compile_model(build_network(precision, seed), precision, jit_compile, learning_rate,
+                         steps_per_execution)
 
-    ``precision`` is one of :data:`PRECISIONS`; under ``mixed_float16`` the optimizer is
-    wrapped in a ``LossScaleOptimizer`` (dynamic loss scaling), which float16 needs and
-    bfloat16 does not. The softmax always runs in float32 so the loss is stable.
+
+def build_network(precision: str = "fp32", seed: int | None = None) -> keras.Model:
+    """Return the seed network, not compiled (so a wrapper can be compiled instead of it).
+
+    ``precision`` is one of :data:`PRECISIONS`: every layer computes in its compute dtype,
+    keeps float32 variables, and the logits are cast to float32 so the loss is stable.
+The output is logits: apply ``keras.ops.softmax`` for probabilities.
+    ``seed`` fixes every initialiser and dropout layer.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if jit_compile not in JIT_COMPILE:
-        raise ValueError(f"unknown jit_compile {jit_compile!r}; choose one of {', '.join(JIT_COMPILE)}")
+    _check_choice("precision", precision, PRECISIONS)
     policy = PRECISIONS[precision]
     seeds = itertools.count(seed) if seed is not None else None
 
@@ -45,7 +70,7 @@ def build_model(
         return next(seeds) if seeds is not None else None
 
     def weights():
-        return keras.initializers.TruncatedNormal(stddev=0.1, seed=next_seed())
+        return StrictlyTruncatedNormal(stddev=0.1, seed=next_seed())
 
     def conv(filters: int, name: str) -> keras.layers.Layer:
         return keras.layers.Conv2D(
@@ -79,11 +104,9 @@ def build_model(
     x = dense(128, "fc1", "relu")(x)
     x = dense(128, "fc2", "relu")(x)
     logits = dense(NUM_CLASSES, "fc3", None)(x)
-    outputs = keras.layers.Activation("softmax", name="softmax", dtype="float32")(logits)
+    outputs = keras.layers.Activation("linear", name="logits", dtype="float32")(logits)
 
-    model = keras.Model(inputs, outputs, name="cifar10_seed_cnn")
-    compile_model(model, precision, jit_compile, learning_rate, steps_per_execution)
-    return model
+    return keras.Model(inputs, outputs, name="cifar10_seed_cnn")
 
 
 def compile_model(
@@ -95,9 +118,13 @@ def compile_model(
 ) -> keras.Model:
     """Compile ``model`` the way the notebook trained: Adam, categorical cross-entropy.
 
-    Also used for a model that wraps the seed network (see
-    :func:`cifar_model.training.train`'s ``data_placement``), so both train identically.
+    Under ``mixed_float16`` the optimizer is wrapped in a ``LossScaleOptimizer`` (dynamic
+    loss scaling), which float16 needs and bfloat16 does not. Also used for a model that
+    wraps the seed network (see :func:`cifar_model.training.train`'s ``data_placement``),
+    so both train identically.
     """
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("jit_compile", jit_compile, JIT_COMPILE)
     optimizer = keras.optimizers.Adam(learning_rate)
     if PRECISIONS[precision] == "mixed_float16":
         # float16 gradients underflow without it; Keras only adds it by itself when the
@@ -105,12 +132,17 @@ def compile_model(
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss="categorical_crossentropy",
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=JIT_COMPILE[jit_compile],
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def _check_choice(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
 
 
 def forward_flops_per_image(model: keras.Model) -> int:

@@ -153,5 +153,15 @@ class TrainSettings:
         return cls(**data)
 
 
+def backend_limitation(backend: str, jit_compile: str, cpu_threads: int) -> str | None:
+    """Why a combination cannot run on ``backend`` (so the harness skips it), or None."""
+    if backend == "jax" and jit_compile == "off":
+        return "JAX always compiles the step with XLA; --jit-compile off cannot apply (use auto or on)"
+    if backend == "jax" and cpu_threads:
+        return ("JAX's CPU thread count can only be set with XLA_FLAGS before it starts; "
+                "use --cpu-threads 0 with --backend jax")
+    return None
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -1,4 +1,12 @@
-"""One timed training run of the seed network on one device.
+"""One timed training run of the seed network on one device, on any Keras 3 backend.
+
+Usable on its own::
+
+    from cifar_model import TrainSettings, load_dataset, train
+    result = train(load_dataset(), TrainSettings(batch_size=128, max_steps_per_epoch=50))
+
+The backend is the one Keras was imported with (``KERAS_BACKEND``); ``settings.backend``
+must name it, so a result can never claim a framework it did not run on.
 
 Timing hooks Keras's own training loop with a callback (:class:`StepTimer`) instead of
 rewriting it. Each step is timed with a monotonic clock from just before Keras runs the
@@ -13,16 +21,21 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import keras
 import numpy as np
 
-from cifar_model.data import NUM_CLASSES, Dataset, resolve_data_placement, training_set_bytes
-from cifar_model.model import build_model, compile_model, training_flops_per_image
+from cifar_model import backends
+from cifar_model.data import Dataset
+from cifar_model.model import build_network, compile_model, training_flops_per_image
+from cifar_model.pipelines import host_batches, index_batches
+from cifar_model.settings import (TrainSettings, resolve_data_placement, steps_per_epoch,
+                                  training_set_bytes)
 
-PREFETCH_BATCHES = 4
 UNSYNCED_SKIP = 2  # untimed steps before an unsynced block (the train function is already traced)
+NO_EVAL_NOTE = "not measured: evaluation skipped (--no-eval)"
+SYNTHETIC_NOTE = "not measured: synthetic data"
 
 
 @dataclass(frozen=True)
@@ -56,21 +69,24 @@ class TrainResult:
     train_seconds: float            # the whole model.fit call
     steady_wall_seconds: float      # from the first steady step's start to the last one's end
     data_seconds: float             # reading + standardising the dataset + building the pipeline
+                                    # (+ the one copy of the training set to the device)
     build_seconds: float            # building and compiling the model
-    eval_seconds: float | None
+    eval_seconds: float | None      # evaluating on the held-out images; None: not evaluated
     train_loss: float               # mean over the last epoch, dropout active
     train_accuracy: float
-    heldout_loss: float | None      # on the *whole* held-out split; None for synthetic data
+    heldout_loss: float | None      # on ``heldout_images`` held-out images; None: not measured
     heldout_accuracy: float | None
-    heldout_images: int
-    accuracy_note: str
+    heldout_images: int             # how many held-out images the two figures cover (0: none)
+    accuracy_note: str              # what they cover, in words ("whole held-out split ...")
     training_flops_per_image: int
     params: int
-    xla: bool                       # what jit_compile resolved to ("auto": on with a GPU, off on CPU)
+    xla: bool                       # is the training step XLA-compiled (TF: jit_compile resolved)
+    backend: str                    # the Keras backend: tensorflow, jax or torch
+    compile_note: str               # how the step was compiled ("XLA off (auto)", "torch.compile")
     unsynced_steps: int = 0         # steps of the unsynced throughput phase (0: not run)
     unsynced_seconds: float | None = None
     data_placement: str = "host"    # where the training images lived: host or device
-    data_device: str = ""           # the TensorFlow device that held them ("CPU:0", "GPU:0")
+    data_device: str = ""           # the device that held them ("CPU:0", "GPU:0")
 
     @property
     def first_step_seconds(self) -> float:
@@ -101,9 +117,16 @@ class TrainResult:
         return sum(r.steps for r in self.records)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["records"] = [asdict(r) for r in self.records]
-        return out
+        """Plain JSON-ready data (records as dicts); :meth:`from_dict` reverses it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainResult":
+        """From :meth:`to_dict`'s output (e.g. after JSON); unknown keys are an error."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainResult field(s): {', '.join(unknown)}")
+        return cls(**{**data, "records": [StepRecord(**r) for r in data["records"]]})
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -180,230 +203,192 @@ class UnsyncedTimer(keras.callbacks.Callback):
         self.ended = time.perf_counter()
 
 
-def make_train_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None):
-    """TensorFlow-only: an endless, reshuffled-every-epoch stream of full batches.
-
-    The images stay in one in-memory tensor; only the indices are shuffled and each
-    batch is gathered from memory, so there is no shuffle buffer to fill (which would
-    stall the first step of every epoch) and no per-step Python work. Labels are one-hot
-    encoded inside the pipeline and ``prefetch`` overlaps the next batch with the current
-    step. The last partial batch of an epoch is dropped, as the notebook did (40,000
-    images at batch 128: 312 steps), so every step has the same shape.
-
-    Parallelism is fixed and tf.data's autotuner is off: a gather costs well under a
-    millisecond, and with the autotuner on, tearing the iterator down at the end of
-    ``fit`` blocked for seconds (growing with the steps run), inflating training time.
-    """
-    import tensorflow as tf
-
-    images, labels = _host_tensors(x, y)
-    return (_index_batches(len(x), batch_size, seed)
-            .map(lambda i: (tf.gather(images, i), tf.gather(labels, i)),
-                 num_parallel_calls=2, deterministic=True)
-            .prefetch(PREFETCH_BATCHES)
-            .with_options(_pipeline_options()))
-
-
-def _host_tensors(x: np.ndarray, y: np.ndarray):
-    """The images and their one-hot labels as tensors in host memory."""
-    import tensorflow as tf
-
-    with tf.device("/CPU:0"):
-        images = tf.convert_to_tensor(x)  # tf.constant copies 15x slower here
-        return images, tf.one_hot(tf.convert_to_tensor(y), NUM_CLASSES)
-
-
-def _index_batches(n: int, batch_size: int, seed: int | None):
-    """Endless full batches of indices into ``n`` images, reshuffled every epoch."""
-    import tensorflow as tf
-
-    indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    return indices.batch(batch_size, drop_remainder=True).repeat()
-
-
-def _pipeline_options():
-    """Autotuner off (see :func:`make_train_pipeline`) and tf.data's default graph
-    rewrites off: they serialise the dataset graph, 614 MB of captured images included,
-    each time ``fit`` opens an iterator (1.7 s and ~400 MB here), for no gain on a pipeline
-    that is one gather and a prefetch."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    options.experimental_optimization.apply_default_optimizations = False
-    return options
-
-
-def make_resident_inputs(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None,
-                         device: str | None):
-    """TensorFlow-only: the training images copied into ``device``'s memory, and a stream
-    of (image indices, one-hot labels) batches that selects from them.
-
-    The stream shuffles exactly as :func:`make_train_pipeline` does (same seed, same
-    batches); only the gather moves from tf.data on the host into the training step, on
-    the device, so no image crosses the host-device link while training. Returns
-    ``(images, pipeline)``; ``images.device`` names where the copy lives.
-    """
-    import tensorflow as tf
-
-    host_images, labels = _host_tensors(x, y)
-    with tf.device(device) if device else contextlib.nullcontext():
-        images = tf.identity(host_images)   # the one host -> device copy
-    del host_images
-    return images, _index_batches(len(x), batch_size, seed).map(
-        lambda i: (tf.cast(i, tf.int32), tf.gather(labels, i)), num_parallel_calls=2,
-        deterministic=True).prefetch(PREFETCH_BATCHES).with_options(_pipeline_options())
-
-
 class ResidentImages(keras.layers.Layer):
     """Looks a batch's images up, by index, in a training set held in device memory.
 
-    The images are a captured tensor, not a weight: the wrapped network keeps its
-    1,454,922 parameters and nothing here is trained or saved.
+    The images are a non-trainable variable so that every backend passes them to its
+    compiled step as an argument: captured as a constant instead, JAX would embed all
+    614 MB in the compiled program (10 s to compile, 4 GB of memory). They belong to the
+    wrapper only: the seed network keeps its 1,454,922 parameters, and nothing here is
+    trained.
     """
 
     def __init__(self, images, **kwargs):
         super().__init__(dtype="float32", trainable=False, **kwargs)
-        self.images = images
+        self.images = keras.Variable(images, trainable=False, dtype="float32", name="images")
 
     def call(self, indices):
-        import tensorflow as tf
-        return tf.gather(self.images, indices)
+        return keras.ops.take(self.images, indices, axis=0)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape, *self.images.shape[1:])
 
 
-def resident_model(model: keras.Model, images, precision: str, jit_compile: str,
-                   steps_per_execution: int) -> keras.Model:
-    """``model`` fed by image indices into ``images`` instead of images, compiled alike."""
+def resident_model(model: keras.Model, images) -> keras.Model:
+    """``model`` fed by image indices into ``images`` (a device tensor) instead of images."""
     indices = keras.Input(shape=(), dtype="int32", name="image_index")
-    wrapped = keras.Model(indices, model(ResidentImages(images, name="resident_images")(indices)),
-                          name=f"{model.name}_resident")
-    return compile_model(wrapped, precision, jit_compile, steps_per_execution=steps_per_execution)
-
-
-def plan_steps(n_train: int, batch_size: int, max_steps_per_epoch: int | None) -> int:
-    """Steps per epoch: full batches in the training set, optionally capped."""
-    full = n_train // batch_size
-    if full == 0:
-        raise ValueError(f"batch size {batch_size} is larger than the {n_train} training images")
-    return min(full, max_steps_per_epoch) if max_steps_per_epoch else full
+    resident = ResidentImages(images, name="resident_images")
+    return keras.Model(indices, model(resident(indices)), name=f"{model.name}_resident")
 
 
 def train(
     dataset: Dataset,
-    batch_size: int = 128,
-    epochs: int = 1,
-    max_steps_per_epoch: int | None = None,
-    warmup_steps: int = 5,
-    precision: str = "fp32",
-    jit_compile: str = "auto",
-    steps_per_execution: int = 1,
+    settings: TrainSettings,
+    *,
     device: str | None = None,
-    seed: int | None = None,
-    evaluate: bool = True,
     callbacks: Sequence[keras.callbacks.Callback] = (),
-    unsynced_steps: int = 0,
-    data_placement: str = "host",
     device_memory_bytes: int | None = None,
 ) -> TrainResult:
-    """Train the seed network on ``dataset`` and measure it.
+    """Train the seed network on ``dataset`` as ``settings`` say, and measure it.
 
     ``device`` is a Keras device name (``"cpu:0"``, ``"gpu:0"``) or None for the
-    backend's default. Held-out loss and accuracy are computed on the *whole* held-out
-    split after training (skipped for synthetic data, whose accuracy means nothing).
+    backend's default. ``callbacks`` run beside the step timer (progress, CPU meters).
 
-    With ``unsynced_steps`` > 0, after evaluation the same model trains that many more
-    steps (after :data:`UNSYNCED_SKIP` untimed ones) timed as one block with a single sync
-    at the end: the cost of per-step syncing is the difference to the steady figures.
-
-    ``data_placement`` (:data:`DATA_PLACEMENTS`) says where the training images live:
-    ``host`` feeds each batch from host memory through tf.data; ``device`` copies the whole
+    ``settings.data_placement`` says where the training images live: ``host`` feeds each
+    batch from host memory (:mod:`cifar_model.pipelines`); ``device`` copies the whole
     training set into ``device``'s memory once (counted in the data time) and gathers each
-    batch there, inside the training step. ``auto`` resolves with
+    batch there with ``keras.ops.take``, inside the training step; ``auto`` resolves with
     :func:`resolve_data_placement`, given ``device_memory_bytes``.
+
+    ``settings.eval_images`` None evaluates on the whole held-out split, N on its first N
+    images (and ``accuracy_note`` says so), 0 not at all. Synthetic data is never
+    evaluated: its accuracy means nothing.
+
+    With ``settings.unsynced_steps`` > 0, after evaluation the same model trains that many
+    more steps (after :data:`UNSYNCED_SKIP` untimed ones) timed as one block with a single
+    sync at the end: the cost of per-step syncing is the difference to the steady figures.
+
+    Raises ``ValueError`` for settings this backend cannot run (another backend, JAX
+    with ``jit_compile="off"``) before any work is done.
     """
-    if batch_size < 1 or epochs < 1 or warmup_steps < 0 or steps_per_execution < 1 \
-            or unsynced_steps < 0:
-        raise ValueError("batch_size, epochs and steps_per_execution must be >= 1, "
-                         "warmup_steps and unsynced_steps >= 0")
-    steps_per_epoch = plan_steps(len(dataset.x_train), batch_size, max_steps_per_epoch)
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
+    backend = backends.backend_name()
+    if settings.backend != backend:
+        raise ValueError(f"settings ask for the {settings.backend} backend but Keras runs on "
+                         f"{backend}; set KERAS_BACKEND={settings.backend} before importing keras")
+    backends.jit_compile_value(settings.jit_compile)   # refuses what this backend cannot do
+    backends.configure_threads(settings.cpu_threads)
+    n_train = len(dataset.x_train)
+    steps = steps_per_epoch(n_train, settings.batch_size, settings.max_steps_per_epoch)
+    if settings.seed is not None:
+        keras.utils.set_random_seed(settings.seed)
 
-    device_type = "GPU" if device and device.lower().startswith("gpu") else "CPU"
-    data_placement = resolve_data_placement(data_placement, device_type, device_memory_bytes,
-                                            training_set_bytes(len(dataset.x_train)))
-
+    data_placement = resolve_data_placement(settings.data_placement, _device_type(device),
+                                            device_memory_bytes, training_set_bytes(n_train))
     started = time.perf_counter()
     images = None
     if data_placement == "device":
-        images, pipeline = make_resident_inputs(dataset.x_train, dataset.y_train, batch_size,
-                                                seed, device)
-        data_device = images.device.rpartition("device:")[2]   # "GPU:0"
+        images = backends.copy_to_device(dataset.x_train, device)   # the one host -> device copy
+        pipeline = index_batches(dataset.y_train, settings.batch_size, settings.seed, backend)
+        data_device = backends.tensor_place(images)
     else:
-        pipeline = make_train_pipeline(dataset.x_train, dataset.y_train, batch_size, seed)
+        pipeline = host_batches(dataset.x_train, dataset.y_train, settings.batch_size,
+                                settings.seed, backend)
         data_device = "CPU:0"
     data_seconds = dataset.load_seconds + (time.perf_counter() - started)
 
     with _device_scope(device):
         started = time.perf_counter()
-        model = build_model(precision, jit_compile, steps_per_execution=steps_per_execution,
-                            seed=seed)
-        trainer = model if images is None else resident_model(
-            model, images, precision, jit_compile, steps_per_execution)
+        model = build_network(settings.precision, seed=settings.seed)
+        trainer = model if images is None else resident_model(model, images)
+        del images  # the wrapper's variable holds the device copy now
+        compile_model(trainer, settings.precision, settings.jit_compile,
+                      steps_per_execution=settings.steps_per_execution)
         build_seconds = time.perf_counter() - started
 
-        timer = StepTimer(warmup_steps)
+        timer = StepTimer(settings.warmup_steps)
         started = time.perf_counter()
-        history = trainer.fit(pipeline, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                              shuffle=False, verbose=0, callbacks=[timer, *callbacks])
+        with _explained_compile_failure(trainer):
+            history = trainer.fit(pipeline, epochs=settings.epochs, steps_per_epoch=steps,
+                                  shuffle=False, verbose=0, callbacks=[timer, *callbacks])
         train_seconds = time.perf_counter() - started
 
-        heldout_loss = heldout_accuracy = eval_seconds = None
-        if dataset.synthetic:
-            accuracy_note = "not measured: synthetic data"
-        elif not evaluate:
-            accuracy_note = "not measured: evaluation disabled"
-        else:
-            started = time.perf_counter()
-            scores = model.evaluate(dataset.x_test, keras.utils.to_categorical(dataset.y_test, NUM_CLASSES),
-                                    batch_size=batch_size, verbose=0, return_dict=True)
-            eval_seconds = time.perf_counter() - started
-            heldout_loss, heldout_accuracy = float(scores["loss"]), float(scores["accuracy"])
-            accuracy_note = f"whole held-out split of the {dataset.split} split ({len(dataset.x_test)} images)"
+        evaluation = _evaluate(model, dataset, settings)
 
-        unsynced_seconds = None
-        if unsynced_steps:
+        unsynced_steps, unsynced_seconds = 0, None
+        if settings.unsynced_steps:
             unsynced = UnsyncedTimer(UNSYNCED_SKIP)
-            total = UNSYNCED_SKIP + unsynced_steps
+            total = UNSYNCED_SKIP + settings.unsynced_steps
             trainer.fit(pipeline, epochs=1, steps_per_epoch=total, shuffle=False, verbose=0,
                         callbacks=[unsynced])
             unsynced_seconds = unsynced.ended - unsynced.started
             unsynced_steps = total - unsynced.first_timed_step
 
+    xla, compile_note = backends.describe_compilation(settings.jit_compile, bool(trainer.jit_compile))
     steady_wall = (timer.steady_ended - timer.steady_started
                    if timer.steady_started is not None and timer.steady_ended is not None else math.nan)
     return TrainResult(
-        batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
-        warmup_steps=warmup_steps, precision=precision, jit_compile=jit_compile,
-        steps_per_execution=steps_per_execution, device=device, data=dataset.label,
-        split=dataset.split, records=timer.records, epoch_seconds=timer.epoch_seconds,
-        train_seconds=train_seconds, steady_wall_seconds=steady_wall,
-        data_seconds=data_seconds, build_seconds=build_seconds, eval_seconds=eval_seconds,
+        batch_size=settings.batch_size, epochs=settings.epochs, steps_per_epoch=steps,
+        warmup_steps=settings.warmup_steps, precision=settings.precision,
+        jit_compile=settings.jit_compile, steps_per_execution=settings.steps_per_execution,
+        device=device, data=dataset.label, split=dataset.split, records=timer.records,
+        epoch_seconds=timer.epoch_seconds, train_seconds=train_seconds,
+        steady_wall_seconds=steady_wall, data_seconds=data_seconds, build_seconds=build_seconds,
         train_loss=float(history.history["loss"][-1]),
         train_accuracy=float(history.history["accuracy"][-1]),
-        heldout_loss=heldout_loss, heldout_accuracy=heldout_accuracy,
-        heldout_images=0 if heldout_accuracy is None else len(dataset.x_test),
-        accuracy_note=accuracy_note,
-        training_flops_per_image=training_flops_per_image(model),
-        params=model.count_params(),
-        xla=bool(trainer.jit_compile),
+        **evaluation,
+        training_flops_per_image=training_flops_per_image(model), params=model.count_params(),
+        xla=xla, backend=backend, compile_note=compile_note,
         unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
         data_placement=data_placement, data_device=data_device,
     )
 
 
+def _evaluate(model: keras.Model, dataset: Dataset, settings: TrainSettings) -> dict:
+    """Held-out loss and accuracy on the images ``settings.eval_images`` asks for, with a
+    note that says which; the TrainResult fields, as a dict.
+
+    Predictions come from the trained network itself (not the wrapper a device-resident
+    run trains, which takes training-set indices), so no second compile is needed; the
+    loss is the training loss, softmax cross-entropy from the logits, in float64.
+    """
+    total = len(dataset.x_test)
+    if settings.eval_images == 0:
+        note = NO_EVAL_NOTE
+    elif dataset.synthetic:
+        note = SYNTHETIC_NOTE
+    else:
+        note = None
+    if note is not None:
+        return dict(heldout_loss=None, heldout_accuracy=None, heldout_images=0,
+                    accuracy_note=note, eval_seconds=None)
+    n = total if settings.eval_images is None else min(settings.eval_images, total)
+    started = time.perf_counter()
+    logits = np.asarray(model.predict(dataset.x_test[:n], batch_size=settings.batch_size,
+                                      verbose=0), dtype=np.float64)
+    eval_seconds = time.perf_counter() - started
+    labels = dataset.y_test[:n]
+    top = logits.max(axis=1)
+    log_sum_exp = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    losses = log_sum_exp - logits[np.arange(n), labels]
+    if n == total:
+        note = f"whole held-out split of the {dataset.split} split ({total} images)"
+    else:
+        note = (f"first {n} of the {total} held-out images of the {dataset.split} split "
+                f"(not the whole split)")
+    return dict(heldout_loss=float(losses.mean()),
+                heldout_accuracy=float((logits.argmax(axis=1) == labels).mean()),
+                heldout_images=n, accuracy_note=note, eval_seconds=eval_seconds)
+
+
+@contextlib.contextmanager
+def _explained_compile_failure(trainer: keras.Model):
+    """On PyTorch with ``jit_compile`` on, a failure inside ``fit`` is most likely
+    torch.compile's (no C++ compiler, an unsupported op): say so instead of a deep trace."""
+    try:
+        yield
+    except Exception as exc:
+        if backends.backend_name() == "torch" and trainer.jit_compile:
+            raise RuntimeError(f"torch.compile failed on this install ({type(exc).__name__}: "
+                               f"{str(exc).strip()[:300]}); use jit_compile auto or off") from exc
+        raise
+
+
+def _device_type(device: str | None) -> str:
+    """``GPU`` or ``CPU``: the kind of device training runs on (None: a GPU if one is visible)."""
+    if device is None:
+        return "GPU" if backends.visible_gpus() else "CPU"
+    return "GPU" if device.lower().startswith(("gpu", "cuda")) else "CPU"
+
+
 def _device_scope(device: str | None):
-    return keras.device(device) if device else contextlib.nullcontext()
+    return keras.device(backends.keras_device_name(device)) if device else contextlib.nullcontext()

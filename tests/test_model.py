@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_model import build_model, forward_flops_per_image, training_flops_per_image
+from cifar_model import build_model, build_network, forward_flops_per_image, training_flops_per_image
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_layer_order_matches_the_notebook(model):
     names = [layer.name for layer in model.layers[1:]]
     assert names[:8] == ["conv1", "conv1_relu", "conv2", "conv2_pool", "conv2_dropout",
                          "conv2_relu", "conv3", "conv3_relu"]
-    assert names[-4:] == ["fc1", "fc2", "fc3", "softmax"]
+    assert names[-4:] == ["fc1", "fc2", "fc3", "logits"]
     assert model.get_layer("conv2_dropout").rate == 0.25
 
 
@@ -55,15 +55,22 @@ def test_initialisation_truncated_normal_and_constant_bias(model):
 def test_compiled_like_the_notebook(model):
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-4)
-    assert model.loss == "categorical_crossentropy"
+    assert isinstance(model.loss, keras.losses.CategoricalCrossentropy)
+    assert model.loss.get_config()["from_logits"] is True     # softmax cross-entropy from logits
+
+
+def test_build_network_leaves_compiling_to_the_caller():
+    network = build_network(seed=0)
+    assert not network.compiled
+    assert network.count_params() == 1_454_922
 
 
 def test_softmax_outputs_and_dropout_active_only_in_training(model):
     x = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype("float32")
-    inference = np.asarray(model(x, training=False))
+    inference = np.asarray(keras.ops.softmax(model(x, training=False)))
     np.testing.assert_allclose(inference.sum(axis=1), 1, rtol=1e-5)
-    np.testing.assert_allclose(inference, np.asarray(model(x, training=False)))
-    assert not np.allclose(np.asarray(model(x, training=True)), inference)
+    np.testing.assert_allclose(inference, np.asarray(keras.ops.softmax(model(x, training=False))))
+    assert not np.allclose(np.asarray(keras.ops.softmax(model(x, training=True))), inference)
 
 
 @pytest.mark.parametrize("precision, compute_dtype, loss_scaled", [
@@ -74,7 +81,7 @@ def test_mixed_precision_policies(precision, compute_dtype, loss_scaled):
     model = build_model(precision)
     assert model.get_layer("conv3").compute_dtype == compute_dtype
     assert model.get_layer("conv3").kernel.dtype == "float32"       # variables stay float32
-    assert model.get_layer("softmax").compute_dtype == "float32"     # a stable loss
+    assert model.get_layer("logits").compute_dtype == "float32"     # a stable loss
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) is loss_scaled
 
 

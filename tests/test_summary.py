@@ -107,6 +107,12 @@ def test_format_duration(seconds, text):
     assert summary.format_duration(seconds) == text
 
 
+def test_float16_rows_on_a_cpu_without_float16_say_why_they_are_slow():
+    runs = pd.DataFrame([row("CPU", 64, 0.2, precision="mixed_float16")])
+    assert "emulated" in " ".join(summary.describe_settings(runs, {"cpu": {"flags": ["avx512f"]}}))
+    assert "emulated" not in " ".join(summary.describe_settings(runs, {"cpu": {"flags": ["avx512_fp16"]}}))
+
+
 # --------------------------------------------------------------------------- true efficiency
 
 def test_a_pinned_runs_cached_peak_never_gives_more_than_100_percent(tmp_path, monkeypatch):

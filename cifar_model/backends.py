@@ -1,0 +1,373 @@
+"""What differs between Keras's TensorFlow, JAX and PyTorch backends, behind names that say so.
+
+Every function works on the backend Keras was imported with (``KERAS_BACKEND`` is read
+once, when Keras is first imported): the harness starts one process per cell with the
+variable set, then asks these functions about the framework and its accelerator. Each
+function imports its framework lazily, so this module costs nothing to import beyond
+Keras itself, and a machine with JAX or PyTorch but no TensorFlow never needs TensorFlow.
+
+Device names given to these functions are Keras's (``"cpu:0"``, ``"gpu:0"``); places
+reported back are normalised to ``"CPU:0"`` / ``"GPU:0"`` on every backend.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import keras
+import numpy as np
+
+from cifar_model.settings import COMPUTE_DTYPES, JIT_COMPILE
+
+#: Why ``jit_compile="off"`` is refused on JAX (a harness can turn it into a skipped row).
+JAX_ALWAYS_XLA = "jax always compiles with XLA; use auto/on"
+
+
+def backend_name() -> str:
+    """The Keras backend this process runs: ``tensorflow``, ``jax`` or ``torch``."""
+    return keras.backend.backend()
+
+
+# --------------------------------------------------------------------------- threads
+
+def configure_threads(cpu_threads: int) -> None:
+    """Limit the backend's CPU thread pools to ``cpu_threads`` (0: leave its defaults).
+
+    TensorFlow: intra-op ``cpu_threads``, inter-op ``min(cpu_threads, 2)``; only possible
+    before TensorFlow has started working (a repeat call with the same number is fine).
+    PyTorch: ``torch.set_num_threads`` (intra-op), and the inter-op pool likewise when it
+    is still unused. JAX: not supported: XLA's CPU thread pool is sized when the backend
+    starts and only ``XLA_FLAGS`` read at import can change it, so this raises
+    ``NotImplementedError`` rather than silently running with every core.
+    """
+    if not cpu_threads:
+        return
+    backend = backend_name()
+    if backend == "tensorflow":
+        _tf_configure_threads(cpu_threads)
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(cpu_threads)
+        try:
+            torch.set_num_interop_threads(min(cpu_threads, 2))
+        except RuntimeError:  # the inter-op pool already started: intra-op is what matters
+            pass
+    else:
+        raise NotImplementedError(
+            f"{backend}: the CPU thread count cannot be set once the backend has started "
+            "(XLA sizes its pool at start-up); leave cpu_threads at 0")
+
+
+def _tf_configure_threads(cpu_threads: int) -> None:
+    """TensorFlow-only: intra/inter-op pools; must run before TensorFlow starts working."""
+    import tensorflow as tf
+
+    inter = min(cpu_threads, 2)
+    if (tf.config.threading.get_intra_op_parallelism_threads() == cpu_threads
+            and tf.config.threading.get_inter_op_parallelism_threads() == inter):
+        return
+    tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+
+# --------------------------------------------------------------------------- what is there
+
+def framework_versions() -> dict:
+    """The backend's version, Keras, numpy, Python, and the CUDA/cuDNN the backend knows of.
+
+    Keys: ``backend``, the backend's own name (``tensorflow`` / ``jax`` / ``torch``, plus
+    ``jaxlib`` for JAX), ``keras``, ``numpy``, ``python``, ``cuda_version``,
+    ``cudnn_version`` (None where the backend was built without CUDA or cannot say).
+    """
+    backend = backend_name()
+    versions = {"backend": backend, "keras": keras.__version__, "numpy": np.__version__,
+                "python": platform.python_version()}
+    if backend == "tensorflow":
+        versions.update(_tf_versions())
+    elif backend == "jax":
+        versions.update(_jax_versions())
+    else:
+        versions.update(_torch_versions())
+    return versions
+
+
+def _tf_versions() -> dict:
+    """TensorFlow-only: its version and the CUDA/cuDNN it was built against."""
+    import tensorflow as tf
+
+    build = tf.sysconfig.get_build_info()
+    return {"tensorflow": tf.__version__, "cuda_version": build.get("cuda_version"),
+            "cudnn_version": build.get("cudnn_version")}
+
+
+def _jax_versions() -> dict:
+    import jax
+    import jaxlib
+
+    cuda = cudnn = None
+    try:  # present only with a CUDA plugin installed
+        from jax._src.lib import cuda_versions
+    except ImportError:
+        cuda_versions = None
+    if cuda_versions is not None:
+        cuda, cudnn = cuda_versions.cuda_runtime_get_version(), cuda_versions.cudnn_get_version()
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "cuda_version": None if cuda is None else str(cuda),
+            "cudnn_version": None if cudnn is None else str(cudnn)}
+
+
+def _torch_versions() -> dict:
+    import torch
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"torch": torch.__version__, "cuda_version": torch.version.cuda,
+            "cudnn_version": None if cudnn is None else str(cudnn)}
+
+
+def visible_gpus() -> list[dict]:
+    """The GPUs the backend can use, in its order: ``{"name", "compute_capability"}``."""
+    backend = backend_name()
+    if backend == "tensorflow":
+        return _tf_visible_gpus()
+    if backend == "jax":
+        return [{"name": d.device_kind, "compute_capability": getattr(d, "compute_capability", None)}
+                for d in _jax_gpus()]
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [{"name": torch.cuda.get_device_name(i),
+             "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(i)))}
+            for i in range(torch.cuda.device_count())]
+
+
+def _tf_visible_gpus() -> list[dict]:
+    """TensorFlow-only: tf.config's physical GPUs and their details."""
+    import tensorflow as tf
+
+    gpus = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        capability = details.get("compute_capability")
+        gpus.append({"name": details.get("device_name", gpu.name),
+                     "compute_capability": ".".join(map(str, capability)) if capability else None})
+    return gpus
+
+
+def _jax_gpus() -> list:
+    import jax
+
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:  # no GPU backend in this jaxlib
+        return []
+
+
+def accelerator_name() -> str | None:
+    """The first visible GPU's name, or None on a CPU-only process."""
+    gpus = visible_gpus()
+    return gpus[0]["name"] if gpus else None
+
+
+def peak_device_memory_bytes() -> int | None:
+    """Peak memory the backend's allocator held on the first visible GPU (None: no GPU, or
+    the backend cannot say)."""
+    backend = backend_name()
+    if backend == "tensorflow":
+        return _tf_peak_gpu_bytes()
+    if backend == "jax":
+        gpus = _jax_gpus()
+        stats = gpus[0].memory_stats() if gpus else None
+        return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(0)) if torch.cuda.is_available() else None
+
+
+def _tf_peak_gpu_bytes() -> int | None:
+    """TensorFlow-only: the peak of TensorFlow's allocator on GPU:0."""
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+
+
+# --------------------------------------------------------------------------- device memory
+
+def copy_to_device(array: np.ndarray, device: str | None):
+    """One copy of ``array`` in ``device``'s memory (None: the backend's default device),
+    as the backend's own tensor type; :func:`tensor_place` says where it ended up."""
+    backend = backend_name()
+    if backend == "tensorflow":
+        return _tf_copy_to_device(array, device)
+    if backend == "jax":
+        import jax
+
+        target = _jax_device(device)
+        return jax.device_put(array, target) if target is not None else jax.device_put(array)
+    import torch
+
+    return torch.as_tensor(array).to(_torch_device(device))
+
+
+def _tf_copy_to_device(array: np.ndarray, device: str | None):
+    """TensorFlow-only: ``tf.identity`` under ``tf.device`` is the one host -> device copy
+    (a tensor made from numpy starts on the host whatever the device scope)."""
+    import contextlib
+
+    import tensorflow as tf
+
+    with tf.device("/CPU:0"):
+        host = tf.convert_to_tensor(array)  # tf.constant copies 15x slower here
+    with tf.device(device) if device else contextlib.nullcontext():
+        return tf.identity(host)
+
+
+def tensor_place(tensor) -> str:
+    """Where a backend tensor (or a Keras variable's value) lives: ``"CPU:0"``, ``"GPU:0"``."""
+    backend = backend_name()
+    if backend == "tensorflow":
+        return tensor.device.rpartition("device:")[2]
+    if backend == "jax":
+        (device,) = tensor.devices()
+        return f"{'CPU' if device.platform == 'cpu' else 'GPU'}:{device.id}"
+    kind, _, index = str(tensor.device).partition(":")
+    return f"{'CPU' if kind == 'cpu' else 'GPU'}:{index or 0}"
+
+
+def keras_device_name(device: str) -> str:
+    """``device`` as ``keras.device`` should get it on this backend.
+
+    PyTorch: ``"cpu:0"`` becomes ``"cpu"``: Keras's torch backend moves each new variable
+    ``.to("cpu:0")``, which copies a tensor already on ``"cpu"`` into a plain tensor and
+    then fails on integer variables (the dropout layers' seed state).
+    """
+    if backend_name() == "torch" and device.lower().startswith("cpu"):
+        return "cpu"
+    return device
+
+
+def _jax_device(device: str | None):
+    if device is None:
+        return None
+    import jax
+
+    kind, _, index = device.lower().partition(":")
+    return jax.devices(kind)[int(index or 0)]
+
+
+def _torch_device(device: str | None):
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind, _, index = device.lower().partition(":")
+    return torch.device("cpu") if kind == "cpu" else torch.device("cuda", int(index or 0))
+
+
+# --------------------------------------------------------------------------- XLA / compilation
+
+def jit_compile_value(requested: str):
+    """The ``Model.compile(jit_compile=...)`` value for ``requested`` (``auto``/``on``/``off``).
+
+    JAX runs every step ``jax.jit``-compiled by XLA; ``off`` (Keras's eager mode there)
+    would time something no JAX user runs, so it is refused with ``ValueError``.
+    """
+    if requested not in JIT_COMPILE:
+        raise ValueError(f"unknown jit_compile {requested!r}; choose one of {', '.join(JIT_COMPILE)}")
+    if backend_name() == "jax" and requested == "off":
+        raise ValueError(JAX_ALWAYS_XLA)
+    return JIT_COMPILE[requested]
+
+
+def describe_compilation(requested: str, compiled: bool) -> tuple[bool, str]:
+    """(is the training step XLA-compiled, a short note) once Keras has resolved
+    ``jit_compile`` (``compiled`` is the model's resolved ``jit_compile``).
+
+    TensorFlow: ``on``/``off`` force XLA; ``auto`` is Keras's choice (XLA when a GPU is
+    visible, not on a CPU-only machine). JAX: always XLA. PyTorch: ``on`` is
+    ``torch.compile`` (not XLA); ``auto`` resolves to eager, as Keras does.
+    """
+    backend = backend_name()
+    if backend == "jax":
+        return True, "jax.jit (XLA), always"
+    if backend == "torch":
+        return False, "torch.compile" if compiled else f"eager (jit_compile {requested})"
+    state = "on" if compiled else "off"
+    return compiled, f"XLA {state} (auto)" if requested == "auto" else f"XLA {state}"
+
+
+# --------------------------------------------------------------------------- matmul peak
+
+def measure_matmul_peak(precision: str, size: int, min_seconds: float = 1.0,
+                        max_repeats: int = 50) -> dict:
+    """The best rate of a ``size`` x ``size`` matrix multiply in ``precision``'s compute dtype
+    on the backend's default device (a GPU when one is visible), through the backend's own
+    compiled ops (``tf.function`` / ``jax.jit`` / torch).
+
+    Each multiply is reduced to a float32 scalar on the device and fetched to the host, so
+    each timing covers the work (the n^2 reduction is 1/(2n) of it), not a large copy.
+    Two untimed calls first (tracing, allocation, caches); then at least three timed ones,
+    more until ``min_seconds`` have been spent. ``tflops`` is the best, ``median_tflops``
+    the median, both at 2 size^3 FLOPs per multiply.
+    """
+    dtype = COMPUTE_DTYPES[precision]
+    backend = backend_name()
+    run = {"tensorflow": _tf_matmul, "jax": _jax_matmul, "torch": _torch_matmul}[backend](dtype, size)
+    for _ in range(2):
+        run()
+    times: list[float] = []
+    while len(times) < 3 or (sum(times) < min_seconds and len(times) < max_repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    flops = 2 * size**3
+    times.sort()
+    return {"precision": precision, "dtype": dtype, "size": size, "repeats": len(times),
+            "tflops": flops / times[0] / 1e12, "median_tflops": flops / times[len(times) // 2] / 1e12}
+
+
+def _operands(size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return (rng.standard_normal((size, size), dtype=np.float32),
+            rng.standard_normal((size, size), dtype=np.float32))
+
+
+def _tf_matmul(dtype: str, size: int):
+    """TensorFlow-only: a traced matmul + reduce on GPU:0 (or the CPU), fetched by ``.numpy()``."""
+    import tensorflow as tf
+
+    device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+    with tf.device(device):
+        a, b = (tf.cast(tf.convert_to_tensor(m), dtype) for m in _operands(size))
+    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)),
+                         autograph=False)
+
+    def run():
+        with tf.device(device):
+            return float(matmul(a, b).numpy())
+    return run
+
+
+def _jax_matmul(dtype: str, size: int):
+    import jax
+    import jax.numpy as jnp
+
+    a, b = (jax.device_put(jnp.asarray(m, dtype=dtype)) for m in _operands(size))
+    matmul = jax.jit(lambda a, b: jnp.sum(jnp.matmul(a, b).astype(jnp.float32)))
+    return lambda: float(matmul(a, b))
+
+
+def _torch_matmul(dtype: str, size: int):
+    import torch
+
+    device = _torch_device(None)
+    a, b = (torch.as_tensor(m).to(device=device, dtype=getattr(torch, dtype)) for m in _operands(size))
+
+    def run():
+        with torch.no_grad():
+            return torch.matmul(a, b).float().sum().item()
+    return run
