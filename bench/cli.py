@@ -166,7 +166,8 @@ def build_parser() -> Parser:
                           "percentage (10%%) or a fraction (0.1) (default: 10%%)")
     run.add_argument("--retry", type=non_negative_int, default=0, metavar="N",
                      help="with --check-against: measure each cell judged a regression or "
-                          "inconclusive again, up to N times, each time in fresh workers (as many "
+                          "inconclusive because the run was busy again, up to N times, each time in "
+                          "fresh workers (as many "
                           "repeats as the run has); the latest attempt decides, earlier ones are "
                           "named in the report and every row stays in runs.csv (default: 0)")
 
@@ -602,7 +603,7 @@ def _finish_run(args, config, cells, writer, env, out, outcome, comparison) -> i
 def check_with_retries(baseline, out: Path, cells, repeats: int, max_slowdown: float, retries: int,
                        rerun, outcome, say):
     """Compare the run with the baseline; with ``retries``, measure the cells judged a regression
-    or inconclusive again (fresh workers, the run's number of repeats, appended as further
+    or inconclusive (a busy run, not a busy baseline) again (fresh workers, the run's number of repeats, appended as further
     repeats) and judge each such cell on its latest attempt alone. Earlier attempts are kept in
     runs.csv and named in the report: nothing is hidden, and a busy attempt does not pollute a
     quiet one. A real slowdown shows again on every attempt; contention rarely does."""
@@ -614,8 +615,10 @@ def check_with_retries(baseline, out: Path, cells, repeats: int, max_slowdown: f
 
     comparison = compare(_read_run(out))
     for attempt in range(1, retries + 1):
+        # a cell inconclusive because the *baseline* was busy cannot be helped by measuring the run again
         pending = {regression.cell_key(c.key): c for c in comparison.cells
-                   if c.verdict in (regression.REGRESSION, regression.INCONCLUSIVE)}
+                   if c.verdict == regression.REGRESSION
+                   or (c.verdict == regression.INCONCLUSIVE and c.busy_side == "run")}
         if not pending:
             break
         run = _read_run(out)

@@ -140,8 +140,9 @@ def contention_factor(quiet: SideContention, busy: SideContention) -> float:
 
 
 def contention_verdict(verdict: str, baseline: SideContention | None, current: SideContention | None,
-                       max_slowdown: float) -> tuple[str, str]:
-    """(verdict, why) once contention is considered; ``why`` is empty when it changed nothing.
+                       max_slowdown: float) -> tuple[str, str, str]:
+    """(verdict, why, busy side) once contention is considered: ``why`` and the side ("run" or
+    "baseline") are empty when contention changed nothing.
 
     The rule: multithreaded steps wait for their slowest thread, so losing x % of the CPUs can
     cost far more than x % of the speed. The measured shares are therefore a lower bound of
@@ -159,17 +160,17 @@ def contention_verdict(verdict: str, baseline: SideContention | None, current: S
     Without contention records on both sides (older runs) the verdict stands as it was.
     """
     if baseline is None or current is None:
-        return verdict, ""
+        return verdict, "", ""
     limit = 1 + max_slowdown
     if verdict == REGRESSION:
         if contention_factor(baseline, current) >= limit:
             return INCONCLUSIVE, ("inconclusive: machine busy during the run ("
-                                  + _busy_text(current, baseline, "the baseline") + ")")
+                                  + _busy_text(current, baseline, "the baseline") + ")"), "run"
     elif contention_factor(current, baseline) >= limit:
         what = "a speed-up may be an illusion" if verdict == FASTER else "a slowdown may hide"
         return INCONCLUSIVE, ("inconclusive: machine busy during the baseline ("
-                              + _busy_text(baseline, current, "the run") + f"; {what})")
-    return verdict, ""
+                              + _busy_text(baseline, current, "the run") + f"; {what})"), "baseline"
+    return verdict, "", ""
 
 
 def _busy_text(busy: SideContention, other: SideContention, other_name: str) -> str:
@@ -195,6 +196,7 @@ class CellComparison:
     current_repeats: int = 1
     statistical_verdict: str = ""   # from the step times alone, before contention was considered
     why: str = ""                   # why inconclusive, or a regression's likely cause
+    busy_side: str = ""             # inconclusive: "run" or "baseline", the side that was busy
     baseline_contention: str = ""   # "other 3 %, worker 85 %" (empty: not recorded)
     current_contention: str = ""
     baseline_pressure_pct: float | None = None   # other processes' CPU + steal, % of usable CPUs
@@ -304,7 +306,7 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
         spec, base, base_load = base_cells[key]
         _, cur, cur_load = cur_cells[key]
         verdict = decide(base, cur, max_slowdown, confidence)
-        final, why = contention_verdict(verdict.verdict, base_load, cur_load, max_slowdown)
+        final, why, busy_side = contention_verdict(verdict.verdict, base_load, cur_load, max_slowdown)
         changed = "; ".join(comparison.environment_differences)
         if final == REGRESSION and changed:
             why = f"likely cause: {changed}"
@@ -319,7 +321,7 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             high_pct=(verdict.high - 1) * 100, verdict=final,
             baseline_steps=sum(map(len, base)), current_steps=sum(map(len, cur)),
             baseline_repeats=len(base), current_repeats=len(cur),
-            statistical_verdict=verdict.verdict, why=why,
+            statistical_verdict=verdict.verdict, why=why, busy_side=busy_side,
             baseline_contention=_contention_text(base_load),
             current_contention=_contention_text(cur_load),
             baseline_pressure_pct=base_load.pressure_pct if base_load else None,

@@ -251,8 +251,10 @@ def theoretical_peaks(cells: list[matrix.Cell]) -> dict:
     """The theoretical peak of each (device, precision) the cells use, for this process's CPUs."""
     from bench import hardware
 
-    return {(c.device.id, c["precision"]): hardware.peak(c.device.device, c["precision"])
-            for c in cells if c.device.device is not None and c.device.device.usable}
+    wanted = {(c.device.id, c["precision"]): c.device.device for c in cells
+              if c.device.device is not None and c.device.device.usable}
+    return {(device_id, precision): hardware.peak(device, precision)
+            for (device_id, precision), device in wanted.items()}
 
 
 def contention_hooks(usable_cpus: float | None, interval_s: float = 0.5) -> dict:

@@ -526,3 +526,18 @@ def test_noise_suggests_the_smallest_threshold_identical_runs_support(tmp_path):
     assert f"Suggested --max-slowdown: {suggestion:g}%" in done.stdout and "1 vs 3" in done.stdout
     one = bench("noise", "--run", tmp_path / "run0", cwd=tmp_path)
     assert one.returncode == 2 and "two or more" in one.stderr
+
+
+def test_retry_does_not_measure_the_run_again_when_the_baseline_was_the_busy_side(tmp_path):
+    from bench import cli, runner
+
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.2)}, contention=BUSY))
+    write_run(tmp_path / "run", {32: step_times(0.1, seed=1)}, contention=QUIET)
+
+    def rerun(todo):
+        raise AssertionError("a quiet run measured again cannot un-busy its baseline")
+
+    comparison = cli.check_with_retries(base, tmp_path / "run", [], 1, 0.10, 3, rerun, runner.Outcome(),
+                                        print)
+    assert comparison.cells[0].verdict == regression.INCONCLUSIVE
+    assert comparison.cells[0].busy_side == "baseline"
