@@ -603,10 +603,11 @@ def _finish_run(args, config, cells, writer, env, out, outcome, comparison) -> i
 def check_with_retries(baseline, out: Path, cells, repeats: int, max_slowdown: float, retries: int,
                        rerun, outcome, say):
     """Compare the run with the baseline; with ``retries``, measure the cells judged a regression
-    or inconclusive (a busy run, not a busy baseline) again (fresh workers, the run's number of repeats, appended as further
-    repeats) and judge each such cell on its latest attempt alone. Earlier attempts are kept in
-    runs.csv and named in the report: nothing is hidden, and a busy attempt does not pollute a
-    quiet one. A real slowdown shows again on every attempt; contention rarely does."""
+    or inconclusive (a busy run, not a busy baseline) again -- fresh workers, the run's number
+    of repeats, appended as further repeats -- and judge each such cell on its latest attempt
+    alone. Earlier attempts stay in runs.csv and are named in the report: nothing is hidden,
+    and a busy attempt does not pollute a quiet one. A real slowdown shows again on every
+    attempt; contention rarely does."""
     def compare(run):
         try:
             return regression.compare(baseline, run, max_slowdown)
@@ -622,8 +623,8 @@ def check_with_retries(baseline, out: Path, cells, repeats: int, max_slowdown: f
         if not pending:
             break
         run = _read_run(out)
-        matrix_keys = {cell_id.rsplit("_r", 1)[0] for cell_id, key in zip(run.runs["cell_id"], _row_keys(run.runs))
-                       if key in pending}
+        matrix_keys = {cell_id.rsplit("_r", 1)[0]
+                       for cell_id, key in zip(run.runs["cell_id"], _row_keys(run.runs)) if key in pending}
         todo = [replace(c, repeat=c.repeat + attempt * repeats) for c in cells if c.key in matrix_keys]
         say(f"--retry: measuring {len(pending)} cell(s) again (attempt {attempt + 1} of "
             f"{retries + 1}): {'; '.join(c.cell for c in pending.values())}")
@@ -683,10 +684,17 @@ def display_command(argv: list[str], cwd: Path | None = None) -> str:
 
 ARMS = ("a", "b")
 #: Asked of each arm's Python: the versions that label it (and land in its env.json).
-ARM_VERSIONS = ("import json, platform\nfrom importlib import metadata\nout = {'python': platform.python_version()}\n"
-                "for name in ('tensorflow', 'tensorflow-cpu', 'keras', 'jax', 'torch', 'numpy', 'cifar-bench'):\n"
-                "    try:\n        out[name] = metadata.version(name)\n    except metadata.PackageNotFoundError:\n"
-                "        pass\nprint(json.dumps(out))")
+ARM_VERSIONS = """
+import json, platform
+from importlib import metadata
+out = {"python": platform.python_version()}
+for name in ("tensorflow", "tensorflow-cpu", "keras", "jax", "torch", "numpy", "cifar-bench"):
+    try:
+        out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+print(json.dumps(out))
+"""
 
 
 def arm_versions(python: Path) -> dict:
