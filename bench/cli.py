@@ -193,10 +193,11 @@ def build_parser() -> Parser:
         "noise", parents=[common], help="calibrate: this machine's run-to-run spread, and the "
                                         "smallest --max-slowdown it supports",
         description="Compare identical runs pairwise (given with --run, or made now with "
-                    "--repeat N and the run options) and suggest the smallest --max-slowdown "
-                    "that none of these pairs would have failed: the largest |step time change| "
-                    "any pair's confidence interval allows, rounded up to the next 1 %, plus "
-                    f"{regression.NOISE_MARGIN_PCT:g} % margin.")
+                    "--repeat N and the run options), each pair both ways, and suggest the "
+                    "smallest --max-slowdown at which check (busy-machine rule included) calls "
+                    "none of them a regression or faster, rounded up to the next 1 %, plus "
+                    f"{regression.NOISE_MARGIN_PCT:g} % margin; also what the statistics alone "
+                    "would need.")
     noise.set_defaults(func=cmd_noise)
     noise.add_argument("--run", type=path_arg, action="append", dest="runs", metavar="DIR",
                        help="a run directory (give it two or more times; identical settings)")
@@ -849,19 +850,23 @@ def cmd_noise(args, argv: list[str]) -> int:
                 return status
             runs.append(_read_run(one.out))
     try:
-        table, suggestion, busy = regression.noise_report(runs, args.confidence)
+        report = regression.noise_report(runs, args.confidence)
     except regression.BaselineError as exc:
         raise UsageError(str(exc)) from None
-    _print(table.to_markdown(index=False, disable_numparse=True))
+    _print(report.table.to_markdown(index=False, disable_numparse=True))
     _print("")
-    _print(f"Suggested --max-slowdown: {suggestion:g}% (the largest |step time change| any pair's "
-           f"{args.confidence * 100:g} % interval allows, rounded up to the next 1 %, plus "
-           f"{regression.NOISE_MARGIN_PCT:g} %). None of these {len(table)} identical pair-cell(s) "
-           "would have failed with it; a smaller threshold would cry wolf on this machine.")
-    if busy:
-        _print(f"Note: {busy} pair-cell(s) had a busy side (other processes ≥ "
-               f"{regression.DISTURBED_PCT:g} % of the usable CPUs); on a quieter machine the "
-               "spread, and the threshold, may be smaller.")
+    _print(f"Suggested --max-slowdown: {report.suggested_pct:g}%: the smallest threshold at which "
+           f"check, busy-machine rule included, would have flagged none of these "
+           f"{len(report.table)} identical pair-cell(s), each compared both ways (differences that "
+           "contention explains come out inconclusive instead); rounded up to the next 1 %, plus "
+           f"{regression.NOISE_MARGIN_PCT:g} %.")
+    _print(f"Conservative: {report.with_contention_pct:g}% keeps even each interval's upper end "
+           "below the threshold (room for pairs not seen yet), contention rule included; "
+           f"{report.statistics_only_pct:g}% without the rule.")
+    if report.busy:
+        _print(f"Note: {report.busy} pair-cell(s) had a busy side (other processes ≥ "
+               f"{regression.DISTURBED_PCT:g} % of the usable CPUs): expect inconclusive verdicts "
+               "at the suggested threshold; on a quieter machine the spread may be smaller.")
     return EXIT_OK
 
 # --------------------------------------------------------------------------- summary, readme

@@ -35,7 +35,15 @@ NOISE_MARGIN_PCT = 1.0
 #: of its usable CPUs, or another process used its GPU: a worker share that fell on a quiet
 #: machine is the code's doing (a real regression can serialise work), not contention.
 DISTURBED_PCT = 10.0
+#: A side on which other processes (+ steal) took at least half the usable CPUs was saturated:
+#: the worker's threads competed with as many runnable threads as it had CPUs, and its speed
+#: no longer follows the measured shares. Measured here: identical runs at 56-78 % other load
+#: differed by up to 2x with equal shares (24 % vs 25 % worker), and one with *less* load
+#: (59 % vs 67 %) was 35 % slower. Such a side cannot show a regression or a speed-up.
+SATURATED_PCT = 50.0
 
+#: The ENV_FIELDS that are the hardware a worker may use, not its software.
+RESOURCE_FIELDS = ("CPU model", "logical CPUs", "CPUs usable by the process", "memory", "GPUs")
 #: (label, where in env.json) of what can change a measurement between two runs.
 ENV_FIELDS = (
     ("OS", ("system",)), ("CPU model", ("cpu", "model")), ("logical CPUs", ("cpu", "logical_cpus")),
@@ -96,6 +104,10 @@ class SideContention:
     def disturbed(self) -> bool:
         return self.pressure_pct >= DISTURBED_PCT or bool(self.gpu_others)
 
+    @property
+    def saturated(self) -> bool:
+        return self.pressure_pct >= SATURATED_PCT
+
     def describe(self) -> str:
         cpus = f" of the {self.usable_cpus:g} usable CPUs" if self.usable_cpus else ""
         text = f"other processes used {self.pressure_pct:.0f} %{cpus}"
@@ -140,7 +152,7 @@ def contention_factor(quiet: SideContention, busy: SideContention) -> float:
 
 
 def contention_verdict(verdict: str, baseline: SideContention | None, current: SideContention | None,
-                       max_slowdown: float) -> tuple[str, str, str]:
+                       max_slowdown: float, resources_changed: bool = False) -> tuple[str, str, str]:
     """(verdict, why, busy side) once contention is considered: ``why`` and the side ("run" or
     "baseline") are empty when contention changed nothing.
 
@@ -155,7 +167,12 @@ def contention_verdict(verdict: str, baseline: SideContention | None, current: S
       was slowed: a faster run may be an illusion, a regression may hide);
     - a run slower while the baseline was the busy one stays a regression (contention there
       only shrinks the measured slowdown), and so does anything with equal contention on
-      both sides (an interleaved A/B).
+      both sides (an interleaved A/B) -- unless a side was *saturated* (other processes took
+      half its CPUs or more, :data:`SATURATED_PCT`): then speed does not follow the shares,
+      and a regression or a speed-up is inconclusive whatever the balance. Not so when the
+      hardware the worker may use changed (``resources_changed``: fewer usable CPUs, another
+      CPU or GPU): that change is a known cause of its own, and the shares, being of each
+      side's own CPUs, already put the two sides on one scale.
 
     Without contention records on both sides (older runs) the verdict stands as it was.
     """
@@ -170,6 +187,14 @@ def contention_verdict(verdict: str, baseline: SideContention | None, current: S
         what = "a speed-up may be an illusion" if verdict == FASTER else "a slowdown may hide"
         return INCONCLUSIVE, ("inconclusive: machine busy during the baseline ("
                               + _busy_text(baseline, current, "the run") + f"; {what})"), "baseline"
+    if verdict in (REGRESSION, FASTER) and not resources_changed and (current.saturated
+                                                                     or baseline.saturated):
+        side, busy, other, other_name = (("run", current, baseline, "the baseline") if current.saturated
+                                         else ("baseline", baseline, current, "the run"))
+        return INCONCLUSIVE, (f"inconclusive: machine saturated during the {side} ("
+                              + _busy_text(busy, other, other_name)
+                              + f"; at ≥ {SATURATED_PCT:g} % other load speed does not follow the "
+                                "CPU shares)"), side
     return verdict, "", ""
 
 
@@ -302,11 +327,14 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             f"nothing to compare: no cell of {current.directory} matches one of {baseline.directory} "
             f"(by {', '.join(MATCH_KEYS)}); baseline has {len(base_cells)} cell(s), run has "
             f"{len(cur_cells)}")
+    resources_changed = any(d.startswith(f"{label}:") for d in comparison.environment_differences
+                            for label in RESOURCE_FIELDS)
     for key in matched:
         spec, base, base_load = base_cells[key]
         _, cur, cur_load = cur_cells[key]
         verdict = decide(base, cur, max_slowdown, confidence)
-        final, why, busy_side = contention_verdict(verdict.verdict, base_load, cur_load, max_slowdown)
+        final, why, busy_side = contention_verdict(verdict.verdict, base_load, cur_load, max_slowdown,
+                                                   resources_changed=resources_changed)
         changed = "; ".join(comparison.environment_differences)
         if final == REGRESSION and changed:
             why = f"likely cause: {changed}"
@@ -329,30 +357,62 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
     return comparison
 
 
-def noise_report(runs: list[Run], confidence: float = 0.95) -> tuple[pd.DataFrame, float, int]:
-    """Identical runs compared pairwise: (table, suggested --max-slowdown in %, busy pair-cells).
+@dataclass
+class NoiseReport:
+    """Identical runs compared pairwise (see :func:`noise_report`)."""
 
-    The suggestion is the largest |step time change| any pair's interval allows (max of
-    high and -low), rounded up to the next whole percent, plus :data:`NOISE_MARGIN_PCT`:
-    a threshold none of these identical pairs would have failed.
+    table: pd.DataFrame
+    suggested_pct: float          # check (rule included) would have flagged none of the pairs
+    with_contention_pct: float    # conservative: above every interval's upper end the rule leaves
+    statistics_only_pct: float    # conservative, without the rule: above every upper end
+    busy: int                     # pair-cells with a disturbed side
+
+
+def noise_report(runs: list[Run], confidence: float = 0.95) -> NoiseReport:
+    """Identical runs compared pairwise, in both directions (either could be the baseline).
+
+    Each threshold is the smallest whole percent that passes, plus :data:`NOISE_MARGIN_PCT`:
+
+    - suggested: check, busy-machine rule included, would have flagged none of the pairs
+      (no interval wholly past the threshold that contention does not explain);
+    - conservative: no interval's *upper end* reaches past the threshold, either way round
+      (high, and 1/low for the reverse), unless contention explains it -- room for pairs
+      not seen yet;
+    - statistics only: the conservative one without the rule (the brief, classical bound).
     """
     from itertools import combinations
 
-    rows, worst, busy = [], 0.0, 0
+    rows, judged, busy = [], [], 0
     for (i, first), (j, second) in combinations(enumerate(runs, 1), 2):
         comparison = compare(first, second, max_slowdown=0.10, confidence=confidence)
+        sides_first, sides_second = _keyed(first), _keyed(second)
         for c in comparison.cells:
-            bound = max(c.high_pct, -c.low_pct)
-            worst = max(worst, bound)
-            disturbed = any((pressure or 0.0) >= DISTURBED_PCT
-                            for pressure in (c.baseline_pressure_pct, c.current_pressure_pct))
-            busy += disturbed
+            low, high = 1 + c.low_pct / 100, 1 + c.high_pct / 100
+            bound = 100 * max(high - 1, 1 / low - 1)
+            a, b = sides_first[cell_key(c.key)][2], sides_second[cell_key(c.key)][2]
+            judged += [(low, high, a, b), (1 / high, 1 / low, b, a)]
+            busy += any((pressure or 0.0) >= DISTURBED_PCT
+                        for pressure in (c.baseline_pressure_pct, c.current_pressure_pct))
             rows.append({"Runs": f"{i} vs {j}", "Cell": c.cell, "Step time change": f"{c.change_pct:+.1f} %",
                          f"{confidence * 100:g} % interval": f"[{c.low_pct:+.1f} %, {c.high_pct:+.1f} %]",
-                         "Largest |change| allowed": f"{bound:.1f} %",
+                         "Largest slowdown allowed (either way)": f"{bound:.1f} %",
                          "Machine (first / second)": f"{c.baseline_contention or '?'} / "
                                                      f"{c.current_contention or '?'}"})
-    return pd.DataFrame(rows), math.ceil(worst) + NOISE_MARGIN_PCT, busy
+    statistics_only = max((100 * (high - 1) for _, high, _, _ in judged), default=0.0)
+
+    def alarms(threshold_pct: float, end: int) -> int:
+        """Directed pairs whose interval (its low end, or its high end) lies past the threshold
+        and whose contention would not make a regression of them inconclusive."""
+        t = threshold_pct / 100
+        return sum(bounds[end] > 1 + t and contention_verdict(REGRESSION, base, cur, t)[0] == REGRESSION
+                   for *bounds, base, cur in judged)
+
+    def smallest(end: int) -> float:
+        top = math.ceil(statistics_only)
+        return next((t for t in range(1, top + 1) if not alarms(t, end)), top) + NOISE_MARGIN_PCT
+
+    return NoiseReport(pd.DataFrame(rows), smallest(0), smallest(1),
+                       math.ceil(statistics_only) + NOISE_MARGIN_PCT, busy)
 
 
 # --------------------------------------------------------------------------- reports
