@@ -197,7 +197,7 @@ def build_parser() -> Parser:
                     "smallest --max-slowdown at which check (busy-machine rule included) calls "
                     "none of them a regression or faster, rounded up to the next 1 %, plus "
                     f"{regression.NOISE_MARGIN_PCT:g} % margin; also what the statistics alone "
-                    "would need.")
+                    "would need. Exit 3 when every pair had a saturated side (no suggestion).")
     noise.set_defaults(func=cmd_noise)
     noise.add_argument("--run", type=path_arg, action="append", dest="runs", metavar="DIR",
                        help="a run directory (give it two or more times; identical settings)")
@@ -855,6 +855,15 @@ def cmd_noise(args, argv: list[str]) -> int:
         raise UsageError(str(exc)) from None
     _print(report.table.to_markdown(index=False, disable_numparse=True))
     _print("")
+    if report.saturated == len(report.table):
+        _print(f"No suggestion: every one of these {len(report.table)} pair-cell(s) had a saturated "
+               f"side (other processes took ≥ {regression.SATURATED_PCT:g} % of the usable CPUs), "
+               "and check calls any difference there inconclusive, at any threshold. Measure on a "
+               f"quieter machine. Statistics alone would need {report.statistics_only_pct:g}%.")
+        return EXIT_INCONCLUSIVE
+    if report.saturated:
+        _print(f"Note: {report.saturated} pair-cell(s) had a saturated side; check calls any "
+               "difference there inconclusive, so they do not constrain the suggestion.")
     _print(f"Suggested --max-slowdown: {report.suggested_pct:g}%: the smallest threshold at which "
            f"check, busy-machine rule included, would have flagged none of these "
            f"{len(report.table)} identical pair-cell(s), each compared both ways (differences that "

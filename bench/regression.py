@@ -366,6 +366,7 @@ class NoiseReport:
     with_contention_pct: float    # conservative: above every interval's upper end the rule leaves
     statistics_only_pct: float    # conservative, without the rule: above every upper end
     busy: int                     # pair-cells with a disturbed side
+    saturated: int = 0            # pair-cells with a saturated side: the rule never judges them
 
 
 def noise_report(runs: list[Run], confidence: float = 0.95) -> NoiseReport:
@@ -382,7 +383,7 @@ def noise_report(runs: list[Run], confidence: float = 0.95) -> NoiseReport:
     """
     from itertools import combinations
 
-    rows, judged, busy = [], [], 0
+    rows, judged, busy, saturated = [], [], 0, 0
     for (i, first), (j, second) in combinations(enumerate(runs, 1), 2):
         comparison = compare(first, second, max_slowdown=0.10, confidence=confidence)
         sides_first, sides_second = _keyed(first), _keyed(second)
@@ -393,6 +394,8 @@ def noise_report(runs: list[Run], confidence: float = 0.95) -> NoiseReport:
             judged += [(low, high, a, b), (1 / high, 1 / low, b, a)]
             busy += any((pressure or 0.0) >= DISTURBED_PCT
                         for pressure in (c.baseline_pressure_pct, c.current_pressure_pct))
+            saturated += any((pressure or 0.0) >= SATURATED_PCT
+                             for pressure in (c.baseline_pressure_pct, c.current_pressure_pct))
             rows.append({"Runs": f"{i} vs {j}", "Cell": c.cell, "Step time change": f"{c.change_pct:+.1f} %",
                          f"{confidence * 100:g} % interval": f"[{c.low_pct:+.1f} %, {c.high_pct:+.1f} %]",
                          "Largest slowdown allowed (either way)": f"{bound:.1f} %",
@@ -412,7 +415,7 @@ def noise_report(runs: list[Run], confidence: float = 0.95) -> NoiseReport:
         return next((t for t in range(1, top + 1) if not alarms(t, end)), top) + NOISE_MARGIN_PCT
 
     return NoiseReport(pd.DataFrame(rows), smallest(0), smallest(1),
-                       math.ceil(statistics_only) + NOISE_MARGIN_PCT, busy)
+                       math.ceil(statistics_only) + NOISE_MARGIN_PCT, busy, saturated)
 
 
 # --------------------------------------------------------------------------- reports

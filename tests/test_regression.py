@@ -567,3 +567,12 @@ def test_retry_does_not_measure_the_run_again_when_the_baseline_was_the_busy_sid
                                         print)
     assert comparison.cells[0].verdict == regression.INCONCLUSIVE
     assert comparison.cells[0].busy_side == "baseline"
+
+
+def test_noise_on_a_saturated_machine_makes_no_suggestion(tmp_path):
+    saturated = {**BUSY, "other_cpu_pct": 68.0, "worker_cpu_pct": 32.0}
+    for i in range(2):
+        write_run(tmp_path / f"run{i}", {32: step_times(0.1 * (i + 1), seed=i)}, contention=saturated)
+    done = bench("noise", "--run", tmp_path / "run0", "--run", tmp_path / "run1", cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "No suggestion: every one of these 1 pair-cell(s) had a saturated side" in done.stdout
