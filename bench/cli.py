@@ -29,9 +29,12 @@ from cifar_model.settings import BACKENDS
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CELL_FAILED, EXIT_WRITE = 0, 1, 2, 3, 4, 5
 EXIT_STATUSES = (
-    "0 ok; 1 a regression (check, run --check-against); 2 bad input (nothing written); "
-    "3 inconclusive: a machine too busy to judge; 4 a cell failed; 5 results could not be "
-    "written (disk full, permissions); 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM)")
+    "0 ok; 1 a regression (check, run --check-against, ab); 2 bad input (nothing written); "
+    "3 inconclusive: no regression found, but the machine was too busy to judge a cell; "
+    "4 a cell failed; 5 results could not be written (disk full, permissions); 128+N stopped "
+    "by signal N (130 Ctrl-C, 143 SIGTERM). When several apply, 1 wins over 4, and 4 over 3: "
+    "a failed cell never hides a regression; stderr names every regressed, failed and "
+    "inconclusive cell")
 
 PROFILES = {
     # quick: every default cell finishes on a 2-core CPU in a few minutes
@@ -162,52 +165,7 @@ def build_parser() -> Parser:
     run = commands.add_parser("run", parents=[common], help="time training on each device and batch size",
                               epilog=f"Exit statuses: {EXIT_STATUSES}.")
     run.set_defaults(func=cmd_run)
-    run.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                     help="quick: a few minutes on a 2-core CPU (batch sizes 64,128,256, 1 epoch of "
-                          "50 steps, precision auto); seed: the notebook's full run (seed split, "
-                          "batch 128, 26 full epochs, fp32) (default: quick)")
-    matrix.add_options(run, {"batch_size": "quick: 64,128,256; seed: 128",
-                             "precision": "quick: auto; seed: fp32"})
-    run.add_argument("--epochs", type=positive_int, help="epochs per cell (default: quick 1; seed 26)")
-    run.add_argument("--steps", type=non_negative_int,
-                     help="cap on steps per epoch; 0 = full epochs (default: quick 50; seed 0)")
-    run.add_argument("--warmup", type=non_negative_int,
-                     help="first steps of each cell left out of the steady statistics (default: 5)")
-    run.add_argument("--repeats", type=positive_int, default=1,
-                     help="run each cell N times, each in a fresh process (default: 1)")
-    run.add_argument("--data", choices=("cifar10", "synthetic"), default="cifar10",
-                     help="cifar10 (falls back to labelled synthetic data when no copy can be found "
-                          "or downloaded) or synthetic (speed only) (default: cifar10)")
-    run.add_argument("--data-dir", type=path_arg,
-                     help="CIFAR-10 directory or .tar.gz archive (default: $CIFAR10_DIR, the Keras "
-                          "cache, ./data/cifar-10-batches-py, then a download)")
-    run.add_argument("--no-download", action="store_true", help="never try to download CIFAR-10")
-    run.add_argument("--split", choices=("standard", "seed"),
-                     help="standard: 50,000 train / 10,000 official test; seed: the notebook's "
-                          "40,000 / 10,000 (default: quick standard; seed seed)")
-    run.add_argument("--synthetic-images", type=positive_int,
-                     help="training images of synthetic data (default: as many as the split has)")
-    run.add_argument("--eval-images", type=non_negative_int,
-                     help="evaluate accuracy on the first N held-out images only; 0 = not at all "
-                          "(default: the whole held-out split, 10,000 images)")
-    run.add_argument("--no-eval", action="store_const", const=0, dest="eval_images",
-                     help="skip evaluation: accuracy says 'not measured' (same as --eval-images 0)")
-    run.add_argument("--seed", type=non_negative_int, default=0,
-                     help="random seed; repeat r uses seed + r (default: 0)")
-    run.add_argument("--out", type=path_arg, help="run directory; must not exist or be empty "
-                                                  "(default: <results>/runs/<run-id>/)")
-    run.add_argument("--machine-label", type=machine_label,
-                     help="a short name for this machine in tables (e.g. 'lab workstation')")
-    run.add_argument("--cell-timeout", type=seconds,
-                     help="seconds; a cell running longer is killed and recorded as failed "
-                          "(default: no limit)")
-    run.add_argument("--require-devices", action="store_true",
-                     help="a requested device that is missing is an error instead of a skipped row")
-    run.add_argument("--unsynced-steps", type=non_negative_int, default=0,
-                     help="after training, also time N more steps with a single sync at the end, "
-                          "to show what per-step timing costs (default: 0, off)")
-    run.add_argument("--no-peak", action="store_true",
-                     help="skip measuring the devices' peak (no efficiency columns)")
+    add_run_options(run)
     run.add_argument("--resume", type=path_arg, metavar="DIR",
                      help="finish an interrupted run: run only its missing cells, with its own "
                           "settings, appending to its files")
@@ -219,6 +177,49 @@ def build_parser() -> Parser:
     run.add_argument("--max-slowdown", type=slowdown, default=0.10,
                      help="with --check-against: the slowdown that counts as a regression, as a "
                           "percentage (10%%) or a fraction (0.1) (default: 10%%)")
+    run.add_argument("--retry", type=non_negative_int, default=0, metavar="N",
+                     help="with --check-against: measure each cell judged a regression or "
+                          "inconclusive because the run was busy again, up to N times, each time in "
+                          "fresh workers (as many "
+                          "repeats as the run has); the latest attempt decides, earlier ones are "
+                          "named in the report and every row stays in runs.csv (default: 0)")
+
+    ab = commands.add_parser(
+        "ab", parents=[common], help="A/B: the same cells under two Python environments, interleaved",
+        description="Run every cell under two Python environments (each with the project "
+                    "installed), alternating arm by arm and cell by cell (A B, then B A, ...; "
+                    "repeats are rounds), so drift and background load hit both arms alike. "
+                    "Writes OUT/a and OUT/b and compares them as 'check' does (B against A). "
+                    "No peak is measured.",
+        epilog=f"Exit statuses: {EXIT_STATUSES}.")
+    ab.set_defaults(func=cmd_ab)
+    ab.add_argument("--python", action="append", type=path_arg, required=True, metavar="PYTHON",
+                    help="the Python of one arm (give it twice: A, then B), e.g. venvA/bin/python")
+    add_run_options(ab)
+    ab.add_argument("--max-slowdown", type=slowdown, default=0.10,
+                    help="the slowdown of B over A that counts as a regression (default: 10%%)")
+    ab.add_argument("--confidence", type=confidence, default=0.95,
+                    help="confidence level of the intervals (default: 0.95)")
+    ab.add_argument("--json", type=path_arg, help="also write the comparison as JSON to this file")
+
+    noise = commands.add_parser(
+        "noise", parents=[common], help="calibrate: this machine's run-to-run spread, and the "
+                                        "smallest --max-slowdown it supports",
+        description="Compare identical runs pairwise (given with --run, or made now with "
+                    "--repeat N and the run options), each pair both ways, and suggest the "
+                    "smallest --max-slowdown at which check (busy-machine rule included) calls "
+                    "none of them a regression or faster, rounded up to the next 1 %, plus "
+                    f"{regression.NOISE_MARGIN_PCT:g} % margin; also what the statistics alone "
+                    "would need. Exit 3 when every pair had a saturated side (no suggestion).")
+    noise.set_defaults(func=cmd_noise)
+    noise.add_argument("--run", type=path_arg, action="append", dest="runs", metavar="DIR",
+                       help="a run directory (give it two or more times; identical settings)")
+    noise.add_argument("--repeat", type=positive_int, metavar="N",
+                       help="make N identical runs now (under --out, default <results>/runs/<id>-noise) "
+                            "with the run options below")
+    add_run_options(noise)
+    noise.add_argument("--confidence", type=confidence, default=0.95,
+                       help="confidence level of the intervals (default: 0.95)")
 
     baseline = commands.add_parser("baseline", help="save a run as a named baseline, or list them")
     baseline_commands = baseline.add_subparsers(dest="baseline_command", metavar="ACTION",
@@ -328,6 +329,56 @@ def build_parser() -> Parser:
 REFERENCE_HELP = ("what Speed-up divides by: cpu (each machine's own CPU row) or MACHINE:DEVICE, "
                   "e.g. laptop:gpu:0 (a machine label, or the name in the Machine column) "
                   "(default: cpu)")
+
+
+def add_run_options(parser) -> None:
+    """What to run and how: shared by run, ab and noise --repeat."""
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                     help="quick: a few minutes on a 2-core CPU (batch sizes 64,128,256, 1 epoch of "
+                          "50 steps, precision auto); seed: the notebook's full run (seed split, "
+                          "batch 128, 26 full epochs, fp32) (default: quick)")
+    matrix.add_options(parser, {"batch_size": "quick: 64,128,256; seed: 128",
+                             "precision": "quick: auto; seed: fp32"})
+    parser.add_argument("--epochs", type=positive_int, help="epochs per cell (default: quick 1; seed 26)")
+    parser.add_argument("--steps", type=non_negative_int,
+                     help="cap on steps per epoch; 0 = full epochs (default: quick 50; seed 0)")
+    parser.add_argument("--warmup", type=non_negative_int,
+                     help="first steps of each cell left out of the steady statistics (default: 5)")
+    parser.add_argument("--repeats", type=positive_int, default=1,
+                     help="run each cell N times, each in a fresh process (default: 1)")
+    parser.add_argument("--data", choices=("cifar10", "synthetic"), default="cifar10",
+                     help="cifar10 (falls back to labelled synthetic data when no copy can be found "
+                          "or downloaded) or synthetic (speed only) (default: cifar10)")
+    parser.add_argument("--data-dir", type=path_arg,
+                     help="CIFAR-10 directory or .tar.gz archive (default: $CIFAR10_DIR, the Keras "
+                          "cache, ./data/cifar-10-batches-py, then a download)")
+    parser.add_argument("--no-download", action="store_true", help="never try to download CIFAR-10")
+    parser.add_argument("--split", choices=("standard", "seed"),
+                     help="standard: 50,000 train / 10,000 official test; seed: the notebook's "
+                          "40,000 / 10,000 (default: quick standard; seed seed)")
+    parser.add_argument("--synthetic-images", type=positive_int,
+                     help="training images of synthetic data (default: as many as the split has)")
+    parser.add_argument("--eval-images", type=non_negative_int,
+                     help="evaluate accuracy on the first N held-out images only; 0 = not at all "
+                          "(default: the whole held-out split, 10,000 images)")
+    parser.add_argument("--no-eval", action="store_const", const=0, dest="eval_images",
+                     help="skip evaluation: accuracy says 'not measured' (same as --eval-images 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                     help="random seed; repeat r uses seed + r (default: 0)")
+    parser.add_argument("--out", type=path_arg, help="run directory; must not exist or be empty "
+                                                  "(default: <results>/runs/<run-id>/)")
+    parser.add_argument("--machine-label", type=machine_label,
+                     help="a short name for this machine in tables (e.g. 'lab workstation')")
+    parser.add_argument("--cell-timeout", type=seconds,
+                     help="seconds; a cell running longer is killed and recorded as failed "
+                          "(default: no limit)")
+    parser.add_argument("--require-devices", action="store_true",
+                     help="a requested device that is missing is an error instead of a skipped row")
+    parser.add_argument("--unsynced-steps", type=non_negative_int, default=0,
+                     help="after training, also time N more steps with a single sync at the end, "
+                          "to show what per-step timing costs (default: 0, off)")
+    parser.add_argument("--no-peak", action="store_true",
+                     help="skip measuring the devices' peak (no efficiency columns)")
 
 
 # --------------------------------------------------------------------------- devices
@@ -505,6 +556,9 @@ def _run(args, argv: list[str], held: contextlib.ExitStack, stops: runner.StopSi
     else:
         config = build_run_config(args)
         device_ids = args.devices or ["all"]
+    if args.retry and not args.check_against:
+        raise UsageError("--retry re-measures cells a check found slower or inconclusive; "
+                         "add --check-against BASELINE or drop --retry")
     baseline = load_baseline_arg(args.check_against, root) if args.check_against else None
     if previous is None:
         config = replace(config, data=resolve_data(args))
@@ -534,17 +588,28 @@ def _run(args, argv: list[str], held: contextlib.ExitStack, stops: runner.StopSi
                "machine_label": env.get("machine_label")}
     reporter_class = runner.RichReporter if sys.stderr.isatty() else runner.Reporter
     outcome = runner.Outcome(rows=writer.rows)
+    comparison = None
     try:
         peaks = {} if args.no_peak else measured_peaks(
             runner.peak_combinations(cells), env, root, out / "logs", refresh=False, say=say)
+        hooks = runner.contention_hooks((env.get("cpu") or {}).get("usable_cpus"))
+        theoretical = runner.theoretical_peaks(cells)
         with reporter_class() as reporter:
             outcome = runner.execute(config, cells, writer, context, reporter, out / "logs",
-                                     peaks=peaks, **runner.contention_hooks(
-                                         (env.get("cpu") or {}).get("usable_cpus")))
+                                     peaks=peaks, theoretical=theoretical, **hooks)
+
+            def rerun(todo):
+                return runner.execute(config, todo, writer, context, reporter, out / "logs",
+                                      peaks=peaks, theoretical=theoretical, **hooks)
+
+            if baseline is not None and not outcome.write_error and outcome.stopped_by is None:
+                comparison = check_with_retries(baseline, out, cells, config.repeats, args.max_slowdown,
+                                                args.retry, rerun, outcome, say)
     except runner.Stopped as stop:
         outcome.stopped_by = stop.signum
+        comparison = None
     stops.hold()  # a signal from here on must not cut the summary short
-    return _finish_run(args, planned, writer, env, out, outcome, baseline)
+    return _finish_run(args, planned, writer, env, out, outcome, comparison)
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -614,7 +679,7 @@ def _records(frame) -> list[dict]:
             for row in frame.to_dict(orient="records")]
 
 
-def _finish_run(args, planned, writer, env, out, outcome, baseline) -> int:
+def _finish_run(args, planned, writer, env, out, outcome, comparison) -> int:
     """Summary and plots from what is in memory, then the exit status.
 
     Files first, the printed table last: a closed stdout (``| head``, a hung-up terminal)
@@ -642,17 +707,70 @@ def _finish_run(args, planned, writer, env, out, outcome, baseline) -> int:
                 f"cell(s) finished and kept in {out}; finish it with: python -m bench run --resume {out}")
         return 128 + outcome.stopped_by
     _stderr(f"results: {out}")
-    status = EXIT_CELL_FAILED if (rows["status"] == "failed").any() else EXIT_OK
-    if baseline is not None:
+    if comparison is not None:
+        _print_if_read(regression.comparison_markdown(comparison))
+    failed = rows.loc[rows["status"] == "failed", "cell_id"].tolist()
+    return gate_status(comparison, failed)
+
+
+def check_with_retries(baseline, out: Path, cells, repeats: int, max_slowdown: float, retries: int,
+                       rerun, outcome, say):
+    """Compare the run with the baseline; with ``retries``, measure the cells judged a regression
+    or inconclusive (a busy run, not a busy baseline) again -- fresh workers, the run's number
+    of repeats, appended as further repeats -- and judge each such cell on its latest attempt
+    alone. Earlier attempts stay in runs.csv and are named in the report: nothing is hidden,
+    and a busy attempt does not pollute a quiet one. A real slowdown shows again on every
+    attempt; contention rarely does."""
+    def compare(run):
         try:
-            comparison = regression.compare(baseline, store.read_run(out), args.max_slowdown)
+            return regression.compare(baseline, run, max_slowdown)
         except (regression.BaselineError, store.ResultsError) as exc:
             raise UsageError(str(exc)) from None
-        _print(regression.comparison_markdown(comparison))
-        verdict_status = check_status(comparison)
-        if verdict_status != EXIT_OK:
-            status = verdict_status
-    return status
+
+    comparison = compare(_read_run(out))
+    for attempt in range(1, retries + 1):
+        # a cell inconclusive because the *baseline* was busy cannot be helped by measuring the run again
+        pending = {regression.cell_key(c.key): c for c in comparison.cells
+                   if c.verdict == regression.REGRESSION
+                   or (c.verdict == regression.INCONCLUSIVE and c.busy_side == "run")}
+        if not pending:
+            break
+        run = _read_run(out)
+        matrix_keys = {cell_id.rsplit("_r", 1)[0]
+                       for cell_id, key in zip(run.runs["cell_id"], _row_keys(run.runs)) if key in pending}
+        todo = [replace(c, repeat=c.repeat + attempt * repeats) for c in cells if c.key in matrix_keys]
+        say(f"--retry: measuring {len(pending)} cell(s) again (attempt {attempt + 1} of "
+            f"{retries + 1}): {'; '.join(c.cell for c in pending.values())}")
+        result = rerun(todo)
+        outcome.write_error, outcome.stopped_by = result.write_error, result.stopped_by
+        if result.write_error or result.stopped_by is not None:
+            break
+        run = _read_run(out)
+        fresh = {c.cell_id for c in todo}
+        keys = _row_keys(run.runs)
+        latest = run.runs[[cell_id in fresh or key not in pending
+                           for cell_id, key in zip(run.runs["cell_id"], keys)]]
+        again = compare(replace(run, runs=latest))
+        for cell in again.cells:
+            before = pending.get(regression.cell_key(cell.key))
+            if before is not None:
+                cell.attempts = before.attempts + [
+                    f"{before.verdict} {before.change_pct:+.1f} %"]
+        by_key = {regression.cell_key(c.key): c for c in again.cells}
+        comparison.cells = [by_key.get(regression.cell_key(c.key), c) if regression.cell_key(c.key) in pending
+                            else c for c in comparison.cells]
+    return comparison
+
+
+def _row_keys(runs) -> list[tuple]:
+    return [regression.cell_key(row) for row in runs.to_dict(orient="records")]
+
+
+def _read_run(out: Path):
+    try:
+        return store.read_run(out)
+    except store.ResultsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _steps_frame(writer):
@@ -674,6 +792,203 @@ def display_command(argv: list[str], cwd: Path | None = None) -> str:
         shown.append(token)
     return "python -m bench " + shlex.join(shown)
 
+
+# --------------------------------------------------------------------------- ab
+
+ARMS = ("a", "b")
+#: Asked of each arm's Python: the versions that label it (and land in its env.json).
+ARM_VERSIONS = """
+import json, platform
+from importlib import metadata
+out = {"python": platform.python_version()}
+for name in ("tensorflow", "tensorflow-cpu", "keras", "jax", "torch", "numpy", "cifar-bench"):
+    try:
+        out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+print(json.dumps(out))
+"""
+
+
+def arm_versions(python: Path) -> dict:
+    """The package versions an arm's Python sees; UsageError when it cannot be run."""
+    import subprocess
+
+    try:
+        done = subprocess.run([str(python), "-c", ARM_VERSIONS], capture_output=True, text=True, timeout=120)
+        versions = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        raise UsageError(f"--python {python}: cannot run it ({exc})") from None
+    if not isinstance(versions, dict):
+        raise UsageError(f"--python {python}: exited {done.returncode}: "
+                         f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return versions
+
+
+def arm_label(versions: dict) -> str:
+    names = (("tensorflow", "TensorFlow"), ("tensorflow-cpu", "TensorFlow"), ("jax", "JAX"),
+             ("torch", "PyTorch"), ("keras", "Keras"))
+    shown = dict.fromkeys(f"{label} {versions[name]}" for name, label in names if versions.get(name))
+    return ", ".join(shown) or f"Python {versions.get('python', '?')}"
+
+
+def arm_env(env: dict, versions: dict, python: Path, arm: str) -> dict:
+    """The harness's fingerprint with the arm's own software: arms differ only in their Python."""
+    tensorflow = versions.get("tensorflow") or versions.get("tensorflow-cpu")
+    return {**env, "python": versions.get("python"), "ab_arm": arm, "ab_python": str(python),
+            "ab_label": arm_label(versions),
+            "packages": {**(env.get("packages") or {}),
+                         **{k: v for k, v in versions.items() if k != "python"}},
+            "tensorflow": {**(env.get("tensorflow") or {}), "version": tensorflow,
+                           "keras": versions.get("keras")}}
+
+
+def interleaved(cells: list) -> list[tuple[str, object]]:
+    """(arm, cell) in the order they run: repeats are rounds; within them A B, B A, A B, ...
+    (counterbalanced, so neither arm always runs first, i.e. right after the other's warm caches)."""
+    order = []
+    for position, cell in enumerate(sorted(cells, key=lambda c: c.repeat)):
+        arms = ARMS if position % 2 == 0 else ARMS[::-1]
+        order += [(arm, cell) for arm in arms]
+    return order
+
+
+def cmd_ab(args, argv: list[str]) -> int:
+    if len(args.python) != 2:
+        raise UsageError(f"--python: give it exactly twice (arm A, then arm B), not {len(args.python)} time(s)")
+    json_path = check_report_path("--json", args.json)
+    root = store.results_root(args.results_dir)
+    versions = [arm_versions(python) for python in args.python]
+    config = replace(build_run_config(args), data=resolve_data(args))
+    inventory = devices_module.detect()
+    requested = devices_module.resolve(args.devices or ["all"], inventory)
+    env = environment.fingerprint(inventory)
+    cells = runner.plan_cells(config, requested)
+    try:
+        out = store.claim_run_dir(args.out, root)
+    except OSError as exc:
+        raise UsageError(f"{args.out or store.runs_dir(root)}: cannot create the run directory "
+                         f"({exc.strerror or exc}); choose a new one") from None
+    writers, envs = {}, {}
+    for arm, python, arm_versions_ in zip(ARMS, args.python, versions):
+        envs[arm] = arm_env(env, arm_versions_, python, arm)
+        envs[arm].update(command=display_command(argv), config=config.to_dict(),
+                         devices_requested=args.devices or ["all"], machine_label=args.machine_label)
+        writers[arm] = store.RunWriter(out / arm, f"{out.name}-{arm}")
+        try:
+            (out / arm).mkdir()
+            writers[arm].write_env(envs[arm])
+        except OSError as exc:
+            raise UsageError(f"{out / arm}: cannot write ({exc.strerror or exc})") from None
+    for arm, python in zip(ARMS, args.python):
+        _stderr(f"arm {arm.upper()}: {envs[arm]['ab_label']} ({python})")
+    order = interleaved(cells)
+    _stderr(f"{len(cells)} cell(s) x 2 arms, interleaved -> {out}")
+    hooks = runner.contention_hooks((env.get("cpu") or {}).get("usable_cpus"))
+    theoretical = runner.theoretical_peaks(cells)
+    outcome = runner.Outcome()
+    reporter_class = runner.RichReporter if sys.stderr.isatty() else runner.Reporter
+    with runner.stop_on_signals(), reporter_class() as reporter:
+        try:
+            for index, (arm, cell) in enumerate(order):
+                reporter.say(f"({index + 1}/{len(order)}) arm {arm.upper()}")
+                context = {"run_id": writers[arm].run_id, "system": env["system"],
+                           "git_commit": env["git"]["commit"], "machine_label": args.machine_label}
+                python = args.python[ARMS.index(arm)]
+                step = runner.execute(config, [cell], writers[arm], context, reporter, out / arm / "logs",
+                                      worker_command=[str(python), "-m", "bench.worker"],
+                                      theoretical=theoretical, **hooks)
+                if step.write_error or step.stopped_by is not None:
+                    outcome = step
+                    break
+        except runner.Stopped as stop:
+            outcome.stopped_by = stop.signum
+    failed = []
+    for arm in ARMS:
+        rows = writers[arm].frame()
+        if len(rows):
+            try:
+                store.write_atomically(out / arm / store.SUMMARY_MD, summary.summary_markdown(rows, envs[arm]))
+            except OSError as exc:
+                outcome.write_error = outcome.write_error or f"{out / arm}: {exc.strerror or exc}"
+            failed += [f"arm {arm.upper()} {c}" for c in rows.loc[rows["status"] == "failed", "cell_id"]]
+    if outcome.write_error:
+        _stderr(f"bench: error: {outcome.write_error}")
+        return EXIT_WRITE
+    if outcome.stopped_by is not None:
+        _stderr(f"stopped by {signal.Signals(outcome.stopped_by).name}; what finished is in {out}")
+        return 128 + outcome.stopped_by
+    try:
+        comparison = regression.compare(_read_run(out / "a"), _read_run(out / "b"), args.max_slowdown,
+                                        args.confidence)
+    except regression.BaselineError as exc:
+        _stderr(f"nothing to compare: {exc}")
+        return gate_status(None, failed) or EXIT_CELL_FAILED
+    _print(f"A/B, interleaved: A = {envs['a']['ab_label']} ({args.python[0]}) vs "
+           f"B = {envs['b']['ab_label']} ({args.python[1]}); + means B is slower.\n")
+    _print(regression.comparison_markdown(comparison))
+    _stderr(f"results: {out}/a, {out}/b")
+    if json_path:
+        try:
+            store.write_atomically(json_path, json.dumps(comparison.as_dict(), indent=2) + "\n")
+        except OSError as exc:
+            _stderr(f"bench: error: could not write the report: {exc.strerror or exc}")
+            return EXIT_WRITE
+    return gate_status(comparison, failed)
+
+
+# --------------------------------------------------------------------------- noise
+
+def cmd_noise(args, argv: list[str]) -> int:
+    root = store.results_root(args.results_dir)
+    if bool(args.runs) == bool(args.repeat):
+        raise UsageError("give either --run DIR two or more times, or --repeat N to make N runs now")
+    if args.runs:
+        if len(args.runs) < 2:
+            raise UsageError("--run: give two or more identical runs to compare")
+        runs = [load_run_arg(path, root) for path in args.runs]
+    else:
+        if args.repeat < 2:
+            raise UsageError("--repeat: at least 2 runs are needed to see their spread")
+        base = args.out or store.runs_dir(root) / f"{store.new_run_id()}-noise"
+        runs = []
+        for i in range(args.repeat):
+            one = argparse.Namespace(**{**vars(args), "out": Path(base) / f"run-{i + 1}", "resume": None,
+                                        "rerun_failed": False, "check_against": None, "retry": 0,
+                                        "max_slowdown": 0.10})
+            _stderr(f"noise: run {i + 1} of {args.repeat}")
+            status = cmd_run(one, argv)
+            if status not in (EXIT_OK, EXIT_CELL_FAILED):
+                return status
+            runs.append(_read_run(one.out))
+    try:
+        report = regression.noise_report(runs, args.confidence)
+    except regression.BaselineError as exc:
+        raise UsageError(str(exc)) from None
+    _print(report.table.to_markdown(index=False, disable_numparse=True))
+    _print("")
+    if report.saturated == len(report.table):
+        _print(f"No suggestion: every one of these {len(report.table)} pair-cell(s) had a saturated "
+               f"side (other processes took ≥ {regression.SATURATED_PCT:g} % of the usable CPUs), "
+               "and check calls any difference there inconclusive, at any threshold. Measure on a "
+               f"quieter machine. Statistics alone would need {report.statistics_only_pct:g}%.")
+        return EXIT_INCONCLUSIVE
+    if report.saturated:
+        _print(f"Note: {report.saturated} pair-cell(s) had a saturated side; check calls any "
+               "difference there inconclusive, so they do not constrain the suggestion.")
+    _print(f"Suggested --max-slowdown: {report.suggested_pct:g}%: the smallest threshold at which "
+           f"check, busy-machine rule included, would have flagged none of these "
+           f"{len(report.table)} identical pair-cell(s), each compared both ways (differences that "
+           "contention explains come out inconclusive instead); rounded up to the next 1 %, plus "
+           f"{regression.NOISE_MARGIN_PCT:g} %.")
+    _print(f"Conservative: {report.with_contention_pct:g}% keeps even each interval's upper end "
+           "below the threshold (room for pairs not seen yet), contention rule included; "
+           f"{report.statistics_only_pct:g}% without the rule.")
+    if report.busy:
+        _print(f"Note: {report.busy} pair-cell(s) had a busy side (other processes ≥ "
+               f"{regression.DISTURBED_PCT:g} % of the usable CPUs): expect inconclusive verdicts "
+               "at the suggested threshold; on a quieter machine the spread may be smaller.")
+    return EXIT_OK
 
 # --------------------------------------------------------------------------- summary, readme
 
@@ -867,6 +1182,29 @@ def check_status(comparison) -> int:
     return EXIT_OK
 
 
+def gate_status(comparison, failed_cells: list[str]) -> int:
+    """One exit status for a run that was also checked: regression (1) over a failed cell (4)
+    over inconclusive (3). Every one of them is named on stderr, whichever status wins."""
+    if failed_cells:
+        _stderr("failed: " + "; ".join(failed_cells))
+    if comparison is not None:
+        say_verdicts(comparison)
+    if comparison is not None and comparison.regressions:
+        return EXIT_REGRESSION
+    if failed_cells:
+        return EXIT_CELL_FAILED
+    return check_status(comparison) if comparison is not None else EXIT_OK
+
+
+def say_verdicts(comparison) -> None:
+    if comparison.regressions:
+        _stderr("regression: " + "; ".join(
+            c.cell + (f" ({c.why})" if c.why else "") for c in comparison.regressions))
+    if comparison.inconclusive:
+        _stderr("inconclusive: " + "; ".join(c.cell for c in comparison.inconclusive)
+                + " (machine busy: measure again on a quiet machine, use --retry, or 'bench ab')")
+
+
 def cmd_check(args) -> int:
     root = store.results_root(args.results_dir)
     markdown_path = check_report_path("--markdown", args.markdown)
@@ -889,8 +1227,7 @@ def cmd_check(args) -> int:
     except OSError as exc:
         _stderr(f"bench: error: could not write the report: {exc.strerror or exc}")
         return EXIT_WRITE
-    if comparison.regressions:
-        _stderr("regression: " + "; ".join(c.cell for c in comparison.regressions))
+    say_verdicts(comparison)
     return check_status(comparison)
 
 
@@ -989,7 +1326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return args.func(args, argv) if args.func is cmd_run else args.func(args)
+        return args.func(args, argv) if args.func in (cmd_run, cmd_ab, cmd_noise) else args.func(args)
     except UsageError as exc:
         _stderr(f"bench: error: {exc}")
         return EXIT_USAGE

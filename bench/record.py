@@ -86,6 +86,10 @@ _MEASURED = {
     "peak_tflops": Column("measured peak of the device in this precision, threads and backend "
                           "(large matmul, python -m bench peak)"),
     "efficiency_pct": Column("100 x achieved_tflops / peak_tflops"),
+    "theoretical_tflops": Column("theoretical peak of the device in this precision: datasheet (GPU) "
+                                 "or cores x clock x FLOPs/cycle scaled to the usable CPUs (CPU)"),
+    "efficiency_theoretical_pct": Column("100 x achieved_tflops / theoretical_tflops"),
+    "theoretical_basis": Column("how theoretical_tflops was reached, or why it is unknown", "text"),
     "usable_cpus": Column("CPUs the worker could use (affinity and cgroup quota)"),
     "other_cpu_pct": Column("CPU used by other processes while the cell ran, % of the usable CPUs"),
     "steal_pct": Column("CPU time stolen by the hypervisor while the cell ran, % of wall time"),
@@ -155,10 +159,11 @@ def failed_row(planned_: dict, reason: str, contention: dict | None = None) -> "
 
 
 def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
-           contention: dict | None = None) -> "RunRow":
+           contention: dict | None = None, theoretical=None) -> "RunRow":
     """A measured cell: the worker's typed result condensed into the schema's columns.
 
     ``peak`` is the device's measured peak in the cell's precision ({"tflops": ...});
+    ``theoretical`` its :class:`bench.hardware.Peak` (tflops may be None, with the reason);
     ``contention`` what :mod:`bench.contention` saw while the cell ran.
     A cell with no steady step is a clear ``ok`` row without steady figures, and says so.
     """
@@ -212,6 +217,10 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
         if peak:
             values.update(peak_tflops=peak["tflops"],
                           efficiency_pct=100 * values["achieved_tflops"] / peak["tflops"])
+        if theoretical is not None:
+            values.update(theoretical_tflops=theoretical.tflops, theoretical_basis=theoretical.basis)
+            if theoretical.tflops:
+                values["efficiency_theoretical_pct"] = 100 * values["achieved_tflops"] / theoretical.tflops
     else:
         values["reason"] = (f"no steady steps: all {values['steps']} step(s) were warm-up; "
                             "lower --warmup or raise --steps")

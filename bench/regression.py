@@ -9,6 +9,11 @@ of median step times (current / baseline) with a bootstrap confidence interval
 (hierarchical over repeats when a side has several). A cell is
 a regression only when the whole interval lies above ``1 + max_slowdown``, faster when the
 whole interval lies below ``1 / (1 + max_slowdown)``, and otherwise within noise.
+
+Then the machine gets its say (:func:`contention_verdict`): a verdict that contention alone
+could have produced is replaced by *inconclusive: machine busy*, naming the side and how
+busy it was. An environment change (fewer usable CPUs, another framework or driver) is not
+noise: it stays a regression, with the change named as its likely cause.
 """
 
 from __future__ import annotations
@@ -23,8 +28,22 @@ from bench import matrix, stats
 from bench.matrix import MATCH_KEYS
 from bench.store import BaselineError, Run
 
-REGRESSION, FASTER, WITHIN_NOISE = "regression", "faster", "within noise"
+REGRESSION, FASTER, WITHIN_NOISE, INCONCLUSIVE = "regression", "faster", "within noise", "inconclusive"
+#: `bench noise` adds this to the largest spread seen between identical runs.
+NOISE_MARGIN_PCT = 1.0
+#: A side counts as disturbed only when other processes (+ steal) took at least this share
+#: of its usable CPUs, or another process used its GPU: a worker share that fell on a quiet
+#: machine is the code's doing (a real regression can serialise work), not contention.
+DISTURBED_PCT = 10.0
+#: A side on which other processes (+ steal) took at least half the usable CPUs was saturated:
+#: the worker's threads competed with as many runnable threads as it had CPUs, and its speed
+#: no longer follows the measured shares. Measured here: identical runs at 56-78 % other load
+#: differed by up to 2x with equal shares (24 % vs 25 % worker), and one with *less* load
+#: (59 % vs 67 %) was 35 % slower. Such a side cannot show a regression or a speed-up.
+SATURATED_PCT = 50.0
 
+#: The ENV_FIELDS that are the hardware a worker may use, not its software.
+RESOURCE_FIELDS = ("CPU model", "logical CPUs", "CPUs usable by the process", "memory", "GPUs")
 #: (label, where in env.json) of what can change a measurement between two runs.
 ENV_FIELDS = (
     ("OS", ("system",)), ("CPU model", ("cpu", "model")), ("logical CPUs", ("cpu", "logical_cpus")),
@@ -61,6 +80,131 @@ def decide(baseline, current, max_slowdown: float = 0.10, confidence: float = 0.
     return Verdict(ratio, low, high, verdict)
 
 
+@dataclass(frozen=True)
+class SideContention:
+    """What else used the machine while one side's repeats of a cell ran (means over repeats).
+
+    pressure_pct    other processes' CPU + steal, % of the usable CPUs (0-100)
+    worker_pct      the worker's CPU share, % of the usable CPUs
+    usable_cpus     the CPUs the worker could use
+    gpu_others      other processes seen on the cell's GPU (most over repeats), None: not measured
+    """
+
+    pressure_pct: float
+    worker_pct: float | None
+    usable_cpus: float | None
+    gpu_others: int | None = None
+
+    @property
+    def available_pct(self) -> float:
+        """The share of its usable CPUs the worker could have had (at least 1 %)."""
+        return max(1.0, 100.0 - self.pressure_pct)
+
+    @property
+    def disturbed(self) -> bool:
+        return self.pressure_pct >= DISTURBED_PCT or bool(self.gpu_others)
+
+    @property
+    def saturated(self) -> bool:
+        return self.pressure_pct >= SATURATED_PCT
+
+    def describe(self) -> str:
+        cpus = f" of the {self.usable_cpus:g} usable CPUs" if self.usable_cpus else ""
+        text = f"other processes used {self.pressure_pct:.0f} %{cpus}"
+        if self.gpu_others:
+            text += f"; {self.gpu_others} other process(es) on the GPU"
+        return text
+
+
+def side_contention(rows: pd.DataFrame) -> SideContention | None:
+    """The contention of one side's ok rows of a cell, or None for runs that did not record it."""
+    if "other_cpu_pct" not in rows or rows["other_cpu_pct"].isna().all():
+        return None
+
+    def mean(column):
+        values = pd.to_numeric(rows[column], errors="coerce") if column in rows else pd.Series(dtype=float)
+        return float(values.mean()) if values.notna().any() else None
+
+    pressure = (mean("other_cpu_pct") or 0.0) + (mean("steal_pct") or 0.0)
+    gpu = pd.to_numeric(rows["gpu_other_processes"], errors="coerce") if "gpu_other_processes" in rows else None
+    return SideContention(pressure_pct=min(100.0, max(0.0, pressure)), worker_pct=mean("worker_cpu_pct"),
+                          usable_cpus=mean("usable_cpus"),
+                          gpu_others=int(gpu.max()) if gpu is not None and gpu.notna().any() else None)
+
+
+def contention_factor(quiet: SideContention, busy: SideContention) -> float:
+    """How much slower contention alone could have made ``busy`` than ``quiet`` (1: not at all).
+
+    Shares are % of each side's *own* usable CPUs, so a change in usable CPUs (an environment
+    change, reported as such) is not counted as contention. Two measures, the larger wins:
+    the share of the CPUs left to the worker (100 - other - steal) and the worker's own CPU
+    share. Counted only when ``busy`` was disturbed (see :data:`DISTURBED_PCT`); a GPU that
+    other processes used cannot be quantified and explains any difference.
+    """
+    if not busy.disturbed:
+        return 1.0
+    if busy.gpu_others and not quiet.gpu_others:
+        return math.inf
+    factor = quiet.available_pct / busy.available_pct
+    if quiet.worker_pct and busy.worker_pct:
+        factor = max(factor, quiet.worker_pct / max(busy.worker_pct, 1.0))
+    return factor
+
+
+def contention_verdict(verdict: str, baseline: SideContention | None, current: SideContention | None,
+                       max_slowdown: float, resources_changed: bool = False) -> tuple[str, str, str]:
+    """(verdict, why, busy side) once contention is considered: ``why`` and the side ("run" or
+    "baseline") are empty when contention changed nothing.
+
+    The rule: multithreaded steps wait for their slowest thread, so losing x % of the CPUs can
+    cost far more than x % of the speed. The measured shares are therefore a lower bound of
+    the harm, and a verdict is kept only when contention could *not* have crossed the
+    threshold by itself:
+
+    - regression: inconclusive when the run was disturbed and its contention factor against
+      the baseline (:func:`contention_factor`) reaches 1 + max_slowdown;
+    - faster or within noise: inconclusive when the *baseline* was disturbed that much (it
+      was slowed: a faster run may be an illusion, a regression may hide);
+    - a run slower while the baseline was the busy one stays a regression (contention there
+      only shrinks the measured slowdown), and so does anything with equal contention on
+      both sides (an interleaved A/B) -- unless a side was *saturated* (other processes took
+      half its CPUs or more, :data:`SATURATED_PCT`): then speed does not follow the shares,
+      and a regression or a speed-up is inconclusive whatever the balance. Not so when the
+      hardware the worker may use changed (``resources_changed``: fewer usable CPUs, another
+      CPU or GPU): that change is a known cause of its own, and the shares, being of each
+      side's own CPUs, already put the two sides on one scale.
+
+    Without contention records on both sides (older runs) the verdict stands as it was.
+    """
+    if baseline is None or current is None:
+        return verdict, "", ""
+    limit = 1 + max_slowdown
+    if verdict == REGRESSION:
+        if contention_factor(baseline, current) >= limit:
+            return INCONCLUSIVE, ("inconclusive: machine busy during the run ("
+                                  + _busy_text(current, baseline, "the baseline") + ")"), "run"
+    elif contention_factor(current, baseline) >= limit:
+        what = "a speed-up may be an illusion" if verdict == FASTER else "a slowdown may hide"
+        return INCONCLUSIVE, ("inconclusive: machine busy during the baseline ("
+                              + _busy_text(baseline, current, "the run") + f"; {what})"), "baseline"
+    if verdict in (REGRESSION, FASTER) and not resources_changed and (current.saturated
+                                                                     or baseline.saturated):
+        side, busy, other, other_name = (("run", current, baseline, "the baseline") if current.saturated
+                                         else ("baseline", baseline, current, "the run"))
+        return INCONCLUSIVE, (f"inconclusive: machine saturated during the {side} ("
+                              + _busy_text(busy, other, other_name)
+                              + f"; at ≥ {SATURATED_PCT:g} % other load speed does not follow the "
+                                "CPU shares)"), side
+    return verdict, "", ""
+
+
+def _busy_text(busy: SideContention, other: SideContention, other_name: str) -> str:
+    text = busy.describe()
+    if busy.worker_pct is not None and other.worker_pct is not None:
+        text += f"; worker {busy.worker_pct:.0f} % vs {other.worker_pct:.0f} % in {other_name}"
+    return text
+
+
 @dataclass
 class CellComparison:
     cell: str
@@ -75,6 +219,14 @@ class CellComparison:
     current_steps: int
     baseline_repeats: int = 1
     current_repeats: int = 1
+    statistical_verdict: str = ""   # from the step times alone, before contention was considered
+    why: str = ""                   # why inconclusive, or a regression's likely cause
+    busy_side: str = ""             # inconclusive: "run" or "baseline", the side that was busy
+    baseline_contention: str = ""   # "other 3 %, worker 85 %" (empty: not recorded)
+    current_contention: str = ""
+    baseline_pressure_pct: float | None = None   # other processes' CPU + steal, % of usable CPUs
+    current_pressure_pct: float | None = None
+    attempts: list[str] = field(default_factory=list)  # with --retry: earlier attempts' verdicts
 
 
 @dataclass
@@ -93,6 +245,10 @@ class Comparison:
     def regressions(self) -> list[CellComparison]:
         return [c for c in self.cells if c.verdict == REGRESSION]
 
+    @property
+    def inconclusive(self) -> list[CellComparison]:
+        return [c for c in self.cells if c.verdict == INCONCLUSIVE]
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -102,15 +258,29 @@ class Comparison:
 SETTINGS_MATCH_KEYS = ("device_type", "device_id", *(d.name for d in matrix.DIMENSIONS))
 
 
-def _keyed(run: Run, keys: tuple[str, ...] = MATCH_KEYS) -> dict[tuple, tuple[dict, list[np.ndarray]]]:
-    """Each matched cell's key -> (key as dict, steady step times of each ok repeat)."""
+def _keyed(run: Run, keys: tuple[str, ...] = MATCH_KEYS
+           ) -> dict[tuple, tuple[dict, list[np.ndarray], SideContention | None]]:
+    """Each matched cell's key -> (key as dict, steady step times of each ok repeat, contention)."""
     ok = run.runs[run.runs["status"] == "ok"]
     cells = {}
     for key, group in ok.groupby(list(keys), sort=False, dropna=False):
         repeats = [steps for steps in map(run.steady_steps, group["cell_id"]) if len(steps)]
         if repeats:
-            cells[tuple(str(matrix.plain(v)) for v in key)] = (dict(zip(keys, key)), repeats)
+            cells[tuple(str(matrix.plain(v)) for v in key)] = (dict(zip(keys, key)), repeats,
+                                                               side_contention(group))
     return cells
+
+
+def cell_key(spec: dict) -> tuple:
+    """The key :func:`compare` matches cells by, from a row or a CellComparison's ``key``."""
+    return tuple(str(matrix.plain(spec[k])) for k in MATCH_KEYS)
+
+
+def _contention_text(side: SideContention | None) -> str:
+    if side is None:
+        return ""
+    worker = f", worker {side.worker_pct:.0f} %" if side.worker_pct is not None else ""
+    return f"other {side.pressure_pct:.0f} %{worker}"
 
 
 def _lookup(env: dict, path: tuple[str, ...]):
@@ -146,7 +316,7 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
     """
     base_cells, cur_cells = _keyed(baseline, match_keys), _keyed(current, match_keys)
     matched = [k for k in cur_cells if k in base_cells]
-    varying = matrix.varying_dimensions([pd.DataFrame([spec for spec, _ in cells.values()])
+    varying = matrix.varying_dimensions([pd.DataFrame([spec for spec, _, _ in cells.values()])
                                          for cells in (base_cells, cur_cells) if cells])
 
     def _cell_label(key: dict) -> str:
@@ -164,19 +334,33 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             f"nothing to compare: no cell of {current.directory} matches one of {baseline.directory} "
             f"(by {', '.join(match_keys)}); baseline has {len(base_cells)} cell(s), run has "
             f"{len(cur_cells)}")
+    resources_changed = any(d.startswith(f"{label}:") for d in comparison.environment_differences
+                            for label in RESOURCE_FIELDS)
     for key in matched:
-        spec, base = base_cells[key]
-        _, cur = cur_cells[key]
+        spec, base, base_load = base_cells[key]
+        _, cur, cur_load = cur_cells[key]
         verdict = decide(base, cur, max_slowdown, confidence)
+        final, why, busy_side = contention_verdict(verdict.verdict, base_load, cur_load, max_slowdown,
+                                                   resources_changed=resources_changed)
+        changed = "; ".join(comparison.environment_differences)
+        if final == REGRESSION and changed:
+            why = f"likely cause: {changed}"
+        elif final == INCONCLUSIVE and changed and verdict.verdict == REGRESSION:
+            why += f"; the environment changed too: {changed}"
         batch = float(spec["batch_size"])
         comparison.cells.append(CellComparison(
             cell=_cell_label(spec), key={k: str(matrix.plain(v)) for k, v in spec.items()},
             baseline_images_per_s=batch / float(np.median(np.concatenate(base))),
             current_images_per_s=batch / float(np.median(np.concatenate(cur))),
             change_pct=(verdict.ratio - 1) * 100, low_pct=(verdict.low - 1) * 100,
-            high_pct=(verdict.high - 1) * 100, verdict=verdict.verdict,
+            high_pct=(verdict.high - 1) * 100, verdict=final,
             baseline_steps=sum(map(len, base)), current_steps=sum(map(len, cur)),
-            baseline_repeats=len(base), current_repeats=len(cur)))
+            baseline_repeats=len(base), current_repeats=len(cur),
+            statistical_verdict=verdict.verdict, why=why, busy_side=busy_side,
+            baseline_contention=_contention_text(base_load),
+            current_contention=_contention_text(cur_load),
+            baseline_pressure_pct=base_load.pressure_pct if base_load else None,
+            current_pressure_pct=cur_load.pressure_pct if cur_load else None))
     return comparison
 
 
@@ -219,19 +403,94 @@ def _device_names(run: Run) -> dict[str, str]:
     return {str(i): str(n) for i, n in zip(ok["device_id"], ok["device_name"])}
 
 
+@dataclass
+class NoiseReport:
+    """Identical runs compared pairwise (see :func:`noise_report`)."""
+
+    table: pd.DataFrame
+    suggested_pct: float          # check (rule included) would have flagged none of the pairs
+    with_contention_pct: float    # conservative: above every interval's upper end the rule leaves
+    statistics_only_pct: float    # conservative, without the rule: above every upper end
+    busy: int                     # pair-cells with a disturbed side
+    saturated: int = 0            # pair-cells with a saturated side: the rule never judges them
+
+
+def noise_report(runs: list[Run], confidence: float = 0.95) -> NoiseReport:
+    """Identical runs compared pairwise, in both directions (either could be the baseline).
+
+    Each threshold is the smallest whole percent that passes, plus :data:`NOISE_MARGIN_PCT`:
+
+    - suggested: check, busy-machine rule included, would have flagged none of the pairs
+      (no interval wholly past the threshold that contention does not explain);
+    - conservative: no interval's *upper end* reaches past the threshold, either way round
+      (high, and 1/low for the reverse), unless contention explains it -- room for pairs
+      not seen yet;
+    - statistics only: the conservative one without the rule (the brief, classical bound).
+    """
+    from itertools import combinations
+
+    rows, judged, busy, saturated = [], [], 0, 0
+    for (i, first), (j, second) in combinations(enumerate(runs, 1), 2):
+        comparison = compare(first, second, max_slowdown=0.10, confidence=confidence)
+        sides_first, sides_second = _keyed(first), _keyed(second)
+        for c in comparison.cells:
+            low, high = 1 + c.low_pct / 100, 1 + c.high_pct / 100
+            bound = 100 * max(high - 1, 1 / low - 1)
+            a, b = sides_first[cell_key(c.key)][2], sides_second[cell_key(c.key)][2]
+            judged += [(low, high, a, b), (1 / high, 1 / low, b, a)]
+            busy += any((pressure or 0.0) >= DISTURBED_PCT
+                        for pressure in (c.baseline_pressure_pct, c.current_pressure_pct))
+            saturated += any((pressure or 0.0) >= SATURATED_PCT
+                             for pressure in (c.baseline_pressure_pct, c.current_pressure_pct))
+            rows.append({"Runs": f"{i} vs {j}", "Cell": c.cell, "Step time change": f"{c.change_pct:+.1f} %",
+                         f"{confidence * 100:g} % interval": f"[{c.low_pct:+.1f} %, {c.high_pct:+.1f} %]",
+                         "Largest slowdown allowed (either way)": f"{bound:.1f} %",
+                         "Machine (first / second)": f"{c.baseline_contention or '?'} / "
+                                                     f"{c.current_contention or '?'}"})
+    statistics_only = max((100 * (high - 1) for _, high, _, _ in judged), default=0.0)
+
+    def alarms(threshold_pct: float, end: int) -> int:
+        """Directed pairs whose interval (its low end, or its high end) lies past the threshold
+        and whose contention would not make a regression of them inconclusive."""
+        t = threshold_pct / 100
+        return sum(bounds[end] > 1 + t and contention_verdict(REGRESSION, base, cur, t)[0] == REGRESSION
+                   for *bounds, base, cur in judged)
+
+    def smallest(end: int) -> float:
+        top = math.ceil(statistics_only)
+        return next((t for t in range(1, top + 1) if not alarms(t, end)), top) + NOISE_MARGIN_PCT
+
+    return NoiseReport(pd.DataFrame(rows), smallest(0), smallest(1),
+                       math.ceil(statistics_only) + NOISE_MARGIN_PCT, busy, saturated)
+
+
 # --------------------------------------------------------------------------- reports
+
+def verdict_text(cell: CellComparison) -> str:
+    """The verdict as a table shows it: a regression loud, with its likely cause; the reason
+    an inconclusive cell could not be judged; earlier attempts when --retry re-measured it."""
+    text = cell.verdict.upper() if cell.verdict == REGRESSION else cell.verdict
+    if cell.why:
+        text = cell.why if cell.verdict == INCONCLUSIVE else f"{text}, {cell.why}"
+    if cell.attempts:
+        text += f" (attempt {len(cell.attempts) + 1}; before: {', '.join(cell.attempts)})"
+    return text
+
 
 def comparison_frame(comparison: Comparison) -> pd.DataFrame:
     level = f"{comparison.confidence * 100:g} %"
+    measured = any(c.baseline_contention or c.current_contention for c in comparison.cells)
     return pd.DataFrame([{
         "Cell": c.cell,
         "Baseline images/s": f"{c.baseline_images_per_s:,.1f}",
         "Current images/s": f"{c.current_images_per_s:,.1f}",
         "Step time change": f"{c.change_pct:+.1f} %",
         f"{level} interval": f"[{c.low_pct:+.1f} %, {c.high_pct:+.1f} %]",
-        "Verdict": c.verdict.upper() if c.verdict == REGRESSION else c.verdict,
+        "Verdict": verdict_text(c),
         "Steady steps (base/current)": f"{c.baseline_steps}/{c.current_steps}",
         "Repeats": f"{c.baseline_repeats}/{c.current_repeats}",
+        **({"Machine (base / current)": f"{c.baseline_contention or '?'} / {c.current_contention or '?'}"}
+           if measured else {}),
     } for c in comparison.cells])
 
 
@@ -239,7 +498,8 @@ def comparison_markdown(comparison: Comparison) -> str:
     threshold = comparison.max_slowdown * 100
     lines = [
         f"Baseline `{comparison.baseline}` vs run `{comparison.current}`: "
-        f"{len(comparison.regressions)} regression(s) in {len(comparison.cells)} matched cell(s).",
+        f"{len(comparison.regressions)} regression(s), {len(comparison.inconclusive)} inconclusive "
+        f"in {len(comparison.cells)} matched cell(s).",
         "",
         comparison_frame(comparison).to_markdown(index=False, disable_numparse=True),
         "",
@@ -250,6 +510,13 @@ def comparison_markdown(comparison: Comparison) -> str:
         f"- Regression: the whole interval above +{threshold:g} % (--max-slowdown). Faster: the "
         f"whole interval below {(1 / (1 + comparison.max_slowdown) - 1) * 100:+.1f} %. Otherwise "
         "within noise.",
+        f"- Inconclusive (machine busy): contention alone could have moved the step time by "
+        f"{threshold:g} %: on the slower-looking side other processes (+ steal) took ≥ "
+        f"{DISTURBED_PCT:g} % of the usable CPUs, and the CPU share left to the worker, or the "
+        f"worker's own CPU share, was ≥ {threshold:g} % smaller than on the other side (or another "
+        "process used the GPU). Machine: other processes' CPU + steal and the worker's CPU, % "
+        "of the usable CPUs, mean over repeats. Measure again on a quiet machine, or with "
+        "`bench ab` (both sides interleaved, so load hits both alike).",
     ]
     for label, cells in (("only in the baseline", comparison.only_in_baseline),
                          ("only in the run", comparison.only_in_current)):
@@ -258,7 +525,8 @@ def comparison_markdown(comparison: Comparison) -> str:
     lines += [f"- {note}" for note in comparison.notes]
     if comparison.environment_differences:
         lines.append("- WARNING: the environments differ: "
-                     + "; ".join(comparison.environment_differences) + ".")
+                     + "; ".join(comparison.environment_differences)
+                     + ". A change of environment is not noise: a regression names it as its likely cause.")
     return "\n".join(lines) + "\n"
 
 

@@ -266,6 +266,16 @@ class RichReporter(Reporter):
             pass
 
 
+def theoretical_peaks(cells: list[matrix.Cell]) -> dict:
+    """The theoretical peak of each (device, precision) the cells use, for this process's CPUs."""
+    from bench import hardware
+
+    wanted = {(c.device.id, c["precision"]): c.device.device for c in cells
+              if c.device.device is not None and c.device.device.usable}
+    return {(device_id, precision): hardware.peak(device, precision)
+            for (device_id, precision), device in wanted.items()}
+
+
 def contention_hooks(usable_cpus: float | None, interval_s: float = 0.5) -> dict:
     """``execute``'s hooks that sample what else used the machine while each worker ran."""
     from bench.contention import ContentionSampler
@@ -307,12 +317,14 @@ def skip_reason(cell: matrix.Cell) -> str | None:
 def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, context: dict,
             reporter: Reporter, log_dir: Path, worker_command=process.WORKER_COMMAND,
             peaks: dict | None = None, watch: Callable[[int, matrix.Cell], object] | None = None,
-            contention_columns: Callable[[object], dict] = lambda watched: {}) -> Outcome:
+            contention_columns: Callable[[object], dict] = lambda watched: {},
+            theoretical: dict | None = None) -> Outcome:
     """Run every cell; each outcome becomes a row on disk before the next cell starts.
 
     ``context`` holds the run-wide row values (run id, system, git commit, machine label);
     ``peaks`` the measured peak of each (device, precision, threads, backend), for the
-    efficiency columns; ``watch(pid, cell)`` starts a contention sampler for a worker and
+    efficiency columns; ``theoretical`` the theoretical peak (:class:`bench.hardware.Peak`) of
+    each (device, precision); ``watch(pid, cell)`` starts a contention sampler for a worker and
     ``contention_columns`` turns what it saw into row values. A :class:`Stopped` ends the
     loop after the running worker is killed; every finished row is already on disk.
     """
@@ -345,7 +357,8 @@ def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, cont
                     row = record.failed_row(planned, result.reason, contention)
                 else:
                     peak = peaks.get((cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"]))
-                    row = record.ok_row(planned, result.result, peak=peak, contention=contention)
+                    row = record.ok_row(planned, result.result, peak=peak, contention=contention,
+                                        theoretical=(theoretical or {}).get((cell.device.id, cell["precision"])))
                     steps = record.step_rows(context["run_id"], cell.cell_id, result.result.train["records"])
                 if result.log_error:
                     reporter.say(f"warning: {result.log_error}")

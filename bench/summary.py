@@ -83,6 +83,7 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
             "Speed-up vs CPU": _speedup(first, runs, median_step),
             "TFLOP/s": number(ok["achieved_tflops"].median(), ".3f"),
             "Efficiency": number(ok["efficiency_pct"].median(), ".0f", " %"),
+            "Efficiency (theoretical)": number(_median(ok, "efficiency_theoretical_pct"), ".1f", " %"),
             "Est. notebook run": format_duration(ok["projected_seed_run_s"].median()),
         })
         if ok["unsynced_images_per_s"].notna().any():
@@ -92,6 +93,10 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
             row["Repeats"] = f"{len(ok)}/{len(group)}"
         rows.append(row)
     return pd.DataFrame(rows).fillna("–")
+
+
+def _median(rows: pd.DataFrame, column: str) -> float | None:
+    return rows[column].median() if column in rows else None
 
 
 def _system(row: pd.Series) -> str:
@@ -166,7 +171,9 @@ def describe_settings(runs: pd.DataFrame, env: dict | None = None) -> list[str]:
             "**TFLOP/s**: analytic training FLOPs per image (forward + backward of the conv and "
             f"dense layers, {number(first['flops_per_image'] / 1e6, '.1f', ' M')}) × images/s. "
             "**Efficiency**: TFLOP/s ÷ the device's measured peak in that precision, thread count "
-            "and backend (a large dense matrix multiply, `python -m bench peak`).",
+            "and backend (a large dense matrix multiply, `python -m bench peak`). "
+            "**Efficiency (theoretical)**: TFLOP/s ÷ the device's theoretical peak in that "
+            "precision: " + _theoretical_basis(ok) + ".",
             f"**Est. notebook run**: projected time of the notebook's training ({NOTEBOOK_EPOCHS} "
             f"epochs of {NOTEBOOK_TRAIN_IMAGES:,} images) at the mean steady step time: an estimate, "
             "not a measurement.",
@@ -186,8 +193,36 @@ def describe_settings(runs: pd.DataFrame, env: dict | None = None) -> list[str]:
              and len(measured)]
     if fixed:
         notes.append("All rows: " + ", ".join(fixed) + ".")
-    notes += (_cpu_notes(runs, env) + _precision_notes(ok, env) + _contention_notes(ok)
-              + _skipped_notes(runs, env))
+    notes += (_impossible_efficiency_notes(ok) + _cpu_notes(runs, env) + _precision_notes(ok, env)
+              + _contention_notes(ok) + _skipped_notes(runs, env))
+    return notes
+
+
+def _theoretical_basis(ok: pd.DataFrame) -> str:
+    """Each distinct basis of the theoretical peaks, once (one per device and precision)."""
+    if "theoretical_basis" not in ok or ok["theoretical_basis"].isna().all():
+        return "not recorded for this run"
+    shown = []
+    for (device, precision), group in ok.groupby(["device_id", "precision"], sort=False):
+        basis = group["theoretical_basis"].dropna()
+        tflops = group["theoretical_tflops"].dropna()
+        if len(basis):
+            figure = f"{tflops.iloc[0]:.3f} TFLOP/s, " if len(tflops) else ""
+            shown.append(f"{device} {precision}: {figure}{basis.iloc[0]}")
+    return "; ".join(shown)
+
+
+def _impossible_efficiency_notes(ok: pd.DataFrame) -> list[str]:
+    """Efficiency above 100 % is never a fast run: the yardstick is wrong. Say so loudly, per cell."""
+    notes = []
+    for column, yardstick in (("efficiency_pct", "measured peak"),
+                              ("efficiency_theoretical_pct", "theoretical peak")):
+        if column not in ok:
+            continue
+        for _, row in ok[ok[column] > 100].iterrows():
+            notes.append(f"**WARNING — harness bug**: {row['cell_id']} reached {row[column]:.0f} % of its "
+                         f"{yardstick}; no run can exceed its peak, so that peak is wrong (measured "
+                         "with other CPUs or settings than the cell's?). Do not trust this row's efficiency.")
     return notes
 
 

@@ -15,6 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO_ROOT.parent / "shared" / "datasets" / "cifar-10-batches-py"
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+# Subprocesses (python -m bench, the workers) must import this checkout, not whichever copy
+# the virtual environment installed (a worktree shares its venv with the main checkout).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 
 def fake_batch(name: str, n: int) -> tuple[np.ndarray, list[int]]:

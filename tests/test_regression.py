@@ -218,31 +218,104 @@ def test_baseline_save_command(tmp_path):
     assert check.returncode == 0, check.stderr
 
 
-QUICK = ["run", "--devices", "cpu", "--batch-sizes", "32", "--steps", "40", "--warmup", "5",
-         "--data", "synthetic", "--synthetic-images", "1280"]
+FAKE_WORKER = Path(__file__).parent / "helpers" / "fake_worker.py"
+
+
+def fake_python(directory: Path, name: str, slowdown: float = 1.0) -> Path:
+    """A stand-in for an environment's python: ``-m bench.worker`` starts the fake worker with
+    a deterministic slowdown (its steps report ``slowdown`` times longer), anything else is
+    the real interpreter (``bench ab`` asks it for its package versions)."""
+    script = directory / name
+    script.write_text(f"""#!/bin/sh
+if [ "$1" = "-m" ]; then
+    FAKE_WORKER_SLOWDOWN={slowdown} exec {sys.executable} {FAKE_WORKER}
+fi
+exec {sys.executable} "$@"
+""")
+    script.chmod(0o755)
+    return script
+
+
+AB = ["--devices", "cpu", "--batch-sizes", "32", "--steps", "12", "--warmup", "2", "--repeats", "2",
+      "--data", "synthetic", "--synthetic-images", "1280", "--precision", "fp32"]
+
+
+def recorded_verdict(out: Path, statistical: str) -> str:
+    """The verdict the contention rule gives ``statistical`` from what the arms recorded."""
+    sides = [regression.side_contention(store.read_run(out / arm).runs) for arm in ("a", "b")]
+    return regression.contention_verdict(statistical, *sides, 0.10)[0]
+
+
+def test_ab_flags_a_deterministic_3x_slowdown_and_never_an_identical_arm(tmp_path):
+    """Load can neither fake nor hide what this checks: the fake worker's step times do not
+    depend on the machine, so the statistics are fixed (identical: +0 %, slow arm: +200 %),
+    and only the measured contention may turn a verdict into 'inconclusive' -- never an
+    identical arm into a regression, never the slow arm into a pass."""
+    same_a, same_b = fake_python(tmp_path, "python-a"), fake_python(tmp_path, "python-b")
+    slow = fake_python(tmp_path, "python-slow", slowdown=3)
+
+    identical = bench("ab", "--python", same_a, "--python", same_b, *AB, "--out", tmp_path / "same",
+                      "--json", tmp_path / "same.json", cwd=tmp_path)
+    report = json_cells(identical, tmp_path / "same.json")
+    assert report["statistical_verdict"] == regression.WITHIN_NOISE, identical.stdout + identical.stderr
+    assert report["verdict"] in (regression.WITHIN_NOISE, regression.INCONCLUSIVE)
+    assert report["verdict"] == recorded_verdict(tmp_path / "same", regression.WITHIN_NOISE)
+    assert identical.returncode == (0 if report["verdict"] == regression.WITHIN_NOISE else 3)
+
+    slower = bench("ab", "--python", same_a, "--python", slow, *AB, "--out", tmp_path / "slow",
+                   "--json", tmp_path / "slow.json", cwd=tmp_path)
+    report = json_cells(slower, tmp_path / "slow.json")
+    assert report["statistical_verdict"] == regression.REGRESSION, slower.stdout + slower.stderr
+    assert report["change_pct"] == pytest.approx(200, abs=1)
+    assert report["verdict"] == recorded_verdict(tmp_path / "slow", regression.REGRESSION)
+    assert slower.returncode == (1 if report["verdict"] == regression.REGRESSION else 3)
+    assert "regression: CPU" in slower.stderr or "machine busy during the run" in slower.stdout
+    # the arms ran interleaved, A B then B A, each repeat a fresh worker
+    started = [pd.read_csv(tmp_path / "slow" / arm / store.RUNS_CSV)["cell_id"].tolist() for arm in "ab"]
+    assert started == [["cpu_bs32_tf_fp32_xla-auto_thr0_spe1_data-host_r0",
+                        "cpu_bs32_tf_fp32_xla-auto_thr0_spe1_data-host_r1"]] * 2
+    assert (tmp_path / "slow" / "a" / store.SUMMARY_MD).exists()
+
+
+def json_cells(done: subprocess.CompletedProcess, report: Path) -> dict:
+    """The one compared cell of a ``bench ab --json`` report."""
+    assert report.exists(), done.stdout + done.stderr
+    cells = json.loads(report.read_text())["cells"]
+    assert len(cells) == 1
+    return cells[0]
+
+
+@pytest.mark.slow
+def test_identical_real_runs_are_never_a_regression(tmp_path):
+    """The real worker, the same Python twice, interleaved: within noise, or inconclusive when
+    the recorded contention says the machine was too busy -- never a regression."""
+    done = bench("ab", "--python", sys.executable, "--python", sys.executable, "--devices", "cpu",
+                 "--batch-sizes", "32", "--steps", "20", "--warmup", "3", "--data", "synthetic",
+                 "--synthetic-images", "1280", "--no-eval", "--out", tmp_path / "ab", cwd=tmp_path,
+                 timeout=600)
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    assert "REGRESSION" not in done.stdout
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/bin/taskset").exists() and not Path("/bin/taskset").exists(),
                     reason="needs taskset (util-linux)")
-def test_end_to_end_identical_runs_pass_and_a_single_core_run_is_flagged(tmp_path):
-    first = bench(*QUICK, "--out", tmp_path / "first", cwd=tmp_path, timeout=300)
+def test_a_run_pinned_to_one_cpu_names_the_environment_change(tmp_path):
+    quick = ["run", "--devices", "cpu", "--batch-sizes", "32", "--steps", "20", "--warmup", "3",
+             "--data", "synthetic", "--synthetic-images", "1280", "--no-eval", "--no-peak"]
+    first = bench(*quick, "--out", tmp_path / "first", cwd=tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr
-    second = bench(*QUICK, "--out", tmp_path / "second", "--check-against", tmp_path / "first",
-                   cwd=tmp_path, timeout=300)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "within noise" in second.stdout and "REGRESSION" not in second.stdout
-    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "bench", *QUICK, "--out",
+    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "bench", *quick, "--out",
                              tmp_path / "pinned"], cwd=tmp_path, text=True, capture_output=True,
-                            timeout=300)
+                            timeout=600)
     assert pinned.returncode == 0, pinned.stderr
+    assert "Restricted CPUs" in pinned.stdout
     check = bench("check", "--baseline", tmp_path / "first", "--run", tmp_path / "pinned", cwd=tmp_path)
-    assert check.returncode == 1, check.stdout
-    assert "regression: CPU" in check.stderr and "bs32" in check.stderr
-    assert "CPUs usable by the process: 2 -> 1" in check.stderr
-    ratio = pd.read_csv(tmp_path / "first" / "runs.csv")["images_per_s"][0] / \
-        pd.read_csv(tmp_path / "pinned" / "runs.csv")["images_per_s"][0]
-    assert ratio > 1.3  # one core of two: clearly slower
+    assert "CPUs usable by the process: 2 -> 1" in check.stdout
+    # a regression names the change as its cause; only recorded contention may make it inconclusive
+    assert check.returncode in (1, 3), check.stdout + check.stderr
+    if check.returncode == 1:
+        assert "likely cause: CPUs usable by the process: 2 -> 1" in check.stderr
 
 
 def test_cells_differing_only_in_a_value_that_prints_like_a_default_are_named_apart(tmp_path):
@@ -253,3 +326,253 @@ def test_cells_differing_only_in_a_value_that_prints_like_a_default_are_named_ap
     assert [c.cell for c in comparison.cells] == ["CPU Test CPU, bs32, cpu threads default",
                                                   "CPU Test CPU, bs32, cpu threads 1"]
     assert [c.verdict for c in comparison.cells] == [regression.REGRESSION] * 2
+
+
+# --------------------------------------------------------------------------- contention and the verdict
+
+QUIET = {"usable_cpus": 2, "other_cpu_pct": 3.0, "steal_pct": 0.0, "worker_cpu_pct": 85.0}
+BUSY = {"usable_cpus": 2, "other_cpu_pct": 48.0, "steal_pct": 0.0, "worker_cpu_pct": 52.0}
+
+
+def side(pressure, worker, usable=2, gpu=None):
+    return regression.SideContention(pressure, worker, usable, gpu)
+
+
+@pytest.mark.parametrize("verdict, base, cur, expected", [
+    # quiet both: the statistics decide
+    (regression.REGRESSION, side(3, 85), side(4, 84), regression.REGRESSION),
+    (regression.WITHIN_NOISE, side(3, 85), side(4, 84), regression.WITHIN_NOISE),
+    # busy run: its slowdown may be contention; its within-noise cannot hide a slowdown
+    (regression.REGRESSION, side(3, 85), side(48, 52), regression.INCONCLUSIVE),
+    (regression.WITHIN_NOISE, side(3, 85), side(48, 52), regression.WITHIN_NOISE),
+    (regression.FASTER, side(3, 85), side(48, 52), regression.FASTER),
+    # busy baseline: a speed-up may be an illusion and a slowdown may hide; a slowdown stands
+    (regression.FASTER, side(48, 52), side(3, 85), regression.INCONCLUSIVE),
+    (regression.WITHIN_NOISE, side(48, 52), side(3, 85), regression.INCONCLUSIVE),
+    (regression.REGRESSION, side(40, 60), side(3, 85), regression.REGRESSION),
+    # equal load on both sides (an interleaved A/B): it cannot fake a difference ...
+    (regression.REGRESSION, side(40, 60), side(39, 61), regression.REGRESSION),
+    # ... unless a side was saturated (other processes took half the CPUs or more)
+    (regression.REGRESSION, side(48, 52), side(52, 48), regression.INCONCLUSIVE),
+    (regression.FASTER, side(59, 40), side(67, 33), regression.INCONCLUSIVE),
+    (regression.REGRESSION, side(75, 25), side(76, 24), regression.INCONCLUSIVE),
+    # a worker share that fell on a quiet machine is the code's doing, not contention
+    (regression.REGRESSION, side(3, 85), side(4, 50), regression.REGRESSION),
+    # a little load that cannot move the step time by the 10 % threshold
+    (regression.REGRESSION, side(3, 85), side(11, 84), regression.REGRESSION),
+    # only the worker's share says how much: 12 % other load, worker 85 -> 60 %
+    (regression.REGRESSION, side(3, 85), side(12, 60), regression.INCONCLUSIVE),
+    # another process on the GPU cannot be quantified: it explains any difference
+    (regression.REGRESSION, side(0, 90, gpu=0), side(0, 90, gpu=1), regression.INCONCLUSIVE),
+    # an older run without contention records: decided as before
+    (regression.REGRESSION, None, side(48, 52), regression.REGRESSION),
+])
+def test_the_contention_rule(verdict, base, cur, expected):
+    assert regression.contention_verdict(verdict, base, cur, 0.10)[0] == expected
+
+
+def test_a_resource_change_is_a_cause_of_its_own_even_on_a_saturated_machine():
+    # pinned to 1 CPU on a saturated machine: the slowdown is blamed on the CPUs it lost
+    base, pinned = side(68, 32), side(60, 40, usable=1)
+    assert regression.contention_verdict(regression.REGRESSION, base, pinned, 0.10)[0] == \
+        regression.INCONCLUSIVE
+    assert regression.contention_verdict(regression.REGRESSION, base, pinned, 0.10,
+                                         resources_changed=True)[0] == regression.REGRESSION
+    # but a run that had less of its CPUs than the baseline stays inconclusive
+    assert regression.contention_verdict(regression.REGRESSION, side(3, 85), side(48, 52, usable=1), 0.10,
+                                         resources_changed=True)[0] == regression.INCONCLUSIVE
+
+
+def test_shares_are_of_each_sides_own_cpus_so_fewer_usable_cpus_is_not_contention():
+    # pinned to 1 of 2 CPUs: worker 95 % of 1 CPU vs 85 % of 2 -- no contention to blame
+    assert regression.contention_factor(side(3, 85), side(4, 95, usable=1)) == 1.0
+    # the larger of: CPU share left (97 % vs 52 %) and the worker's own share (85 % vs 52 %)
+    assert regression.contention_factor(side(3, 85), side(48, 52)) == pytest.approx(97 / 52)
+
+
+def test_a_busy_run_is_inconclusive_and_says_which_side_and_how_much(tmp_path):
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}, contention=QUIET))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.233, seed=1)}, contention=BUSY))
+    comparison = regression.compare(base, cur)
+    cell = comparison.cells[0]
+    assert cell.verdict == regression.INCONCLUSIVE and cell.statistical_verdict == regression.REGRESSION
+    assert comparison.inconclusive == [cell] and not comparison.regressions
+    assert cell.why == ("inconclusive: machine busy during the run (other processes used 48 % of the "
+                        "2 usable CPUs; worker 52 % vs 85 % in the baseline)")
+    report = regression.comparison_markdown(comparison)
+    assert "1 inconclusive" in report and "other 3 %, worker 85 % / other 48 %, worker 52 %" in report
+
+
+def test_a_busy_baseline_makes_a_speed_up_inconclusive(tmp_path):
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.2)}, contention=BUSY))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.1, seed=1)}, contention=QUIET))
+    cell = regression.compare(base, cur).cells[0]
+    assert cell.verdict == regression.INCONCLUSIVE
+    assert cell.why.startswith("inconclusive: machine busy during the baseline (other processes used 48 %")
+
+
+def test_quiet_runs_still_catch_a_regression(tmp_path):
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}, contention=QUIET))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.2, seed=1)},
+                                   contention={**QUIET, "other_cpu_pct": 6.0}))
+    cell = regression.compare(base, cur).cells[0]
+    assert cell.verdict == regression.REGRESSION and cell.why == ""
+
+
+def test_an_environment_change_is_a_regressions_likely_cause_not_noise(tmp_path):
+    pinned = {**ENV, "cpu": {**ENV["cpu"], "usable_cpus": 1}}
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.1)}, contention=QUIET))
+    cur = store.read_run(write_run(tmp_path / "cur", {32: step_times(0.2, seed=1)}, env=pinned,
+                                   contention={**QUIET, "usable_cpus": 1, "worker_cpu_pct": 97.0}))
+    comparison = regression.compare(base, cur)
+    cell = comparison.cells[0]
+    assert cell.verdict == regression.REGRESSION
+    assert cell.why == "likely cause: CPUs usable by the process: 2 -> 1"
+    assert "REGRESSION, likely cause: CPUs usable by the process: 2 -> 1" in \
+        regression.comparison_markdown(comparison)
+
+
+def test_check_exits_3_when_the_only_slowdown_is_a_busy_machines(tmp_path):
+    write_run(tmp_path / "base", {32: step_times(0.1), 64: step_times(0.2)}, contention=QUIET)
+    write_run(tmp_path / "busy", {32: step_times(0.2, seed=1), 64: step_times(0.2, seed=2)}, contention=BUSY)
+    done = bench("check", "--baseline", tmp_path / "base", "--run", tmp_path / "busy", cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "inconclusive: CPU Test CPU, bs32" in done.stderr
+    assert "machine busy during the run" in done.stdout
+
+
+# --------------------------------------------------------------------------- exit statuses, retry, noise
+
+def comparison_of(*verdicts) -> regression.Comparison:
+    cells = [regression.CellComparison(f"cell {i}", {}, 1.0, 1.0, 0.0, 0.0, 0.0, v, 10, 10)
+             for i, v in enumerate(verdicts)]
+    return regression.Comparison(cells, [], [], [], 0.1, 0.95, "base", "run")
+
+
+@pytest.mark.parametrize("verdicts, failed, status", [
+    ((regression.WITHIN_NOISE, regression.FASTER), [], 0),
+    ((regression.WITHIN_NOISE, regression.REGRESSION), [], 1),
+    ((regression.INCONCLUSIVE,), [], 3),
+    ((regression.INCONCLUSIVE, regression.REGRESSION), [], 1),          # regression wins
+    ((regression.WITHIN_NOISE,), ["cpu_bs13_r0"], 4),
+    ((regression.REGRESSION,), ["cpu_bs13_r0"], 1),                     # and is never hidden
+    ((regression.INCONCLUSIVE,), ["cpu_bs13_r0"], 4),
+])
+def test_one_exit_status_names_everything(verdicts, failed, status, capsys):
+    from bench import cli
+
+    assert cli.gate_status(comparison_of(*verdicts), failed) == status
+    said = capsys.readouterr().err
+    assert ("regression: cell" in said) == (regression.REGRESSION in verdicts)
+    assert ("inconclusive: cell" in said) == (regression.INCONCLUSIVE in verdicts)
+    assert ("failed: cpu_bs13_r0" in said) == bool(failed)
+
+
+def test_exit_statuses_are_documented_in_help(tmp_path):
+    for command in ([], ["check"], ["run"], ["ab"]):
+        text = " ".join(bench(*command, "--help", cwd=tmp_path).stdout.split())
+        for status in ("0 ok", "1 a regression", "2 bad input", "3 inconclusive", "4 a cell failed"):
+            assert status in text, (command, status)
+        assert "1 wins over 4, and 4 over 3" in text
+
+
+def test_retry_judges_a_cell_on_its_latest_attempt_and_keeps_the_earlier_one(tmp_path, monkeypatch):
+    from bench import cli, matrix, runner
+    from bench.protocol import DataSpec
+
+    # baseline: the fake worker's bs32 steps (0.032 s), measured on a quiet machine
+    config = runner.RunConfig(plan=matrix.Plan({"batch_size": (32,), "precision": ("fp32",)}), epochs=1,
+                              steps=12, warmup=2, data=DataSpec("synthetic"), cell_timeout=60)
+    cells = runner.plan_cells(config, [TEST_CPU])
+
+    def measure(out, todo, contention, slowdown):
+        monkeypatch.setenv("FAKE_WORKER_SLOWDOWN", str(slowdown))
+
+        class Watched:
+            def stop(self):
+                return contention
+
+        writer = writers.setdefault(out, store.RunWriter(out, out.name))
+        return runner.execute(config, todo, writer, {"run_id": out.name, "system": "Test OS",
+                                                      "git_commit": None},
+                              runner.Reporter(open("/dev/null", "w")), out / "logs",
+                              worker_command=[sys.executable, str(FAKE_WORKER)],
+                              watch=lambda pid, cell: Watched(), contention_columns=lambda c: c)
+
+    writers = {}
+    for name in ("base", "run"):
+        (tmp_path / name).mkdir()
+        store.RunWriter(tmp_path / name, name).write_env(ENV)
+    measure(tmp_path / "base", cells, QUIET, 1)
+    # the run: 3x slower while the machine was busy -> inconclusive; the retry is quiet
+    measure(tmp_path / "run", cells, BUSY, 3)
+    said = []
+    comparison = cli.check_with_retries(
+        store.read_run(tmp_path / "base"), tmp_path / "run", cells, config.repeats, 0.10, 2,
+        lambda todo: measure(tmp_path / "run", todo, QUIET, 1), runner.Outcome(), said.append)
+    cell = comparison.cells[0]
+    assert cell.verdict == regression.WITHIN_NOISE and cell.current_repeats == 1
+    assert cell.attempts == ["inconclusive +200.0 %"]
+    assert "(attempt 2; before: inconclusive +200.0 %)" in regression.comparison_markdown(comparison)
+    assert len(said) == 1 and "attempt 2 of 3" in said[0]
+    kept = pd.read_csv(tmp_path / "run" / store.RUNS_CSV)
+    assert kept["cell_id"].str.endswith(("_r0", "_r1")).all() and len(kept) == 2
+
+
+def test_retry_needs_a_check(tmp_path):
+    done = bench("run", "--devices", "cpu", "--retry", "2", cwd=tmp_path)
+    assert done.returncode == 2 and "--check-against" in done.stderr
+
+
+def test_noise_suggests_the_smallest_threshold_identical_runs_support(tmp_path):
+    for i in range(3):
+        write_run(tmp_path / f"run{i}", {32: step_times(0.1, spread=0.05, seed=i)}, contention=QUIET)
+    runs = [store.read_run(tmp_path / f"run{i}") for i in range(3)]
+    report = regression.noise_report(runs)
+    assert len(report.table) == 3 and report.busy == 0               # 3 pairs, 1 cell each
+    suggestion = report.suggested_pct
+    assert suggestion <= report.with_contention_pct == report.statistics_only_pct  # quiet: rule idle
+    for first, second in [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)]:
+        verdict = regression.compare(runs[first], runs[second], suggestion / 100).cells[0].verdict
+        assert verdict == regression.WITHIN_NOISE                     # none fails, either way round
+    done = bench("noise", "--run", tmp_path / "run0", "--run", tmp_path / "run1", "--run", tmp_path / "run2",
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"Suggested --max-slowdown: {suggestion:g}%" in done.stdout and "1 vs 3" in done.stdout
+    one = bench("noise", "--run", tmp_path / "run0", cwd=tmp_path)
+    assert one.returncode == 2 and "two or more" in one.stderr
+
+
+def test_noise_on_a_busy_machine_leaves_contention_to_the_rule(tmp_path):
+    """Identical code, one run 2x slower while other processes took 48 % of the CPUs: the
+    statistics alone would need a 100 %+ threshold; with the rule that pair is inconclusive."""
+    write_run(tmp_path / "quiet", {32: step_times(0.1)}, contention=QUIET)
+    write_run(tmp_path / "quiet2", {32: step_times(0.1, seed=1)}, contention=QUIET)
+    write_run(tmp_path / "busy", {32: step_times(0.2, seed=2)}, contention=BUSY)
+    report = regression.noise_report([store.read_run(tmp_path / n) for n in ("quiet", "quiet2", "busy")])
+    assert report.statistics_only_pct > 100 and report.busy == 2
+    assert report.suggested_pct <= report.with_contention_pct < 10
+
+
+def test_retry_does_not_measure_the_run_again_when_the_baseline_was_the_busy_side(tmp_path):
+    from bench import cli, runner
+
+    base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.2)}, contention=BUSY))
+    write_run(tmp_path / "run", {32: step_times(0.1, seed=1)}, contention=QUIET)
+
+    def rerun(todo):
+        raise AssertionError("a quiet run measured again cannot un-busy its baseline")
+
+    comparison = cli.check_with_retries(base, tmp_path / "run", [], 1, 0.10, 3, rerun, runner.Outcome(),
+                                        print)
+    assert comparison.cells[0].verdict == regression.INCONCLUSIVE
+    assert comparison.cells[0].busy_side == "baseline"
+
+
+def test_noise_on_a_saturated_machine_makes_no_suggestion(tmp_path):
+    saturated = {**BUSY, "other_cpu_pct": 68.0, "worker_cpu_pct": 32.0}
+    for i in range(2):
+        write_run(tmp_path / f"run{i}", {32: step_times(0.1 * (i + 1), seed=i)}, contention=saturated)
+    done = bench("noise", "--run", tmp_path / "run0", "--run", tmp_path / "run1", cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "No suggestion: every one of these 1 pair-cell(s) had a saturated side" in done.stdout

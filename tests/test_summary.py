@@ -111,3 +111,86 @@ def test_float16_rows_on_a_cpu_without_float16_say_why_they_are_slow():
     runs = pd.DataFrame([row("CPU", 64, 0.2, precision="mixed_float16")])
     assert "emulated" in " ".join(summary.describe_settings(runs, {"cpu": {"flags": ["avx512f"]}}))
     assert "emulated" not in " ".join(summary.describe_settings(runs, {"cpu": {"flags": ["avx512_fp16"]}}))
+
+
+# --------------------------------------------------------------------------- true efficiency
+
+def test_a_pinned_runs_cached_peak_never_gives_more_than_100_percent(tmp_path, monkeypatch):
+    """The 155-172 % bug: a 1-CPU peak cached by a `taskset -c 0` run was the yardstick of a
+    2-CPU run. Peaks are keyed by usable CPUs, so the 2-CPU run measures its own."""
+    import sys
+    from pathlib import Path
+
+    from bench import peak
+    from bench.devices import Device, Requested
+
+    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+    from fake_results import fake_result
+
+    env = {"cpu": {"model": "Test CPU", "logical_cpus": 2, "usable_cpus": 2}, "memory_bytes": 2**34,
+           "gpus": [], "machine": "x86_64", "system": "Test OS"}
+    cpu = Requested("cpu", Device("cpu", "CPU", "Test CPU"))
+    usable_now = {}
+
+    def measure(device, precisions, threads, backend, log_path, timeout_s=0, command=None):
+        # the matmul reaches 0.2 TFLOP/s per usable CPU
+        return {p: {"tflops": 0.2 * usable_now["cpus"], "size": 2048, "repeats": 3, "dtype": p}
+                for p in precisions}
+
+    monkeypatch.setattr(peak, "measure", measure)
+    combo = [(cpu, "fp32", 0, "tensorflow")]
+    for cpus in (1, 2):                       # the pinned run first: its peak is cached
+        usable_now["cpus"] = cpus
+        found = peak.peaks_for(combo, {**env, "cpu": {**env["cpu"], "usable_cpus": cpus}},
+                               {"tensorflow": "2.21.0"}, tmp_path, tmp_path / "logs", say=lambda t: None)
+    yardstick = found[("cpu", "fp32", 0, "tensorflow")]
+    assert yardstick["tflops"] == pytest.approx(0.4) and not yardstick["cached"]
+    # a 2-CPU training run at 0.3 TFLOP/s (150 % of the 1-CPU peak)
+    step = 519544320 * 64 / 0.3e12
+    result = fake_result(64, [step] * 10, 2)
+    planned = {"run_id": "r", "cell_id": "cpu_bs64_r0", "status": "ok", "device_id": "cpu",
+               "device_type": "CPU", "device_name": "Test CPU", "batch_size": 64, "precision": "fp32",
+               "system": "Test OS"}
+    ok = record.as_dict(record.ok_row(planned, result, peak=yardstick))
+    assert ok["efficiency_pct"] == pytest.approx(75) and ok["efficiency_pct"] <= 100
+    assert not any("harness bug" in n for n in summary.describe_settings(pd.DataFrame([ok])))
+
+
+def test_efficiency_above_100_percent_is_flagged_as_a_harness_bug_naming_the_cell():
+    runs = pd.DataFrame([row("CPU", 64, 0.2, efficiency_pct=163.0, efficiency_theoretical_pct=40.0),
+                         row("CPU", 128, 0.4, efficiency_pct=80.0, efficiency_theoretical_pct=101.0)])
+    notes = [n for n in summary.describe_settings(runs) if "harness bug" in n]
+    assert len(notes) == 2
+    assert "CPU64fp320 reached 163 % of its measured peak" in notes[0]
+    assert "CPU128fp320 reached 101 % of its theoretical peak" in notes[1]
+
+
+def test_the_theoretical_peak_is_a_column_and_its_basis_a_note():
+    from bench import hardware
+
+    theoretical = hardware.cpu_peak("fp32", flags={"avx2", "fma"}, physical_cores=1, logical_cpus=2,
+                                    clock_hz=3e9, usable_cpus=2)
+    runs = pd.DataFrame([row("CPU", 64, 0.2, achieved_tflops=0.0166, theoretical_tflops=theoretical.tflops,
+                             efficiency_theoretical_pct=100 * 0.0166 / theoretical.tflops,
+                             theoretical_basis=theoretical.basis)])
+    table = summary.summary_frame(runs)
+    assert table["Efficiency (theoretical)"].tolist() == ["17.3 %"]     # 0.0166 of 0.096 TFLOP/s
+    note = next(n for n in summary.describe_settings(runs) if "Efficiency (theoretical)" in n)
+    assert "cpu fp32: 0.096 TFLOP/s, 1 cores (2 of 2 logical CPUs usable) x 3.00 GHz x 32 fp32" in note
+
+
+def test_bench_summary_of_a_pinned_run_says_its_cpus_were_restricted(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+    from runs import ENV, write_run
+
+    pinned = {**ENV, "cpu": {**ENV["cpu"], "usable_cpus": 1, "usable_cpus_reason": "affinity: CPU 0"}}
+    write_run(tmp_path / "pinned", {32: [0.1] * 20}, env=pinned)
+    done = subprocess.run([sys.executable, "-m", "bench", "summary", "--run", str(tmp_path / "pinned")],
+                          cwd=tmp_path, text=True, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("**Restricted CPUs**: this run could use 1 of the machine's 2 logical CPUs (affinity: CPU 0)"
+            in done.stdout)

@@ -6,7 +6,8 @@ crashes, 14 hangs, 15 is killed by a signal, 16 reports an error, 17 prints a re
 breaks the protocol, 18 reports every step as warm-up, 19 trains slowly (a progress line every
 0.2 s for ``FAKE_SLOW_SECONDS``, default 60: a cell still running when a test stops the run);
 anything else reports a plausible result whose steps take ``batch_size / 1000`` seconds each
-(``batch_size / 100`` for backend jax).
+(``batch_size / 100`` for backend jax), times ``$FAKE_WORKER_SLOWDOWN`` (default 1): a
+deterministic slowdown no machine load can fake or hide.
 
 Like the real worker it exits when its parent dies (:func:`bench.worker.watch_parent`), and
 answers ``--probe`` (no GPU, a fake TensorFlow) and ``--peak`` (1 TFLOP/s in every precision).
@@ -69,6 +70,7 @@ def main():
         return
     steps = settings.epochs * (settings.max_steps_per_epoch or 4)
     step = settings.batch_size / (100 if settings.backend == "jax" else 1000)
+    step *= float(os.environ.get("FAKE_WORKER_SLOWDOWN", "1"))
     emit("step", done=steps, total=steps)
     warmup = steps if behaviour == 18 else settings.warmup_steps
     result = fake_result(settings.batch_size, [step * 3] + [step] * (steps - 1), warmup,
