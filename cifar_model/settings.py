@@ -143,7 +143,7 @@ class TrainSettings:
                               ("data_placement", DATA_PLACEMENTS), ("backend", BACKENDS)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
-        if _is_int(self.workers) and self.workers > 1 and len(self.cluster) != self.workers:
+        if self.cluster and _is_int(self.workers) and len(self.cluster) != self.workers:
             problems.append(f"workers {self.workers} needs a cluster of {self.workers} host:port "
                             f"addresses (got {len(self.cluster)})")
         if _is_int(self.task_index) and self.task_index >= max(1, len(self.cluster)):

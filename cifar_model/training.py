@@ -291,6 +291,8 @@ def train(
         if backend != "tensorflow" or why:
             raise ValueError(why or f"data parallelism is implemented for tensorflow, not {backend}")
     multi_worker = settings.strategy == "multi_worker_mirrored"
+    if multi_worker and not settings.cluster:
+        raise ValueError(f"workers {settings.workers} needs the cluster's host:port addresses")
     deadline = (distribution.join_deadline(settings.connect_timeout_s, settings.cluster,
                                            settings.task_index).__enter__() if multi_worker else None)
     strategy = distribution.make_strategy(settings, _device_type(device))  # before TF runs anything
