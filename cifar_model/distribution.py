@@ -22,16 +22,15 @@ run with any number of workers sees the data in the same order as a one-process 
 
 from __future__ import annotations
 
-import os
+import signal
 import sys
-import threading
 
 import keras
 
 from cifar_model.settings import TrainSettings
 
-#: Exit status of a worker whose peers never joined (see :func:`join_deadline`).
-EXIT_PEERS_MISSING = 75
+#: What ends a worker whose peers never joined (see :class:`join_deadline`).
+DEADLINE_SIGNAL = "SIGALRM"
 ENGINE_NOTES = {
     "mirrored": "MirroredStrategy, Keras fit",
     "multi_worker_mirrored": ("MultiWorkerMirroredStrategy, custom loop: Keras train_step under "
@@ -77,23 +76,27 @@ def make_strategy(settings: TrainSettings, device_type: str):
 
 
 class join_deadline:
-    """Ends the process (status :data:`EXIT_PEERS_MISSING`) unless :meth:`joined` is called
-    within ``seconds``: TensorFlow's coordination service waits for missing peers for hours.
+    """Ends the process unless :meth:`joined` is called within ``seconds``: TensorFlow's
+    coordination service waits for missing peers for hours, inside C++ code that holds
+    Python's lock, so no Python thread or signal handler could run to stop it.
 
-    Start it before the strategy is made and call ``joined`` once a step has run on every
-    worker. A thread cannot interrupt TensorFlow's blocking C++ wait, hence the exit.
+    The deadline is ``alarm(2)`` with SIGALRM's default action, which the kernel carries
+    out: the process ends, killed by SIGALRM (:data:`DEADLINE_SIGNAL`), after printing
+    what it waits for. Start it before the strategy is made; call ``joined`` once a step
+    has run on every worker. POSIX only (elsewhere there is no deadline but the runner's).
     """
 
-    def __init__(self, seconds: float, cluster: tuple[str, ...], task_index: int):
+    def __init__(self, seconds: int, cluster: tuple[str, ...], task_index: int):
         self.seconds = seconds
-        self.message = (f"peer worker(s) did not join the cluster within {seconds:g} s "
-                        f"(this is task {task_index} of {', '.join(cluster)}); is every "
-                        "worker started, with the same --cluster, and reachable?")
-        self._timer = threading.Timer(seconds, self._give_up)
-        self._timer.daemon = True
+        self.message = (f"waiting up to {seconds} s for every worker of {', '.join(cluster)} to "
+                        f"join (this is task {task_index}); a missing peer ends this process "
+                        "with SIGALRM")
 
     def __enter__(self):
-        self._timer.start()
+        if hasattr(signal, "SIGALRM"):
+            print(self.message, file=sys.stderr, flush=True)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(self.seconds)
         return self
 
     def __exit__(self, *exc):
@@ -101,11 +104,8 @@ class join_deadline:
         return False
 
     def joined(self) -> None:
-        self._timer.cancel()
-
-    def _give_up(self) -> None:
-        print(f"error: {self.message}", file=sys.stderr, flush=True)
-        os._exit(EXIT_PEERS_MISSING)
+        if hasattr(signal, "SIGALRM"):
+            signal.alarm(0)
 
 
 def worker_batches(global_pipeline, strategy, batch_size: int):
