@@ -32,6 +32,9 @@ def _number(value: float | None, fmt: str, suffix: str = "") -> str:
 def numeric(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` with its number columns as floats (None -> NaN), whether read or in memory."""
     runs = runs.copy()
+    for name, value in matrix.legacy_values().items():   # rows made before a dimension existed
+        if name in runs:
+            runs[name] = runs[name].where(runs[name].notna(), value)
     for name, column in RUN_COLUMNS.items():
         if name in runs.columns and column.dtype in ("int", "float"):
             runs[name] = pd.to_numeric(runs[name], errors="coerce")
