@@ -104,7 +104,7 @@ def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     varying = [d for d in matrix.varying_dimensions([ok]) if d not in ("replicas", "workers")]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
     checks = False
     engines = {"mirrored": "MirroredStrategy", "multi_worker_mirrored": "MultiWorkerMirrored"}
     for _, group in ok.groupby(["device_id", "device_name", *varying], sort=False, dropna=False):
@@ -114,13 +114,16 @@ def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
         label = series_label(group.iloc[0], [d for d in varying if d != "batch_size"])
         if "batch_size" in varying:
             label += f", batch {int(group['batch_size'].iloc[0])}/replica"
-        one = base["global_images_per_s"].median()
-        for strategy, scaled in group[group["total_replicas"] > 1].groupby("strategy", sort=False):
+        scaled_rows = group[group["total_replicas"] > 1]
+        if scaled_rows.empty:
+            continue
+        replicas = sorted(group["total_replicas"].unique())
+        ideal = base["global_images_per_s"].median() * pd.Series(replicas, index=replicas)
+        ax.plot(ideal.index, ideal.values, linestyle=":", color="grey",
+                label=f"ideal, N × 1 replica: {label}")
+        for strategy, scaled in scaled_rows.groupby("strategy", sort=False):
             points = pd.concat([base, scaled]).groupby("total_replicas")["global_images_per_s"].median()
-            name = f"{label}, {engines.get(strategy, strategy)}"
-            line = ax.plot(points.index, points.values, marker="o", label=name)[0]
-            ax.plot(points.index, one * points.index, linestyle=":", color=line.get_color(),
-                    label=f"ideal (1 replica × N): {name}")
+            ax.plot(points.index, points.values, marker="o", label=f"{label}, {engines.get(strategy, strategy)}")
             checks |= scaled["scaling_note"].map(lambda v: isinstance(v, str) and v != "").any()
     ax.set_xticks(sorted(ok["total_replicas"].unique()))
     ax.set_xlabel("replicas in sync (replicas × workers)")
@@ -131,7 +134,7 @@ def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
         title += "\nfunctional check: replicas share one machine's cores, no speed-up expected"
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
