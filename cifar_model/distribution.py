@@ -56,11 +56,11 @@ def make_strategy(settings: TrainSettings, device_type: str):
 
     Must run before TensorFlow executes anything (logical CPU devices, collectives).
     """
-    import tensorflow as tf
-
     kind = settings.strategy
     if kind == "none":
-        return None
+        return None          # no TensorFlow needed: JAX and PyTorch machines may not have it
+    import tensorflow as tf
+
     if kind == "mirrored":
         if device_type == "CPU":
             split_cpu(settings.replicas)
