@@ -26,6 +26,7 @@ from bench import devices as devices_module
 from bench import peak as peak_module
 from bench.protocol import DataSpec
 from cifar_model.settings import BACKENDS
+from cifar_model.settings import DEFAULT_CONNECT_TIMEOUT_S
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CELL_FAILED, EXIT_WRITE = 0, 1, 2, 3, 4, 5
 EXIT_STATUSES = (
@@ -166,6 +167,16 @@ def build_parser() -> Parser:
                               epilog=f"Exit statuses: {EXIT_STATUSES}.")
     run.set_defaults(func=cmd_run)
     add_run_options(run)
+    run.add_argument("--cluster", type=cluster_arg, metavar="HOST:PORT,...",
+                     help="every worker of a multi-host run, chief first, the same on every host "
+                          "(default: $TF_CONFIG's cluster when set; else --workers start local "
+                          "workers on 127.0.0.1); --workers then defaults to the host count")
+    run.add_argument("--task-index", type=non_negative_int,
+                     help="this host's place in --cluster; 0, the chief, writes the rows that "
+                          "count (default: $TF_CONFIG's task, else 0)")
+    run.add_argument("--connect-timeout", type=positive_int, default=DEFAULT_CONNECT_TIMEOUT_S,
+                     help="seconds a multi-worker cell waits for every worker to join before it "
+                          f"fails (default: {DEFAULT_CONNECT_TIMEOUT_S})")
     run.add_argument("--resume", type=path_arg, metavar="DIR",
                      help="finish an interrupted run: run only its missing cells, with its own "
                           "settings, appending to its files")
@@ -462,9 +473,42 @@ SYNTHETIC_FIX = ("to measure accuracy, point the run at CIFAR-10: --data-dir DIR
                  "cifar-10-batches-py folder, from https://www.cs.toronto.edu/~kriz/cifar.html)")
 
 
+def _cluster(text: str) -> tuple[str, ...]:
+    addresses = tuple(part.strip() for part in text.split(",") if part.strip())
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"'{address}' is not host:port")
+    if len(addresses) < 2 or len(set(addresses)) != len(addresses):
+        raise ValueError("give two or more distinct host:port addresses, the chief first")
+    return addresses
+
+
+cluster_arg = _typed(_cluster, "cluster")
+
+
+def cluster_from(args, environ=os.environ) -> tuple[tuple[str, ...], int]:
+    """(--cluster or TF_CONFIG's workers, this host's task index); ((), 0) for none."""
+    cluster, task = args.cluster or (), args.task_index
+    if not cluster and environ.get("TF_CONFIG"):
+        try:
+            tf_config = json.loads(environ["TF_CONFIG"])
+            cluster = _cluster(",".join(tf_config["cluster"]["worker"]))
+            task = tf_config.get("task", {}).get("index", 0) if task is None else task
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UsageError(f"TF_CONFIG: expected {{'cluster': {{'worker': [host:port, ...]}}, "
+                             f"'task': {{'type': 'worker', 'index': I}}}} ({exc})") from None
+    if task and not cluster:
+        raise UsageError("--task-index needs --cluster (or TF_CONFIG)")
+    return cluster, task or 0
+
+
 def build_run_config(args) -> runner.RunConfig:
     """Validate every ``run`` argument into a RunConfig (nothing touches the disk)."""
     profile = PROFILES[args.profile]
+    cluster, task_index = cluster_from(args)
+    if cluster and not args.workers:
+        profile = {**profile, "workers": (len(cluster),)}
     if args.synthetic_images is not None and args.data != "synthetic":
         raise UsageError("--synthetic-images is used only with --data synthetic; drop one of them")
     steps = args.steps if args.steps is not None else profile["steps"]
@@ -474,6 +518,7 @@ def build_run_config(args) -> runner.RunConfig:
         warmup=args.warmup if args.warmup is not None else profile["warmup"],
         repeats=args.repeats, cell_timeout=args.cell_timeout, seed=args.seed,
         unsynced_steps=args.unsynced_steps, eval_images=args.eval_images,
+        cluster=cluster, task_index=task_index, connect_timeout_s=args.connect_timeout,
         data=DataSpec("synthetic", split=args.split or profile["split"],
                       synthetic_images=args.synthetic_images))
     problems = config.problems()
@@ -508,7 +553,7 @@ def check_output_dir(path: Path) -> None:
 #: what a resumed run takes from the run itself (env.json's config), so may not be given again
 RESUME_KEEPS = ("profile", "epochs", "steps", "warmup", "repeats", "data", "data_dir", "split",
                 "synthetic_images", "eval_images", "seed", "unsynced_steps", "devices", "cell_timeout",
-                "machine_label", "out", *(d.name for d in matrix.DIMENSIONS))
+                "machine_label", "out", "cluster", "task_index", *(d.name for d in matrix.DIMENSIONS))
 
 
 def resume_config(args, held: contextlib.ExitStack):
@@ -592,15 +637,17 @@ def _run(args, argv: list[str], held: contextlib.ExitStack, stops: runner.StopSi
     try:
         peaks = {} if args.no_peak else measured_peaks(
             runner.peak_combinations(cells), env, root, out / "logs", refresh=False, say=say)
+        scale = {"gpu_count": len(inventory.gpus),
+                 "usable_cpus": (env.get("cpu") or {}).get("usable_cpus")}
         hooks = runner.contention_hooks((env.get("cpu") or {}).get("usable_cpus"))
         theoretical = runner.theoretical_peaks(cells)
         with reporter_class() as reporter:
             outcome = runner.execute(config, cells, writer, context, reporter, out / "logs",
-                                     peaks=peaks, theoretical=theoretical, **hooks)
+                                     peaks=peaks, theoretical=theoretical, **scale, **hooks)
 
             def rerun(todo):
                 return runner.execute(config, todo, writer, context, reporter, out / "logs",
-                                      peaks=peaks, theoretical=theoretical, **hooks)
+                                      peaks=peaks, theoretical=theoretical, **scale, **hooks)
 
             if baseline is not None and not outcome.write_error and outcome.stopped_by is None:
                 comparison = check_with_retries(baseline, out, cells, config.repeats, args.max_slowdown,

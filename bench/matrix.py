@@ -74,7 +74,10 @@ class Dimension:
     ``resolve`` turns a requested value into the concrete one for a device (``auto``
     precision, ``auto`` placement); a dimension that has one also gets a
     ``<name>_requested`` column. ``legacy`` is the value of result files written before
-    the dimension existed (what those runs really did).
+    the dimension existed (what those runs really did). ``yardstick`` is the value other
+    values are measured against: a cell planned off it brings the same cell at it (every
+    yardstick dimension at its yardstick) into the plan, e.g. the 1-replica cell that a
+    speed-up over 1 replica needs.
     """
 
     name: str                         # the runs.csv column and the key of a cell's value
@@ -91,6 +94,12 @@ class Dimension:
     show: Callable[[Any], str] = str  # a value as a person reads it
     resolve: Callable[[Any, Device, PlanContext], Any] | None = None
     legacy: Any = None
+    yardstick: Any = None
+
+
+def _one_is_silent(prefix: str) -> Callable[[int], str]:
+    """An id part that is empty at 1, so cells of runs before the dimension keep their ids."""
+    return lambda v: "" if v == 1 else f"{prefix}{v}"
 
 
 def _show_threads(value) -> str:
@@ -135,6 +144,18 @@ DIMENSIONS: tuple[Dimension, ...] = (
               resolve=lambda value, device, ctx: resolve_data_placement(
                   value, device.type, device.memory_bytes, training_set_bytes(ctx.train_images)),
               legacy="host"),
+    Dimension("replicas", "Replicas", "--replicas", _integer(1), (1,), "1,2,4",
+              "data-parallel devices of the cell's type per worker, comma-separated (TensorFlow: "
+              "MirroredStrategy; on a CPU, logical devices sharing its cores); --batch-sizes stays "
+              "per replica; a 1-replica cell is planned beside N > 1 for the speed-up",
+              "devices training in sync in each worker process (batch_size is per replica)", "int",
+              "replicas", _one_is_silent("rep"), legacy=1, yardstick=1),
+    Dimension("workers", "Workers", "--workers", _integer(1), (1,), "1,2",
+              "worker processes training in sync, comma-separated (TensorFlow "
+              "MultiWorkerMirroredStrategy): the hosts of --cluster, else local processes on "
+              "127.0.0.1; a 1-worker cell is planned beside N > 1 for the speed-up",
+              "worker processes (hosts) training in sync", "int", "workers", _one_is_silent("wk"),
+              legacy=1, yardstick=1),
 )
 BY_NAME: Mapping[str, Dimension] = {d.name: d for d in DIMENSIONS}
 
@@ -193,8 +214,8 @@ class Cell:
     @property
     def key(self) -> str:
         """The cell without its repeat: what repeats of one cell share."""
-        return "_".join([self.device.id.replace(":", ""),
-                         *(d.id_part(value) for d, (_, value) in zip(DIMENSIONS, self.values))])
+        parts = (d.id_part(value) for d, (_, value) in zip(DIMENSIONS, self.values))
+        return "_".join([self.device.id.replace(":", ""), *(p for p in parts if p)])
 
     @property
     def cell_id(self) -> str:
@@ -266,19 +287,29 @@ def plan(axes: Plan, devices: list[Requested], repeats: int, train_images: int) 
 
     Repeating the whole sweep (rather than each cell back to back) spreads slow drifts of a
     shared machine over every cell instead of loading them onto one. ``auto`` values resolve
-    per device; a cell that then equals another is planned once.
+    per device; a cell that then equals another is planned once. A cell off a dimension's
+    yardstick comes after its yardstick cell (see :class:`Dimension`), planned if not asked for.
     """
     context = PlanContext(train_images)
     cells: dict[str, Cell] = {}
     for repeat, device in itertools.product(range(repeats), devices):
-        for combo in itertools.product(*(axes.of(d.name) for d in DIMENSIONS)):
-            resolved = tuple(
-                (d.name, d.resolve(value, device.device, context)
-                 if d.resolve is not None and device.device is not None else value)
-                for d, value in zip(DIMENSIONS, combo))
-            cell = Cell(device, repeat, resolved, tuple((d.name, v) for d, v in zip(DIMENSIONS, combo)))
-            cells.setdefault(cell.cell_id, cell)
+        for asked in itertools.product(*(axes.of(d.name) for d in DIMENSIONS)):
+            for combo in dict.fromkeys((_at_yardstick(asked), asked)):
+                _add_cell(cells, combo, device, repeat, context)
     return list(cells.values())
+
+
+def _at_yardstick(combo: tuple) -> tuple:
+    return tuple(v if d.yardstick is None else d.yardstick for d, v in zip(DIMENSIONS, combo))
+
+
+def _add_cell(cells: dict, combo: tuple, device: Requested, repeat: int, context: PlanContext) -> None:
+    resolved = tuple(
+        (d.name, d.resolve(value, device.device, context)
+         if d.resolve is not None and device.device is not None else value)
+        for d, value in zip(DIMENSIONS, combo))
+    cell = Cell(device, repeat, resolved, tuple((d.name, v) for d, v in zip(DIMENSIONS, combo)))
+    cells.setdefault(cell.cell_id, cell)
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -10,6 +10,7 @@ from bench import matrix
 
 THROUGHPUT_PNG = "throughput.png"
 STEP_TIMES_PNG = "step_times.png"
+SCALING_PNG = "scaling.png"
 
 
 def _pyplot():
@@ -155,7 +156,56 @@ def comparison_plot(cells: pd.DataFrame, path: Path, title: str = "Training thro
     return path
 
 
+def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
+    """Global images/s against replicas (x workers), one line per device and setting, each
+    with its ideal: the 1-replica figure times the replicas. None when nothing scaled."""
+    if "total_replicas" not in runs:
+        return None
+    ok = runs[(runs["status"] == "ok") & runs["global_images_per_s"].notna()].copy()
+    ok["total_replicas"] = pd.to_numeric(ok["total_replicas"], errors="coerce").fillna(1)
+    if not (ok["total_replicas"] > 1).any():
+        return None
+    plt = _pyplot()
+    varying = [d for d in matrix.varying_dimensions([ok]) if d not in ("replicas", "workers")]
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    checks = False
+    engines = {"mirrored": "MirroredStrategy", "multi_worker_mirrored": "MultiWorkerMirrored"}
+    for _, group in ok.groupby(["device_id", "device_name", *varying], sort=False, dropna=False):
+        base = group[group["total_replicas"] == 1]
+        if base.empty:
+            continue
+        label = series_label(group.iloc[0], [d for d in varying if d != "batch_size"])
+        if "batch_size" in varying:
+            label += f", batch {int(group['batch_size'].iloc[0])}/replica"
+        scaled_rows = group[group["total_replicas"] > 1]
+        if scaled_rows.empty:
+            continue
+        replicas = sorted(group["total_replicas"].unique())
+        ideal = base["global_images_per_s"].median() * pd.Series(replicas, index=replicas)
+        ax.plot(ideal.index, ideal.values, linestyle=":", color="grey",
+                label=f"ideal, N × 1 replica: {label}")
+        for strategy, scaled in scaled_rows.groupby("strategy", sort=False):
+            points = pd.concat([base, scaled]).groupby("total_replicas")["global_images_per_s"].median()
+            ax.plot(points.index, points.values, marker="o", label=f"{label}, {engines.get(strategy, strategy)}")
+            checks |= scaled["scaling_note"].map(lambda v: isinstance(v, str) and v != "").any()
+    ax.set_xticks(sorted(ok["total_replicas"].unique()))
+    ax.set_xlabel("replicas in sync (replicas × workers)")
+    ax.set_ylabel("steady global images/s\n(global batch ÷ median step)")
+    ax.set_ylim(bottom=0)
+    title = f"Data-parallel scaling, run {ok['run_id'].iloc[0]}"
+    if checks:
+        title += "\nfunctional check: replicas share one machine's cores, no speed-up expected"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(runs: pd.DataFrame, steps: pd.DataFrame, directory: Path) -> list[Path]:
     made = [throughput_plot(runs, directory / THROUGHPUT_PNG),
-            step_time_plot(runs, steps, directory / STEP_TIMES_PNG)]
+            step_time_plot(runs, steps, directory / STEP_TIMES_PNG),
+            scaling_plot(runs, directory / SCALING_PNG)]
     return [p for p in made if p is not None]

@@ -184,7 +184,9 @@ def exit_reason(status: int, log_path: Path) -> str:
     """Why a worker ended without a result, with the last line of its log."""
     if status < 0:
         name = signal.Signals(-status).name
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
+        hint = {"SIGKILL": " (out of memory? the kernel's OOM killer sends SIGKILL)",
+                "SIGALRM": (" (its deadline for every peer worker to join passed: were all "
+                            "started, with the same --cluster? see --connect-timeout)")}.get(name, "")
         reason = f"worker killed by {name}{hint}"
     else:
         reason = f"worker exited with status {status} without a result"

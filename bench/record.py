@@ -62,9 +62,24 @@ _MEASURED = {
     "step_median_ci_high_s": Column("95% bootstrap confidence interval of the median step: high"),
     "steady_steps": Column("steps in the steady statistics", "int"),
     "steady_wall_s": Column("wall time from the first steady step's start to the last one's end"),
-    "images_per_s": Column("steady images/s = batch_size / step_median_s"),
+    "images_per_s": Column("steady images/s per replica = batch_size / step_median_s "
+                           "(the whole cell's: global_images_per_s)"),
     "images_per_s_wall": Column("steady images/s over wall time = steady_steps * batch_size / steady_wall_s"),
-    "projected_seed_run_s": Column("26 epochs of the 40,000-image seed split at step_mean_s (estimate)"),
+    "projected_seed_run_s": Column("26 epochs of the 40,000-image seed split at step_mean_s and "
+                                   "the global batch (estimate)"),
+    "strategy": Column("the data-parallel engine: none, mirrored (tf MirroredStrategy), "
+                       "multi_worker_mirrored (tf MultiWorkerMirroredStrategy)", "text"),
+    "task_index": Column("which worker of the cluster wrote the row (0: the chief)", "int"),
+    "total_replicas": Column("replicas training in sync over every worker = replicas x workers", "int"),
+    "global_batch_size": Column("images per step over every replica = batch_size x total_replicas", "int"),
+    "global_images_per_s": Column("steady images/s of the whole cell = global_batch_size / step_median_s"),
+    "speedup_vs_1_replica": Column("global_images_per_s / that of the 1-replica, 1-worker cell of the "
+                                   "same settings in the same run (same repeat when there is one)"),
+    "scaling_efficiency_pct": Column("100 x speedup_vs_1_replica / total_replicas (100: ideal)"),
+    "scaling_note": Column("what the speed-up can show: a functional check when the replicas "
+                           "share one machine's cores", "text"),
+    "peer_step_median_s": Column("the slowest other worker's median steady step (multi-worker "
+                                 "cells started by this run)"),
     "train_loss": Column("mean training loss over the last epoch (dropout active)"),
     "train_accuracy": Column("mean training accuracy over the last epoch (dropout active)"),
     "heldout_accuracy": Column("accuracy on the held-out images after training (see heldout_images)"),
@@ -82,10 +97,11 @@ _MEASURED = {
     "sync_overhead_pct": Column("throughput lost to per-step syncing: "
                                 "100 x (1 - images_per_s / unsynced_images_per_s)"),
     "flops_per_image": Column("analytic training FLOPs per image (forward + backward)", "int"),
-    "achieved_tflops": Column("flops_per_image x images_per_s / 1e12"),
+    "achieved_tflops": Column("flops_per_image x global_images_per_s / 1e12"),
     "peak_tflops": Column("measured peak of the device in this precision, threads and backend "
                           "(large matmul, python -m bench peak)"),
-    "efficiency_pct": Column("100 x achieved_tflops / peak_tflops"),
+    "efficiency_pct": Column("100 x achieved_tflops / peak_tflops (one-replica cells only: the "
+                             "peak is one device's)"),
     "theoretical_tflops": Column("theoretical peak of the device in this precision: datasheet (GPU) "
                                  "or cores x clock x FLOPs/cycle scaled to the usable CPUs (CPU)"),
     "efficiency_theoretical_pct": Column("100 x achieved_tflops / theoretical_tflops"),
@@ -159,12 +175,14 @@ def failed_row(planned_: dict, reason: str, contention: dict | None = None) -> "
 
 
 def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
-           contention: dict | None = None, theoretical=None) -> "RunRow":
+           contention: dict | None = None, theoretical=None,
+           peers: list[WorkerResult] = ()) -> "RunRow":
     """A measured cell: the worker's typed result condensed into the schema's columns.
 
     ``peak`` is the device's measured peak in the cell's precision ({"tflops": ...});
     ``theoretical`` its :class:`bench.hardware.Peak` (tflops may be None, with the reason);
-    ``contention`` what :mod:`bench.contention` saw while the cell ran.
+    ``contention`` what :mod:`bench.contention` saw while the cell ran; ``peers`` the other
+    workers' results of a multi-worker cell (their slowest median step is kept).
     A cell with no steady step is a clear ``ok`` row without steady figures, and says so.
     """
     train = result.train
@@ -172,6 +190,8 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
     steady = np.array([r["seconds"] / r["steps"] for r in records if not r["warmup"]])
     steady_steps = sum(r["steps"] for r in records if not r["warmup"])
     batch = train["batch_size"]
+    total_replicas = train.get("replicas", 1) * train.get("workers", 1)
+    global_batch = batch * total_replicas
     versions = result.versions or {}
     values = dict(
         planned_, status="ok", reason="",
@@ -192,12 +212,19 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
         cpu_util_pct=result.cpu_util_pct, flops_per_image=train["training_flops_per_image"],
         xla=train.get("xla"), compile_note=train.get("compile_note"),
         unsynced_steps=train.get("unsynced_steps", 0), started_at=result.started_at,
+        strategy=train.get("strategy", "none"), task_index=train.get("task_index", 0),
+        total_replicas=total_replicas, global_batch_size=global_batch,
         framework_version=versions.get(train.get("backend", "tensorflow")),
         **{f"{name}_version": versions.get(name) for name in ("tensorflow", "keras", "numpy", "python")},
         **_contention_columns(contention),
     )
     if result.device_name:
         values["device_name"] = result.device_name
+    peer_medians = [float(np.median(steps)) for steps in (
+        [r["seconds"] / r["steps"] for r in peer.train["records"] if not r["warmup"]] for peer in peers)
+        if steps]
+    if peer_medians:
+        values["peer_step_median_s"] = max(peer_medians)
     if len(steady):
         summary = stats.summarise(steady)
         values.update(
@@ -205,16 +232,17 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
             step_p95_s=summary.p95, step_iqr_s=summary.iqr,
             step_median_ci_low_s=summary.median_ci_low, step_median_ci_high_s=summary.median_ci_high,
             images_per_s=batch / summary.median,
+            global_images_per_s=global_batch / summary.median,
             images_per_s_wall=(steady_steps * batch / train["steady_wall_seconds"]
                                if _positive(train["steady_wall_seconds"]) else None),
-            projected_seed_run_s=NOTEBOOK_EPOCHS * (NOTEBOOK_TRAIN_IMAGES // batch) * summary.mean,
-            achieved_tflops=train["training_flops_per_image"] * batch / summary.median / 1e12,
+            projected_seed_run_s=NOTEBOOK_EPOCHS * (NOTEBOOK_TRAIN_IMAGES // global_batch) * summary.mean,
+            achieved_tflops=train["training_flops_per_image"] * global_batch / summary.median / 1e12,
         )
         if _positive(train.get("unsynced_seconds")) and train.get("unsynced_steps"):
             unsynced = train["unsynced_steps"] * batch / train["unsynced_seconds"]
             values.update(unsynced_images_per_s=unsynced,
                           sync_overhead_pct=100 * (1 - values["images_per_s"] / unsynced))
-        if peak:
+        if peak and total_replicas == 1:
             values.update(peak_tflops=peak["tflops"],
                           efficiency_pct=100 * values["achieved_tflops"] / peak["tflops"])
         if theoretical is not None:
@@ -224,6 +252,30 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
     else:
         values["reason"] = (f"no steady steps: all {values['steps']} step(s) were warm-up; "
                             "lower --warmup or raise --steps")
+    return RunRow(**values)
+
+
+#: The dimensions whose 1-value cell is the yardstick of a speed-up.
+SCALING_DIMENSIONS = ("replicas", "workers")
+
+
+def with_scaling(row: "RunRow", earlier: list[dict], note: str | None = None) -> "RunRow":
+    """``row`` with its speed-up over the 1-replica, 1-worker cell of the same settings among
+    ``earlier`` rows (the planner runs that cell first); ``note`` says what it can show."""
+    values = asdict(row)
+    if values["status"] != "ok" or not values.get("total_replicas") or values["total_replicas"] <= 1:
+        return row
+    values["scaling_note"] = note
+    same = [r for r in earlier if r["status"] == "ok" and r.get("global_images_per_s")
+            and r["device_id"] == values["device_id"]
+            and all(r.get(name) == 1 for name in SCALING_DIMENSIONS)
+            and all(r.get(name) == values[name] for name in matrix.MATCH_KEYS
+                    if name not in SCALING_DIMENSIONS and name != "device_name")]
+    same = [r for r in same if r["repeat"] == values["repeat"]] or same
+    if same and values.get("global_images_per_s"):
+        base = float(np.median([r["global_images_per_s"] for r in same]))
+        values["speedup_vs_1_replica"] = values["global_images_per_s"] / base
+        values["scaling_efficiency_pct"] = 100 * values["speedup_vs_1_replica"] / values["total_replicas"]
     return RunRow(**values)
 
 

@@ -14,17 +14,28 @@ import contextlib
 import importlib.util
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import matrix, process, record
 from bench.devices import Requested
-from bench.protocol import CellSpec, DataSpec, Event
+from bench.protocol import MARK, CellSpec, DataSpec, Event, ProtocolError, WorkerResult
 from bench.store import RunWriter
-from cifar_model.settings import (BACKEND_INSTALL, MAX_SEED, backend_limitation, split_sizes,
+from cifar_model.settings import (BACKEND_INSTALL, DEFAULT_CONNECT_TIMEOUT_S, MAX_SEED,
+                                  backend_limitation, parallel_limitation, split_sizes,
                                   steps_per_epoch)
+
+#: Local worker processes a ``--workers`` cell may start on 127.0.0.1 without ``--cluster``.
+MAX_LOCAL_WORKERS = 8
+#: A multi-worker cell's time limit when ``--cell-timeout`` is not given: its peers can hang.
+DEFAULT_MULTI_WORKER_TIMEOUT_S = 3600
+#: How long the other local workers may take to finish after the chief has.
+PEER_GRACE_S = 60
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
@@ -89,6 +100,9 @@ class RunConfig:
     seed: int = 0
     unsynced_steps: int = 0               # > 0: also time that many steps with one sync at the end
     eval_images: int | None = None        # None: the whole held-out split; 0: no evaluation
+    cluster: tuple[str, ...] = ()         # host:port of every worker (--cluster); () : local workers
+    task_index: int = 0                   # this host's place in ``cluster`` (0: the chief)
+    connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S
 
     @property
     def train_images(self) -> int:
@@ -99,10 +113,20 @@ class RunConfig:
     def problems(self) -> list[str]:
         """What can be known to fail before any cell runs (each a one-line message)."""
         out = []
-        batch_sizes = self.plan.of("batch_size")
+        workers = self.plan.of("workers")
+        if self.cluster and set(workers) - {1, len(self.cluster)}:
+            return [f"--workers {max(workers)} does not match the {len(self.cluster)} hosts of "
+                    f"--cluster; give --workers {len(self.cluster)} (or leave it out)"]
+        if not self.cluster and max(workers) > MAX_LOCAL_WORKERS:
+            return [f"--workers {max(workers)}: at most {MAX_LOCAL_WORKERS} local workers; "
+                    "give --cluster for more hosts"]
+        if self.task_index >= max(1, len(self.cluster)):
+            return [f"--task-index {self.task_index} is outside the cluster of {len(self.cluster)} host(s)"]
+        most = max(self.plan.of("replicas")) * max(workers)
+        batch_sizes = [b * most for b in self.plan.of("batch_size")]   # global batches
         if max(batch_sizes) > self.train_images:
-            out.append(f"--batch-sizes {max(batch_sizes)} is larger than the {self.train_images:,} "
-                       "training images; lower it"
+            out.append(f"global batch {max(batch_sizes)} (--batch-sizes is per replica) is larger "
+                       f"than the {self.train_images:,} training images; lower it"
                        + (" or raise --synthetic-images" if self.data.kind == "synthetic" else ""))
             return out
         fewest = min(self.epochs * steps_per_epoch(self.train_images, b, self.steps) for b in batch_sizes)
@@ -117,7 +141,7 @@ class RunConfig:
         """The TrainSettings values every cell of this run shares (repeat r uses seed + r)."""
         return {"epochs": self.epochs, "max_steps_per_epoch": self.steps, "warmup_steps": self.warmup,
                 "seed": self.seed + repeat, "unsynced_steps": self.unsynced_steps,
-                "eval_images": self.eval_images}
+                "eval_images": self.eval_images, "connect_timeout_s": self.connect_timeout_s}
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -134,7 +158,8 @@ class RunConfig:
                                            "seed", "unsynced_steps", "eval_images")}
         except (KeyError, TypeError) as exc:
             raise ValueError(f"the run's recorded settings are incomplete ({exc})") from None
-        return cls(plan=plan, data=data, **fields_)
+        optional = {k: raw[k] for k in ("task_index", "connect_timeout_s") if k in raw}
+        return cls(plan=plan, data=data, cluster=tuple(raw.get("cluster") or ()), **optional, **fields_)
 
 
 def plan_cells(config: RunConfig, devices: list[Requested]) -> list[matrix.Cell]:
@@ -158,12 +183,15 @@ def backend_missing(backend: str) -> str | None:
     return None
 
 
-def worker_environment(device: Requested, backend: str = "tensorflow", base: dict | None = None) -> dict:
-    """A worker's environment: only ``device`` visible and the Keras backend chosen, before
-    any framework starts."""
+def worker_environment(device: Requested, backend: str = "tensorflow", base: dict | None = None,
+                       replicas: int = 1) -> dict:
+    """A worker's environment: only ``device`` (and the ``replicas`` - 1 GPUs after it)
+    visible and the Keras backend chosen, before any framework starts."""
     env = dict(os.environ if base is None else base)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"          # the same numbering as nvidia-smi
-    env["CUDA_VISIBLE_DEVICES"] = "-1" if device.id == "cpu" else str(device.device.index)
+    env["CUDA_VISIBLE_DEVICES"] = "-1" if device.id == "cpu" else ",".join(
+        str(device.device.index + i) for i in range(replicas))
+    env.pop("TF_CONFIG", None)                       # the cluster comes in the cell spec
     env["KERAS_BACKEND"] = backend
     if device.id == "cpu":
         env["JAX_PLATFORMS"] = "cpu"                 # JAX would otherwise look for a GPU
@@ -174,9 +202,14 @@ def worker_environment(device: Requested, backend: str = "tensorflow", base: dic
     return env
 
 
-def cell_spec(cell: matrix.Cell, config: RunConfig) -> CellSpec:
+def cell_spec(cell: matrix.Cell, config: RunConfig, cluster: tuple[str, ...] = (),
+              task_index: int = 0) -> CellSpec:
+    """The worker's spec; a multi-worker cell's names every worker and this one's place."""
     return CellSpec(cell_id=cell.cell_id, device_type=cell.device_type,
-                    settings=cell.settings(**config.run_wide(cell.repeat)), data=config.data)
+                    settings=cell.settings(**config.run_wide(cell.repeat),
+                                           cluster=cluster if cell["workers"] > 1 else (),
+                                           task_index=task_index if cell["workers"] > 1 else 0),
+                    data=config.data)
 
 
 class Reporter:
@@ -307,18 +340,113 @@ class Outcome:
     write_error: str = ""                  # the disk refused a write: the run stopped there
 
 
-def skip_reason(cell: matrix.Cell) -> str | None:
+def skip_reason(cell: matrix.Cell, config: RunConfig | None = None,
+                gpu_count: int | None = None) -> str | None:
+    """Why ``cell`` cannot run here (device, backend, data parallelism), or None.
+
+    ``gpu_count``: GPUs on the machine (None: not checked). On a non-chief host of a
+    ``--cluster`` run, the single-worker yardstick cells are the chief's to measure.
+    """
     if cell.device.device is None or not cell.device.device.usable:
         return cell.device.reason
+    if config is not None and config.task_index > 0 and cell["workers"] == 1:
+        return "single-worker cells run on the chief (--task-index 0) only"
+    available = None
+    if gpu_count is not None and cell.device_type == "GPU":
+        available = gpu_count - cell.device.device.index
     return backend_missing(cell["backend"]) or backend_limitation(
-        cell["backend"], cell["jit_compile"], cell["cpu_threads"])
+        cell["backend"], cell["jit_compile"], cell["cpu_threads"], cell["replicas"], cell["workers"]
+    ) or parallel_limitation(cell.device_type, cell["replicas"], cell["workers"], cell["data_placement"],
+                             cell["steps_per_execution"],
+                             config.unsynced_steps if config is not None else 0, available)
+
+
+def scaling_note(cell: matrix.Cell, config: RunConfig, usable_cpus: float | None) -> str | None:
+    """What a cell's speed-up can show: nothing about scaling when its replicas or workers
+    share this machine's CPU cores (logical CPU devices, local or loopback workers)."""
+    cores = f"{usable_cpus:g}" if usable_cpus else "the"
+    if cell.device_type == "CPU" and cell["replicas"] > 1:
+        return (f"{cell['replicas']} logical devices sharing {cores} CPU cores: a functional "
+                "check, no speed-up expected")
+    hosts = {address.rpartition(":")[0] for address in config.cluster}
+    if cell["workers"] > 1 and (not config.cluster or hosts <= {"127.0.0.1", "localhost", "::1", "[::1]"}):
+        return (f"{cell['workers']} worker processes on this one machine sharing {cores} CPU cores"
+                + (" and its GPU(s)" if cell.device_type == "GPU" else "")
+                + ": a functional check of the multi-worker path, no speed-up expected")
+    return None
+
+
+def free_loopback_ports(count: int) -> tuple[str, ...]:
+    """``count`` 127.0.0.1:port addresses free right now, for local workers to listen on."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def start_peers(cell: matrix.Cell, config: RunConfig, cluster: tuple[str, ...], log_dir: Path,
+                env: dict, worker_command) -> list[tuple[subprocess.Popen, Path]]:
+    """Start workers 1 .. N-1 of a local multi-worker cell, each writing everything (its
+    result line included) to ``<cell>.task<i>.log``; the runner follows worker 0 itself."""
+    peers = []
+    for task in range(1, len(cluster)):
+        log_path = log_dir / f"{cell.cell_id}.task{task}.log"
+        with open(log_path, "w", encoding="utf-8") as log:
+            peer = subprocess.Popen(list(worker_command), stdin=subprocess.PIPE, stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, text=True,
+                                    start_new_session=True)
+        peers.append((peer, log_path))
+        try:
+            peer.stdin.write(cell_spec(cell, config, cluster, task).to_json())
+            peer.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+    return peers
+
+
+def finish_peers(peers: list[tuple[subprocess.Popen, Path]], grace_s: float = PEER_GRACE_S) -> list[WorkerResult]:
+    """Wait up to ``grace_s`` for the other local workers, kill what is left, and read each
+    one's result from its log (a worker with none contributes nothing)."""
+    deadline = time.monotonic() + grace_s
+    results = []
+    for peer, log_path in peers:
+        try:
+            peer.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        process.kill_group(peer)
+        result = _result_in_log(log_path)
+        if result is not None:
+            results.append(result)
+    return results
+
+
+def _result_in_log(log_path: Path) -> WorkerResult | None:
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith(MARK):
+            try:
+                event = Event.parse(line[len(MARK):])
+                if event.kind == "result":
+                    return WorkerResult.from_dict(event.fields.get("result"))
+            except (ProtocolError, ValueError, TypeError):
+                return None
+    return None
 
 
 def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, context: dict,
             reporter: Reporter, log_dir: Path, worker_command=process.WORKER_COMMAND,
             peaks: dict | None = None, watch: Callable[[int, matrix.Cell], object] | None = None,
             contention_columns: Callable[[object], dict] = lambda watched: {},
-            theoretical: dict | None = None) -> Outcome:
+            theoretical: dict | None = None, gpu_count: int | None = None,
+            usable_cpus: float | None = None) -> Outcome:
     """Run every cell; each outcome becomes a row on disk before the next cell starts.
 
     ``context`` holds the run-wide row values (run id, system, git commit, machine label);
@@ -327,6 +455,11 @@ def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, cont
     each (device, precision); ``watch(pid, cell)`` starts a contention sampler for a worker and
     ``contention_columns`` turns what it saw into row values. A :class:`Stopped` ends the
     loop after the running worker is killed; every finished row is already on disk.
+
+    A multi-worker cell (``workers`` > 1) runs this host's worker of ``config.cluster``, or,
+    without a cluster, all its workers here on free 127.0.0.1 ports: worker 0 (the chief)
+    is followed as any cell's worker and writes the row; the others' logs (each ending
+    with its full result, step times included) stay beside the chief's.
     """
     peaks = peaks or {}
     outcome = Outcome(rows=writer.rows)
@@ -342,23 +475,37 @@ def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, cont
         planned = record.planned(cell, run_wide, context)
         steps: list[dict] = []
         try:
-            reason = skip_reason(cell)
+            reason = skip_reason(cell, config, gpu_count)
             if reason:
                 row = record.skipped_row(planned, reason)
             else:
-                result = process.run_worker(
-                    cell_spec(cell, config).to_json(), worker_environment(cell.device, cell["backend"]),
-                    log_dir / f"{cell.cell_id}.log", config.cell_timeout,
-                    on_event=lambda event, cell=cell: reporter.cell_event(cell, event),
-                    command=worker_command,
-                    watch=(lambda pid, cell=cell: watch(pid, cell)) if watch else None)
+                env = worker_environment(cell.device, cell["backend"], replicas=cell["replicas"])
+                cluster, task, peers, timeout, result = (), 0, [], config.cell_timeout, None
+                if cell["workers"] > 1:
+                    cluster = config.cluster or free_loopback_ports(cell["workers"])
+                    task = config.task_index if config.cluster else 0
+                    timeout = timeout or DEFAULT_MULTI_WORKER_TIMEOUT_S
+                try:
+                    if cell["workers"] > 1 and not config.cluster:
+                        peers = start_peers(cell, config, cluster, log_dir, env, worker_command)
+                    result = process.run_worker(
+                        cell_spec(cell, config, cluster, task).to_json(), env,
+                        log_dir / f"{cell.cell_id}.log", timeout,
+                        on_event=lambda event, cell=cell: reporter.cell_event(cell, event),
+                        command=worker_command,
+                        watch=(lambda pid, cell=cell: watch(pid, cell)) if watch else None)
+                finally:
+                    chief_done = result is not None and result.result is not None
+                    peer_results = finish_peers(peers, PEER_GRACE_S if chief_done else 0)
                 contention = contention_columns(result.watched) if result.watched is not None else None
                 if result.result is None:
                     row = record.failed_row(planned, result.reason, contention)
                 else:
                     peak = peaks.get((cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"]))
                     row = record.ok_row(planned, result.result, peak=peak, contention=contention,
-                                        theoretical=(theoretical or {}).get((cell.device.id, cell["precision"])))
+                                        theoretical=(theoretical or {}).get((cell.device.id, cell["precision"])),
+                                        peers=peer_results)
+                    row = record.with_scaling(row, writer.rows, scaling_note(cell, config, usable_cpus))
                     steps = record.step_rows(context["run_id"], cell.cell_id, result.result.train["records"])
                 if result.log_error:
                     reporter.say(f"warning: {result.log_error}")

@@ -32,6 +32,9 @@ def number(value: float | None, fmt: str, suffix: str = "") -> str:
 def numeric(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` with its number columns as floats (None -> NaN), whether read or in memory."""
     runs = runs.copy()
+    for name, value in matrix.legacy_values().items():   # rows made before a dimension existed
+        if name in runs:
+            runs[name] = runs[name].where(runs[name].notna(), value)
     for name, column in RUN_COLUMNS.items():
         if name in runs.columns and column.dtype in ("int", "float"):
             runs[name] = pd.to_numeric(runs[name], errors="coerce")
@@ -61,6 +64,7 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """
     runs = numeric(runs)
     shown = shown_dimensions(runs)
+    scaling = is_scaling_run(runs)
     rows = []
     for _, group in runs.groupby(["device_id", *_dims(runs)], sort=False, dropna=False):
         if (group["status"] == "skipped").all():
@@ -89,10 +93,39 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
         if ok["unsynced_images_per_s"].notna().any():
             row["Unsynced images/s"] = number(ok["unsynced_images_per_s"].median(), ",.0f")
             row["Sync overhead"] = number(ok["sync_overhead_pct"].median(), "+.1f", " %")
+        if scaling:
+            row.update({
+                "Global batch": number(ok["global_batch_size"].median(), ".0f"),
+                "Global images/s": number(ok["global_images_per_s"].median(), ",.0f"),
+                "Speed-up vs 1 replica": _scaling_speedup(ok),
+                "Scaling efficiency": number(ok["scaling_efficiency_pct"].median(), ".0f", " %"),
+            })
         if len(group) > 1:
             row["Repeats"] = f"{len(ok)}/{len(group)}"
         rows.append(row)
-    return pd.DataFrame(rows).fillna("–")
+    frame = pd.DataFrame(rows).fillna("–")
+    if scaling:
+        frame = frame.rename(columns={"Batch size": "Batch size (per replica)",
+                                      "Images/s": "Images/s per replica"})
+    return frame
+
+
+def _scaling_speedup(ok: pd.DataFrame) -> str:
+    if (ok["total_replicas"].fillna(1) <= 1).all():
+        return "yardstick"
+    checks = _texts(ok["scaling_note"])
+    return number(ok["speedup_vs_1_replica"].median(), ".2f", "×") + (" (functional check)" if len(checks) else "")
+
+
+def _texts(column: pd.Series) -> pd.Series:
+    """The non-empty strings of a text column (CSV gives NaN or "" for none)."""
+    return column[column.map(lambda v: isinstance(v, str) and v != "")]
+
+
+def is_scaling_run(runs: pd.DataFrame) -> bool:
+    """Does any measured row train on more than one replica (or worker)?"""
+    return "total_replicas" in runs and bool((pd.to_numeric(runs.loc[runs["status"] == "ok", "total_replicas"],
+                                                           errors="coerce") > 1).any())
 
 
 def _median(rows: pd.DataFrame, column: str) -> float | None:
@@ -183,6 +216,8 @@ def describe_settings(runs: pd.DataFrame, env: dict | None = None) -> list[str]:
                          f"{int(ok['unsynced_steps'].max())} steps timed as one block with a single sync "
                          "at the end. **Sync overhead**: throughput the per-step sync costs, "
                          "1 − images/s ÷ unsynced images/s (negative: within noise of zero).")
+        if is_scaling_run(ok):
+            notes += _scaling_notes(ok)
         no_steady = ok[ok["step_median_s"].isna()]
         if not no_steady.empty:
             notes.append(f"{len(no_steady)} cell(s) had **no steady steps** (every step was warm-up): "
@@ -223,6 +258,27 @@ def _impossible_efficiency_notes(ok: pd.DataFrame) -> list[str]:
             notes.append(f"**WARNING — harness bug**: {row['cell_id']} reached {row[column]:.0f} % of its "
                          f"{yardstick}; no run can exceed its peak, so that peak is wrong (measured "
                          "with other CPUs or settings than the cell's?). Do not trust this row's efficiency.")
+    return notes
+
+
+def _scaling_notes(ok: pd.DataFrame) -> list[str]:
+    """What the data-parallel columns are, which engine ran, and which rows cannot show scaling."""
+    engines = {"mirrored": "tf.distribute.MirroredStrategy under Keras fit",
+               "multi_worker_mirrored": "tf.distribute.MultiWorkerMirroredStrategy with Keras's "
+                                        "train_step in a custom loop (fit fails under it, keras#20585)"}
+    used = [f"{name} = {text}" for name, text in engines.items() if name in set(ok["strategy"].dropna())]
+    notes = ["**Batch size (per replica)**: images each replica trains on per step; **Global batch** "
+             "= that × replicas × workers, what one optimizer update averages over. **Images/s per "
+             "replica** = batch ÷ median step; **Global images/s** = global batch ÷ median step. "
+             "**Speed-up vs 1 replica**: global images/s ÷ that of the 1-replica, 1-worker cell "
+             "of the same settings in this run; **Scaling efficiency** = speed-up ÷ replicas "
+             "(× workers) × 100 (100 % is ideal). Every step is timed until the loss, reduced over "
+             "every replica, is on the host. Efficiency (vs peak) is left out for rows of several "
+             "replicas: the peak is one device's."]
+    if used:
+        notes.append("**Engine** (strategy column): " + "; ".join(used) + ".")
+    for note, group in ok.loc[_texts(ok["scaling_note"]).index].groupby("scaling_note", sort=False):
+        notes.append(f"**Not a scaling result** ({len(group)} row(s)): {note}.")
     return notes
 
 

@@ -130,7 +130,7 @@ def run_cell(spec: CellSpec) -> WorkerResult:
     emit("phase", phase="loading data")
     dataset = load_data(spec)
     settings = spec.settings
-    total = settings.epochs * steps_per_epoch(len(dataset.x_train), settings.batch_size,
+    total = settings.epochs * steps_per_epoch(len(dataset.x_train), settings.global_batch_size,
                                               settings.max_steps_per_epoch)
     progress, cpu_meter = _callbacks(total, not dataset.synthetic and settings.eval_images != 0)
     emit("phase", phase="building the model")

@@ -19,7 +19,7 @@ import importlib
 _EXPORTS = {
     "settings": ("BACKENDS", "BACKEND_INSTALL", "COMPUTE_DTYPES", "DATA_PLACEMENTS",
                  "DEFAULT_BACKEND", "JIT_COMPILE", "MAX_SEED", "PRECISIONS", "SPLITS",
-                 "TrainSettings", "backend_limitation", "resolve_data_placement", "split_sizes", "steps_per_epoch",
+                 "TrainSettings", "backend_limitation", "parallel_limitation", "strategy_name", "resolve_data_placement", "split_sizes", "steps_per_epoch",
                  "training_set_bytes"),
     "data": ("CLASS_NAMES", "DataError", "Dataset", "DatasetNotFound", "load_cifar10",
              "load_dataset", "locate_cifar10", "read_cifar10", "synthetic_dataset"),

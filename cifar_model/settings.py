@@ -39,6 +39,14 @@ BACKEND_INSTALL = {"tensorflow": "pip install tensorflow",
                    "jax": "pip install 'cifar-bench[jax]'",
                    "torch": "pip install 'cifar-bench[torch]'"}
 
+#: The data-parallel engine of a cell, by what it asked for (see :func:`strategy_name`).
+STRATEGIES = ("none", "mirrored", "multi_worker_mirrored")
+#: Logical CPU devices a CPU cell may split into for ``replicas`` > 1: a functional check of
+#: the data-parallel code path (they share the machine's cores), not a scaling result.
+MAX_LOGICAL_CPU_REPLICAS = 8
+#: How long a multi-worker cell waits for every peer to join before it fails (seconds).
+DEFAULT_CONNECT_TIMEOUT_S = 120
+
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 MAX_SEED = 2**32 - 1
@@ -109,13 +117,20 @@ class TrainSettings:
     unsynced_steps: int = 0
     eval_images: int | None = None
     backend: str = DEFAULT_BACKEND
+    replicas: int = 1
+    workers: int = 1
+    cluster: tuple[str, ...] = ()
+    task_index: int = 0
+    connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S
 
     def __post_init__(self):
         problems = []
-        for name in ("batch_size", "epochs", "steps_per_execution"):
+        object.__setattr__(self, "cluster", tuple(self.cluster))  # JSON gives a list
+        for name in ("batch_size", "epochs", "steps_per_execution", "replicas", "workers",
+                     "connect_timeout_s"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 problems.append(f"{name} must be an integer >= 1 (got {getattr(self, name)!r})")
-        for name in ("warmup_steps", "cpu_threads", "unsynced_steps"):
+        for name in ("warmup_steps", "cpu_threads", "unsynced_steps", "task_index"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 problems.append(f"{name} must be an integer >= 0 (got {getattr(self, name)!r})")
         for name in ("max_steps_per_epoch", "eval_images"):
@@ -128,6 +143,12 @@ class TrainSettings:
                               ("data_placement", DATA_PLACEMENTS), ("backend", BACKENDS)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        if self.cluster and _is_int(self.workers) and len(self.cluster) != self.workers:
+            problems.append(f"workers {self.workers} needs a cluster of {self.workers} host:port "
+                            f"addresses (got {len(self.cluster)})")
+        if _is_int(self.task_index) and self.task_index >= max(1, len(self.cluster)):
+            problems.append(f"task_index {self.task_index} is outside the cluster of "
+                            f"{len(self.cluster)} worker(s)")
         if (self.max_steps_per_epoch is not None and _is_int(self.warmup_steps)
                 and _is_int(self.epochs) and not problems
                 and self.warmup_steps >= self.epochs * self.max_steps_per_epoch):
@@ -139,6 +160,20 @@ class TrainSettings:
     @property
     def total_steps_cap(self) -> int | None:
         return None if self.max_steps_per_epoch is None else self.epochs * self.max_steps_per_epoch
+
+    @property
+    def total_replicas(self) -> int:
+        """Replicas training in sync across every worker."""
+        return self.replicas * self.workers
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per step across every replica: what one optimizer update averages over."""
+        return self.batch_size * self.total_replicas
+
+    @property
+    def strategy(self) -> str:
+        return strategy_name(self.replicas, self.workers)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,13 +188,55 @@ class TrainSettings:
         return cls(**data)
 
 
-def backend_limitation(backend: str, jit_compile: str, cpu_threads: int) -> str | None:
+def strategy_name(replicas: int, workers: int) -> str:
+    """The data-parallel engine for ``replicas`` per worker and ``workers``, one of
+    :data:`STRATEGIES`: TensorFlow's MirroredStrategy on one process, its
+    MultiWorkerMirroredStrategy across processes, none for a single device."""
+    if workers > 1:
+        return "multi_worker_mirrored"
+    return "mirrored" if replicas > 1 else "none"
+
+
+def backend_limitation(backend: str, jit_compile: str, cpu_threads: int, replicas: int = 1,
+                       workers: int = 1) -> str | None:
     """Why a combination cannot run on ``backend`` (so the harness skips it), or None."""
+    if backend != "tensorflow" and replicas * workers > 1:
+        return ("replicas > 1 and workers > 1 are implemented for tensorflow only "
+                "(MirroredStrategy, MultiWorkerMirroredStrategy)")
     if backend == "jax" and jit_compile == "off":
         return "JAX always compiles the step with XLA; --jit-compile off cannot apply (use auto or on)"
     if backend == "jax" and cpu_threads:
         return ("JAX's CPU thread count can only be set with XLA_FLAGS before it starts; "
                 "use --cpu-threads 0 with --backend jax")
+    return None
+
+
+def parallel_limitation(device_type: str, replicas: int, workers: int, data_placement: str,
+                        steps_per_execution: int = 1, unsynced_steps: int = 0,
+                        gpu_count: int | None = None) -> str | None:
+    """Why a data-parallel combination cannot run (so the harness skips it), or None.
+
+    ``gpu_count`` is how many GPUs the machine has from the cell's first one on (None: not
+    known, not checked). A CPU splits into at most :data:`MAX_LOGICAL_CPU_REPLICAS` logical
+    devices; under MultiWorkerMirroredStrategy each worker's CPU is one device.
+    """
+    if replicas == 1 and workers == 1:
+        return None
+    if data_placement == "device":
+        return "--data-placement device is implemented for one replica only; use host"
+    if device_type == "GPU" and gpu_count is not None and replicas > gpu_count:
+        return f"--replicas {replicas} needs {replicas} GPUs from the cell's first GPU on; this machine has {gpu_count}"
+    if device_type == "CPU" and replicas > MAX_LOGICAL_CPU_REPLICAS:
+        return (f"--replicas {replicas}: a CPU splits into at most {MAX_LOGICAL_CPU_REPLICAS} "
+                "logical devices")
+    if workers > 1:
+        if device_type == "CPU" and replicas > 1:
+            return ("MultiWorkerMirroredStrategy uses one CPU device per worker; use --replicas 1 "
+                    "with --workers on a CPU")
+        if steps_per_execution > 1:
+            return "--steps-per-execution > 1 is not implemented for the multi-worker step; use 1"
+        if unsynced_steps:
+            return "--unsynced-steps is not implemented for the multi-worker step; use 0"
     return None
 
 

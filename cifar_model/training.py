@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass, fields
 import keras
 import numpy as np
 
-from cifar_model import backends
+from cifar_model import backends, distribution
 from cifar_model.data import Dataset
 from cifar_model.model import build_network, compile_model, training_flops_per_image
 from cifar_model.pipelines import host_batches, index_batches
-from cifar_model.settings import (TrainSettings, resolve_data_placement, steps_per_epoch,
-                                  training_set_bytes)
+from cifar_model.settings import (TrainSettings, parallel_limitation, resolve_data_placement,
+                                  steps_per_epoch, training_set_bytes)
 
 UNSYNCED_SKIP = 2  # untimed steps before an unsynced block (the train function is already traced)
 NO_EVAL_NOTE = "not measured: evaluation skipped (--no-eval)"
@@ -87,6 +87,15 @@ class TrainResult:
     unsynced_seconds: float | None = None
     data_placement: str = "host"    # where the training images lived: host or device
     data_device: str = ""           # the device that held them ("CPU:0", "GPU:0")
+    replicas: int = 1               # devices training in sync in this worker process
+    workers: int = 1                # worker processes (hosts) training in sync
+    task_index: int = 0             # this process's place among them (0: the chief)
+    strategy: str = "none"          # the data-parallel engine (settings.STRATEGIES)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per step over every replica of every worker (``batch_size`` is per replica)."""
+        return self.batch_size * self.replicas * self.workers
 
     @property
     def first_step_seconds(self) -> float:
@@ -258,6 +267,12 @@ def train(
     more steps (after :data:`UNSYNCED_SKIP` untimed ones) timed as one block with a single
     sync at the end: the cost of per-step syncing is the difference to the steady figures.
 
+    Data parallelism (``settings.replicas`` / ``workers`` > 1, TensorFlow only; see
+    :mod:`cifar_model.distribution`): ``batch_size`` is per replica, each step trains on
+    ``global_batch_size`` images, and ``device`` names the device *type* (its first index).
+    Each step is timed by the same rule: until the loss, reduced over every replica, is on
+    the host.
+
     Raises ``ValueError`` for settings this backend cannot run (another backend, JAX
     with ``jit_compile="off"``) before any work is done.
     """
@@ -266,14 +281,26 @@ def train(
         raise ValueError(f"settings ask for the {settings.backend} backend but Keras runs on "
                          f"{backend}; set KERAS_BACKEND={settings.backend} before importing keras")
     backends.jit_compile_value(settings.jit_compile)   # refuses what this backend cannot do
-    backends.configure_threads(settings.cpu_threads)
     n_train = len(dataset.x_train)
-    steps = steps_per_epoch(n_train, settings.batch_size, settings.max_steps_per_epoch)
+    data_placement = resolve_data_placement(settings.data_placement, _device_type(device),
+                                            device_memory_bytes, training_set_bytes(n_train))
+    parallel = settings.strategy != "none"
+    if parallel:
+        why = parallel_limitation(_device_type(device), settings.replicas, settings.workers,
+                                  data_placement, settings.steps_per_execution, settings.unsynced_steps)
+        if backend != "tensorflow" or why:
+            raise ValueError(why or f"data parallelism is implemented for tensorflow, not {backend}")
+    multi_worker = settings.strategy == "multi_worker_mirrored"
+    if multi_worker and not settings.cluster:
+        raise ValueError(f"workers {settings.workers} needs the cluster's host:port addresses")
+    deadline = (distribution.join_deadline(settings.connect_timeout_s, settings.cluster,
+                                           settings.task_index).__enter__() if multi_worker else None)
+    strategy = distribution.make_strategy(settings, _device_type(device))  # before TF runs anything
+    backends.configure_threads(settings.cpu_threads)
+    steps = steps_per_epoch(n_train, settings.global_batch_size, settings.max_steps_per_epoch)
     if settings.seed is not None:
         keras.utils.set_random_seed(settings.seed)
 
-    data_placement = resolve_data_placement(settings.data_placement, _device_type(device),
-                                            device_memory_bytes, training_set_bytes(n_train))
     started = time.perf_counter()
     images = None
     if data_placement == "device":
@@ -281,12 +308,12 @@ def train(
         pipeline = index_batches(dataset.y_train, settings.batch_size, settings.seed, backend)
         data_device = backends.tensor_place(images)
     else:
-        pipeline = host_batches(dataset.x_train, dataset.y_train, settings.batch_size,
+        pipeline = host_batches(dataset.x_train, dataset.y_train, settings.global_batch_size,
                                 settings.seed, backend)
         data_device = "CPU:0"
     data_seconds = dataset.load_seconds + (time.perf_counter() - started)
 
-    with _device_scope(device):
+    with strategy.scope() if strategy is not None else _device_scope(device):
         started = time.perf_counter()
         model = build_network(settings.precision, seed=settings.seed)
         trainer = model if images is None else resident_model(model, images)
@@ -297,12 +324,18 @@ def train(
 
         timer = StepTimer(settings.warmup_steps)
         started = time.perf_counter()
-        with _explained_compile_failure(trainer):
-            history = trainer.fit(pipeline, epochs=settings.epochs, steps_per_epoch=steps,
-                                  shuffle=False, verbose=0, callbacks=[timer, *callbacks])
+        if multi_worker:
+            history = distribution.fit_multi_worker(
+                trainer, distribution.worker_batches(pipeline, strategy, settings.batch_size),
+                strategy, settings.epochs, steps, [timer, *callbacks], on_first_step=deadline.joined)
+        else:
+            with _explained_compile_failure(trainer):
+                history = trainer.fit(pipeline, epochs=settings.epochs, steps_per_epoch=steps,
+                                      shuffle=False, verbose=0, callbacks=[timer, *callbacks]).history
         train_seconds = time.perf_counter() - started
 
-        evaluation = _evaluate(model, dataset, settings)
+        evaluation = _evaluate(model, dataset, settings,
+                               distribution.evaluate_logits if multi_worker else None)
 
         unsynced_steps, unsynced_seconds = 0, None
         if settings.unsynced_steps:
@@ -314,6 +347,8 @@ def train(
             unsynced_steps = total - unsynced.first_timed_step
 
     xla, compile_note = backends.describe_compilation(settings.jit_compile, bool(trainer.jit_compile))
+    if parallel:
+        compile_note = f"{compile_note}; {distribution.ENGINE_NOTES[settings.strategy]}"
     steady_wall = (timer.steady_ended - timer.steady_started
                    if timer.steady_started is not None and timer.steady_ended is not None else math.nan)
     return TrainResult(
@@ -323,23 +358,27 @@ def train(
         device=device, data=dataset.label, split=dataset.split, records=timer.records,
         epoch_seconds=timer.epoch_seconds, train_seconds=train_seconds,
         steady_wall_seconds=steady_wall, data_seconds=data_seconds, build_seconds=build_seconds,
-        train_loss=float(history.history["loss"][-1]),
-        train_accuracy=float(history.history["accuracy"][-1]),
+        train_loss=float(history["loss"][-1]),
+        train_accuracy=float(history["accuracy"][-1]),
         **evaluation,
         training_flops_per_image=training_flops_per_image(model), params=model.count_params(),
         xla=xla, backend=backend, compile_note=compile_note,
         unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
         data_placement=data_placement, data_device=data_device,
+        replicas=settings.replicas, workers=settings.workers, task_index=settings.task_index,
+        strategy=settings.strategy,
     )
 
 
-def _evaluate(model: keras.Model, dataset: Dataset, settings: TrainSettings) -> dict:
+def _evaluate(model: keras.Model, dataset: Dataset, settings: TrainSettings,
+              logits_of=None) -> dict:
     """Held-out loss and accuracy on the images ``settings.eval_images`` asks for, with a
     note that says which; the TrainResult fields, as a dict.
 
     Predictions come from the trained network itself (not the wrapper a device-resident
     run trains, which takes training-set indices), so no second compile is needed; the
     loss is the training loss, softmax cross-entropy from the logits, in float64.
+    ``logits_of(model, images, batch_size)`` replaces ``model.predict`` where that cannot run.
     """
     total = len(dataset.x_test)
     if settings.eval_images == 0:
@@ -353,8 +392,11 @@ def _evaluate(model: keras.Model, dataset: Dataset, settings: TrainSettings) -> 
                     accuracy_note=note, eval_seconds=None)
     n = total if settings.eval_images is None else min(settings.eval_images, total)
     started = time.perf_counter()
-    logits = np.asarray(model.predict(dataset.x_test[:n], batch_size=settings.batch_size,
-                                      verbose=0), dtype=np.float64)
+    if logits_of is None:
+        logits = model.predict(dataset.x_test[:n], batch_size=settings.batch_size, verbose=0)
+    else:
+        logits = logits_of(model, dataset.x_test[:n], settings.batch_size)
+    logits = np.asarray(logits, dtype=np.float64)
     eval_seconds = time.perf_counter() - started
     labels = dataset.y_test[:n]
     top = logits.max(axis=1)

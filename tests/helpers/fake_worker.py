@@ -20,7 +20,9 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # this checkout's bench, not an installed one
 from fake_results import fake_result  # same folder: on sys.path when run as a script
 
 from bench.protocol import CellSpec, PeakSpec, emit

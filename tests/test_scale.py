@@ -1,0 +1,184 @@
+"""Data parallelism: replicas and workers in the plan, their rows and columns, and real
+runs of MirroredStrategy (logical CPU devices) and MultiWorkerMirroredStrategy (loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import matrix, record, runner, summary
+from bench.devices import Device, Requested
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CPU = Requested("cpu", Device("cpu", "CPU", "Test CPU", 2, 2, 2**34))
+GPU0 = Requested("gpu:0", Device("gpu:0", "GPU", "A100", memory_bytes=80 * 2**30))
+TINY = ("--devices", "cpu", "--data", "synthetic", "--synthetic-images", "256", "--batch-sizes", "16",
+        "--steps", "4", "--warmup", "1", "--no-peak", "--no-eval", "--precision", "fp32")
+RUN_LIMIT_S = 240     # a run of three tiny cells takes ~60 s on 2 shared cores
+
+
+def bench(*args, cwd: Path, timeout: float = RUN_LIMIT_S) -> subprocess.CompletedProcess:
+    """The CLI of this checkout (PYTHONPATH: the workers it starts import it too)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout, env=env)
+
+
+def config(**kwargs) -> runner.RunConfig:
+    return runner.RunConfig(plan=matrix.Plan({"batch_size": (16,), **kwargs.pop("plan", {})}),
+                            epochs=1, steps=4, warmup=1, **kwargs)
+
+
+# --------------------------------------------------------------------------- planning
+
+def test_replicas_bring_their_one_replica_cell_first():
+    cells = matrix.plan(matrix.Plan({"batch_size": (64,), "replicas": (2, 4)}), [CPU], 1, 50_000)
+    assert [(c["replicas"], c["workers"]) for c in cells] == [(1, 1), (2, 1), (4, 1)]
+    assert "_rep" not in cells[0].cell_id and "_wk" not in cells[0].cell_id   # ids of old runs kept
+    assert cells[1].cell_id.endswith("_rep2_r0")
+
+
+def test_workers_bring_the_one_worker_cell_once_per_setting():
+    cells = matrix.plan(matrix.Plan({"batch_size": (32, 64), "replicas": (2,), "workers": (2,)}),
+                        [CPU], 2, 50_000)
+    keys = [(c.repeat, c["batch_size"], c["replicas"], c["workers"]) for c in cells]
+    assert keys == [(r, b, *rw) for r in (0, 1) for b in (32, 64) for rw in ((1, 1), (2, 2))]
+
+
+def test_settings_say_per_replica_and_global_batch():
+    cell = matrix.plan(matrix.Plan({"batch_size": (64,), "replicas": (2,), "workers": (3,)}), [GPU0], 1,
+                       50_000)[-1]
+    settings = runner.cell_spec(cell, config(), ("h:1", "h:2", "h:3"), 2).settings
+    assert (settings.batch_size, settings.global_batch_size, settings.total_replicas) == (64, 384, 6)
+    assert settings.strategy == "multi_worker_mirrored" and settings.task_index == 2
+    assert runner.worker_environment(GPU0, replicas=2, base={})["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_scaling_columns_are_declared():
+    for name in ("replicas", "workers", "strategy", "task_index", "total_replicas", "global_batch_size",
+                 "global_images_per_s", "speedup_vs_1_replica", "scaling_efficiency_pct", "scaling_note"):
+        assert record.RUN_COLUMNS[name].doc, name
+
+
+def test_global_batch_larger_than_the_data_is_refused_up_front():
+    cfg = config(plan={"replicas": (4,)}, data=runner.DataSpec("synthetic", synthetic_images=48))
+    assert "global batch 64" in cfg.problems()[0]
+
+
+@pytest.mark.parametrize("backend, replicas, workers, device, extra, fragment", [
+    ("jax", 2, 1, CPU, {}, "implemented for tensorflow only"),
+    ("torch", 1, 2, CPU, {}, "implemented for tensorflow only"),
+    ("tensorflow", 4, 1, GPU0, {"gpu_count": 1}, "needs 4 GPUs"),
+    ("tensorflow", 9, 1, CPU, {}, "at most 8 logical devices"),
+    ("tensorflow", 2, 2, CPU, {}, "one CPU device per worker"),
+])
+def test_what_cannot_run_is_a_skipped_row_with_its_reason(backend, replicas, workers, device, extra, fragment):
+    cell = matrix.plan(matrix.Plan({"batch_size": (16,), "backend": (backend,), "replicas": (replicas,),
+                                    "workers": (workers,), "data_placement": ("host",)}),
+                       [device], 1, 50_000)[-1]
+    assert fragment in runner.skip_reason(cell, config(), **extra)
+
+
+def test_a_non_chief_host_leaves_the_single_worker_cells_to_the_chief():
+    cells = matrix.plan(matrix.Plan({"batch_size": (16,), "workers": (2,)}), [CPU], 1, 50_000)
+    cfg = config(cluster=("a:1", "b:1"), task_index=1)
+    assert "chief" in runner.skip_reason(cells[0], cfg)
+    assert runner.skip_reason(cells[1], cfg) is None
+
+
+def test_speedup_is_over_the_one_replica_row_of_the_same_settings():
+    base = {"status": "ok", "device_id": "cpu", "repeat": 0, "device_type": "CPU",
+            **{d.name: v for d, v in zip(matrix.DIMENSIONS, (16, "tensorflow", "fp32", "auto", 0, 1, "host", 1, 1))}}
+    earlier = [{**base, "global_images_per_s": 100.0},
+               {**base, "batch_size": 32, "global_images_per_s": 999.0}]     # other settings: ignored
+    row = record.RunRow(**{**base, "replicas": 2, "total_replicas": 2, "global_images_per_s": 150.0})
+    scaled = record.with_scaling(row, earlier, "shared cores")
+    assert scaled.speedup_vs_1_replica == pytest.approx(1.5)
+    assert scaled.scaling_efficiency_pct == pytest.approx(75.0)
+    assert scaled.scaling_note == "shared cores"
+
+
+# --------------------------------------------------------------------------- real runs
+
+@pytest.fixture(scope="module")
+def parallel_run(tmp_path_factory):
+    """One CLI run: 1 replica, 2 logical CPU replicas (MirroredStrategy), 2 loopback
+    workers (MultiWorkerMirroredStrategy); 2 x 2 is planned and skipped on a CPU."""
+    root = tmp_path_factory.mktemp("scale")
+    started = time.monotonic()
+    done = bench("run", *TINY, "--replicas", "1,2", "--workers", "1,2", "--out", root / "run", cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = pd.read_csv(root / "run" / "runs.csv")
+    return root / "run", runs.set_index(["replicas", "workers"]), time.monotonic() - started
+
+
+def test_replicas_run_end_to_end_on_logical_cpu_devices(parallel_run):
+    out, runs, seconds = parallel_run
+    one, two = runs.loc[(1, 1)], runs.loc[(2, 1)]
+    assert (one["status"], two["status"]) == ("ok", "ok")
+    assert (one["strategy"], two["strategy"]) == ("none", "mirrored")
+    assert (two["batch_size"], two["global_batch_size"], two["total_replicas"]) == (16, 32, 2)
+    assert two["global_images_per_s"] == pytest.approx(32 / two["step_median_s"])
+    assert two["speedup_vs_1_replica"] == pytest.approx(
+        two["global_images_per_s"] / one["global_images_per_s"])
+    assert "logical devices sharing" in two["scaling_note"] and "MirroredStrategy" in two["compile_note"]
+    assert pd.isna(one["speedup_vs_1_replica"])
+    text = (out / "summary.md").read_text()
+    assert "Batch size (per replica)" in text and "Speed-up vs 1 replica" in text
+    assert "**Not a scaling result**" in text
+    assert (out / "scaling.png").stat().st_size > 0
+    assert seconds < RUN_LIMIT_S
+
+
+def test_two_loopback_workers_run_end_to_end(parallel_run):
+    out, runs, _ = parallel_run
+    row = runs.loc[(1, 2)]
+    assert row["status"] == "ok" and row["strategy"] == "multi_worker_mirrored" and row["task_index"] == 0
+    assert row["global_batch_size"] == 32 and row["peer_step_median_s"] > 0
+    assert "custom loop" in row["compile_note"] and "worker processes" in row["scaling_note"]
+    peer_log = out / "logs" / f"{row['cell_id']}.task1.log"
+    assert '"event": "result"' in peer_log.read_text()          # the other worker's steps are kept
+    assert runs.loc[(2, 2), "status"] == "skipped"
+
+
+def test_a_peer_that_never_joins_fails_the_cell_within_the_connect_timeout(tmp_path):
+    """Task 1 of a two-host cluster whose chief never starts: the single-worker cell is the
+    chief's (skipped here); the two-worker cell fails after --connect-timeout, not a hang."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    started = time.monotonic()
+    done = bench("run", *TINY, "--cluster", ",".join(f"127.0.0.1:{p}" for p in ports), "--task-index", "1",
+                 "--connect-timeout", "5", "--out", tmp_path / "run", cwd=tmp_path, timeout=150)
+    assert time.monotonic() - started < 150
+    runs = pd.read_csv(tmp_path / "run" / "runs.csv").set_index("workers")
+    assert runs.loc[1, "status"] == "skipped" and "chief" in runs.loc[1, "reason"]
+    assert runs.loc[2, "status"] == "failed" and "join" in runs.loc[2, "reason"]
+    assert done.returncode == 4                                  # EXIT_CELL_FAILED
+
+
+def test_the_multi_worker_loop_trains_as_keras_fit_does():
+    """Same seed, data and global batch: one worker's custom loop vs ``fit``, step by step."""
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "helpers" / "custom_loop_vs_fit.py")],
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(losses["custom"]) == len(losses["fit"]) == 6
+    assert losses["custom"] == pytest.approx(losses["fit"], rel=1e-4)
+
+
+def test_summary_names_the_engine(parallel_run):
+    out, runs, _ = parallel_run
+    notes = summary.describe_settings(runs.reset_index())
+    assert any("MultiWorkerMirroredStrategy" in n and "keras#20585" in n for n in notes)
