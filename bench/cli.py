@@ -73,19 +73,8 @@ def _typed(parse, what: str):
     return convert
 
 
-def _integer(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise ValueError(f"'{text}' is not {'a positive' if minimum else 'a non-negative'} integer")
-        return value
-    return _typed(parse, "integer")
-
-
-positive_int, non_negative_int = _integer(1), _integer(0)
+positive_int = _typed(matrix.integer(1), "integer")
+non_negative_int = _typed(matrix.integer(0), "integer")
 
 
 def _seconds(text: str) -> float:
@@ -167,16 +156,6 @@ def build_parser() -> Parser:
                               epilog=f"Exit statuses: {EXIT_STATUSES}.")
     run.set_defaults(func=cmd_run)
     add_run_options(run)
-    run.add_argument("--cluster", type=cluster_arg, metavar="HOST:PORT,...",
-                     help="every worker of a multi-host run, chief first, the same on every host "
-                          "(default: $TF_CONFIG's cluster when set; else --workers start local "
-                          "workers on 127.0.0.1); --workers then defaults to the host count")
-    run.add_argument("--task-index", type=non_negative_int,
-                     help="this host's place in --cluster; 0, the chief, writes the rows that "
-                          "count (default: $TF_CONFIG's task, else 0)")
-    run.add_argument("--connect-timeout", type=positive_int, default=DEFAULT_CONNECT_TIMEOUT_S,
-                     help="seconds a multi-worker cell waits for every worker to join before it "
-                          f"fails (default: {DEFAULT_CONNECT_TIMEOUT_S})")
     run.add_argument("--resume", type=path_arg, metavar="DIR",
                      help="finish an interrupted run: run only its missing cells, with its own "
                           "settings, appending to its files")
@@ -388,6 +367,16 @@ def add_run_options(parser) -> None:
     parser.add_argument("--unsynced-steps", type=non_negative_int, default=0,
                      help="after training, also time N more steps with a single sync at the end, "
                           "to show what per-step timing costs (default: 0, off)")
+    parser.add_argument("--cluster", type=cluster_arg, metavar="HOST:PORT,...",
+                     help="every worker of a multi-host run, chief first, the same on every host "
+                          "(default: $TF_CONFIG's cluster when set; else --workers start local "
+                          "workers on 127.0.0.1); --workers then defaults to the host count")
+    parser.add_argument("--task-index", type=non_negative_int,
+                     help="this host's place in --cluster; 0, the chief, writes the rows that "
+                          "count (default: $TF_CONFIG's task, else 0)")
+    parser.add_argument("--connect-timeout", type=positive_int, default=DEFAULT_CONNECT_TIMEOUT_S,
+                     help="seconds a multi-worker cell waits for every worker to join before it "
+                          f"fails (default: {DEFAULT_CONNECT_TIMEOUT_S})")
     parser.add_argument("--no-peak", action="store_true",
                      help="skip measuring the devices' peak (no efficiency columns)")
 

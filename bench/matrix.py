@@ -33,7 +33,7 @@ def _choice(choices: Iterable[str]) -> Callable[[str], str]:
     return parse
 
 
-def _integer(minimum: int) -> Callable[[str], int]:
+def integer(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -107,7 +107,7 @@ def _show_threads(value) -> str:
 
 
 DIMENSIONS: tuple[Dimension, ...] = (
-    Dimension("batch_size", "Batch size", "--batch-sizes", _integer(1), (64, 128, 256), "64,128,256",
+    Dimension("batch_size", "Batch size", "--batch-sizes", integer(1), (64, 128, 256), "64,128,256",
               "images per training step, comma-separated", "images per training step", "int",
               "batch_size", lambda v: f"bs{v}"),
     Dimension("backend", "Backend", "--backend", _choice(BACKENDS), (DEFAULT_BACKEND,),
@@ -125,11 +125,11 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("jit_compile", "XLA", "--jit-compile", _choice(JIT_COMPILE), ("auto",), "auto,off",
               "XLA, comma-separated: auto, on, off", "XLA as asked: auto, on or off", "text",
               "jit_compile", lambda v: f"xla-{v}"),
-    Dimension("cpu_threads", "CPU threads", "--cpu-threads", _integer(0), (0,), "0,1,2",
+    Dimension("cpu_threads", "CPU threads", "--cpu-threads", integer(0), (0,), "0,1,2",
               "intra-op threads, comma-separated; 0 = the framework's default",
               "intra-op threads (0: the framework's default)", "int", "cpu_threads",
               lambda v: f"thr{v}", show=_show_threads),
-    Dimension("steps_per_execution", "Steps/execution", "--steps-per-execution", _integer(1), (1,),
+    Dimension("steps_per_execution", "Steps/execution", "--steps-per-execution", integer(1), (1,),
               "1,8", "training steps per call of the compiled train function, comma-separated",
               "training steps per call into the compiled train function", "int",
               "steps_per_execution", lambda v: f"spe{v}"),
@@ -144,13 +144,13 @@ DIMENSIONS: tuple[Dimension, ...] = (
               resolve=lambda value, device, ctx: resolve_data_placement(
                   value, device.type, device.memory_bytes, training_set_bytes(ctx.train_images)),
               legacy="host"),
-    Dimension("replicas", "Replicas", "--replicas", _integer(1), (1,), "1,2,4",
+    Dimension("replicas", "Replicas", "--replicas", integer(1), (1,), "1,2,4",
               "data-parallel devices of the cell's type per worker, comma-separated (TensorFlow: "
               "MirroredStrategy; on a CPU, logical devices sharing its cores); --batch-sizes stays "
               "per replica; a 1-replica cell is planned beside N > 1 for the speed-up",
               "devices training in sync in each worker process (batch_size is per replica)", "int",
               "replicas", _one_is_silent("rep"), legacy=1, yardstick=1),
-    Dimension("workers", "Workers", "--workers", _integer(1), (1,), "1,2",
+    Dimension("workers", "Workers", "--workers", integer(1), (1,), "1,2",
               "worker processes training in sync, comma-separated (TensorFlow "
               "MultiWorkerMirroredStrategy): the hosts of --cluster, else local processes on "
               "127.0.0.1; a 1-worker cell is planned beside N > 1 for the speed-up",

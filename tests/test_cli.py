@@ -139,7 +139,7 @@ def test_summary_and_readme_commands(synthetic_run, tmp_path):
     first = bench("readme", "--run", out, "--readme", readme, cwd=root)
     assert first.returncode == 0 and "table updated" in first.stdout
     text = readme.read_text()
-    assert "old" not in text and "| System" in text and text.endswith("<!-- bench:table:end -->\ntail\n")
+    assert "\nold\n" not in text and "| System" in text and text.endswith("<!-- bench:table:end -->\ntail\n")
     assert "Produced by `python -m bench run" in text
     second = bench("readme", "--run", out, "--readme", readme, cwd=root)
     assert "already up to date" in second.stdout and readme.read_text() == text
