@@ -5,7 +5,8 @@ cell's own backend, in the precision's compute dtype, timed in a worker subproce
 only that device. A peak is a property of what the process could use, so it is keyed by
 device, precision, threads, backend and its version, *and the CPUs the process may use*
 (affinity, cgroup quota): a run pinned to one core can never become the yardstick of a
-run on two. Cached per machine in ``<results>/peaks/<machine>.json``, read and updated
+run on two. A peak measured while other processes competed for the device is used for
+that run only and never cached. Cached per machine in ``<results>/peaks/<machine>.json``, read and updated
 under a lock so concurrent runs lose nothing.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bench import process
+from bench.contention import ContentionSampler
 from bench.devices import Requested
 from bench.environment import machine_id
 from bench.protocol import PeakSpec
@@ -47,11 +49,17 @@ def measure(device: Requested, precisions: list[str], cpu_threads: int, backend:
             log_path: Path, timeout_s: float = PEAK_TIMEOUT_S, command=PEAK_COMMAND) -> dict[str, dict]:
     """Time the matrix multiply on ``device`` in each precision (one worker process)."""
     spec = PeakSpec(tuple(precisions), MATMUL_SIZE[device.device.type], cpu_threads, backend)
-    outcome = process.run_worker(spec.to_json(), worker_environment(device, backend), log_path,
-                                 timeout_s, command=command, parse_result=_peak_result)
+    gpu = device.device.index if device.device.type == "GPU" else None
+    outcome = process.run_worker(
+        spec.to_json(), worker_environment(device, backend), log_path, timeout_s, command=command,
+        parse_result=_peak_result,
+        watch=lambda pid: ContentionSampler(pid, gpu_index=gpu, interval_s=0.25).start())
     if outcome.result is None:
         raise RuntimeError(f"peak measurement on {device.id} ({backend}) failed: {outcome.reason}")
-    return outcome.result
+    contention = outcome.watched
+    busy = contention is not None and contention.busy()
+    return {precision: {**value, "busy": contention.describe() if busy else ""}
+            for precision, value in outcome.result.items()}
 
 
 def _peak_result(raw) -> dict:
@@ -100,7 +108,13 @@ def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, vers
             say(str(exc))
             continue
         for precision, value in measured.items():
-            measured_now[keys[(device_id, precision, threads, backend)]] = value
+            if value.get("busy"):
+                # a peak measured while other work ran is too low: a yardstick that later runs
+                # would beat (efficiency above 100 %). Use it now, say so, never keep it.
+                say(f"peak {device_id} {backend} {precision} measured on a busy machine "
+                    f"({value['busy']}): used for this run only, not cached")
+            else:
+                measured_now[keys[(device_id, precision, threads, backend)]] = value
             found[(device_id, precision, threads, backend)] = {**value, "cached": False}
     if measured_now:
         try:
