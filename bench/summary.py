@@ -104,6 +104,9 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
             row["Repeats"] = f"{len(ok)}/{len(group)}"
         rows.append(row)
     frame = pd.DataFrame(rows).fillna("–")
+    # a column no row could fill (no theoretical peak known here) is left out; the notes say why
+    frame = frame.drop(columns=[c for c in ("Efficiency (theoretical)",)
+                                if c in frame and (frame[c] == "–").all()])
     if scaling:
         frame = frame.rename(columns={"Batch size": "Batch size (per replica)",
                                       "Images/s": "Images/s per replica"})
