@@ -50,9 +50,10 @@ def throughput_plot(runs: pd.DataFrame, path: Path) -> Path | None:
     ax.set_ylim(bottom=0)
     ax.set_title(f"Training throughput, run {ok['run_id'].iloc[0]}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    # under the axes: a legend inside would hide the points it names
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -70,7 +71,8 @@ def step_time_plot(runs: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path 
     plt = _pyplot()
     varying = [d for d in matrix.varying_dimensions([ok]) if d != "batch_size"]
     batches = sorted(ok["batch_size"].unique())
-    fig, axes = plt.subplots(1, len(batches), figsize=(max(6.5, 3.2 * len(batches)), 4.8),
+    most = max(len(ok[ok["batch_size"] == b].groupby(["device_id", *varying], dropna=False)) for b in batches)
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(6.5, len(batches) * max(3.2, 1.3 * most)), 5.2),
                              sharey=True, squeeze=False)
     for ax, batch in zip(axes[0], batches):
         data, labels = [], []
@@ -82,7 +84,7 @@ def step_time_plot(runs: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path 
                 labels.append(series_label(cells.iloc[0], varying).replace(", ", "\n"))
         if data:
             ax.boxplot(data, showfliers=True)
-            ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+            ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7, rotation=30, ha="right")
         ax.set_title(f"batch {int(batch)}", fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][0].set_ylabel("images/s of each steady step\n(batch ÷ step time, device synced)")
