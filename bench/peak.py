@@ -12,7 +12,6 @@ under a lock so concurrent runs lose nothing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from bench.devices import Requested
 from bench.environment import machine_id
 from bench.protocol import PeakSpec
 from bench.runner import worker_environment
+from bench.stats import finite_positive
 from bench.store import read_json_object, update_json
 
 MATMUL_SIZE = {"CPU": 2048, "GPU": 8192}   # large enough to reach the plateau (2048 ~ 4096 on a CPU)
@@ -40,9 +40,7 @@ def cache_path(env: dict, root: Path) -> Path:
 
 
 def valid(entry) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("tflops"), (int, float))
-            and not isinstance(entry.get("tflops"), bool)
-            and math.isfinite(entry["tflops"]) and entry["tflops"] > 0)
+    return isinstance(entry, dict) and finite_positive(entry.get("tflops"))
 
 
 def measure(device: Requested, precisions: list[str], cpu_threads: int, backend: str,

@@ -8,8 +8,7 @@ row; they never see a framework.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from dataclasses import asdict, dataclass, field, make_dataclass
 
 import numpy as np
 
@@ -234,11 +233,11 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
             images_per_s=batch / summary.median,
             global_images_per_s=global_batch / summary.median,
             images_per_s_wall=(steady_steps * batch / train["steady_wall_seconds"]
-                               if _positive(train["steady_wall_seconds"]) else None),
+                               if stats.finite_positive(train["steady_wall_seconds"]) else None),
             projected_seed_run_s=NOTEBOOK_EPOCHS * (NOTEBOOK_TRAIN_IMAGES // global_batch) * summary.mean,
             achieved_tflops=train["training_flops_per_image"] * global_batch / summary.median / 1e12,
         )
-        if _positive(train.get("unsynced_seconds")) and train.get("unsynced_steps"):
+        if stats.finite_positive(train.get("unsynced_seconds")) and train.get("unsynced_steps"):
             unsynced = train["unsynced_steps"] * batch / train["unsynced_seconds"]
             values.update(unsynced_images_per_s=unsynced,
                           sync_overhead_pct=100 * (1 - values["images_per_s"] / unsynced))
@@ -294,10 +293,3 @@ def step_rows(run_id: str, cell_id: str, records: list[dict]) -> list[dict]:
 
 def _mib(value) -> float | None:
     return None if value is None else value / 2**20
-
-
-def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-
-
-FIELD_NAMES = tuple(f.name for f in fields(RunRow))

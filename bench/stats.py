@@ -10,6 +10,7 @@ little narrower than they should be, which the regression check's threshold abso
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -109,3 +110,9 @@ def _as_samples(samples) -> np.ndarray:
     if not np.all(np.isfinite(x)) or np.any(x < 0):
         raise ValueError("samples must be finite, non-negative durations")
     return x
+
+
+def finite_positive(value) -> bool:
+    """A real, finite number above zero (not a bool, not text): what a time or a rate must be."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)

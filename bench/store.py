@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import re
 import secrets
@@ -566,7 +565,3 @@ def read_json_object(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
-
-
-def finite_positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
