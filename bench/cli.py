@@ -25,8 +25,7 @@ from bench import export as export_module
 from bench import devices as devices_module
 from bench import peak as peak_module
 from bench.protocol import DataSpec
-from cifar_model.settings import BACKENDS
-from cifar_model.settings import DEFAULT_CONNECT_TIMEOUT_S
+from cifar_model.settings import BACKENDS, DEFAULT_CONNECT_TIMEOUT_S
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CELL_FAILED, EXIT_WRITE = 0, 1, 2, 3, 4, 5
 EXIT_STATUSES = (
@@ -626,9 +625,9 @@ def _run(args, argv: list[str], held: contextlib.ExitStack, stops: runner.StopSi
     try:
         peaks = {} if args.no_peak else measured_peaks(
             runner.peak_combinations(cells), env, root, out / "logs", refresh=False, say=say)
-        scale = {"gpu_count": len(inventory.gpus),
-                 "usable_cpus": (env.get("cpu") or {}).get("usable_cpus")}
-        hooks = runner.contention_hooks((env.get("cpu") or {}).get("usable_cpus"))
+        usable_cpus = (env.get("cpu") or {}).get("usable_cpus")
+        scale = {"gpu_count": len(inventory.gpus), "usable_cpus": usable_cpus}
+        hooks = runner.contention_hooks(usable_cpus)
         theoretical = runner.theoretical_peaks(cells)
         with reporter_class() as reporter:
             outcome = runner.execute(config, cells, writer, context, reporter, out / "logs",
@@ -667,13 +666,12 @@ def _open_run(args, previous, config, env, planned, device_ids, argv, root, held
             ["ok", "skipped"] + ([] if args.rerun_failed else ["failed"]))])
         todo = [c for c in planned if c.cell_id not in done]
         failed = int((previous.runs["status"] == "failed").sum())
+        writer = store.RunWriter(args.resume, previous.run_id, _records(previous.runs),
+                                 _records(previous.steps))
         if not todo:
             _stderr(f"resuming {args.resume}: nothing to run, all {len(planned)} cell(s) are done"
                     + (f" ({failed} failed; --rerun-failed runs them again)" if failed else ""))
-            return (store.RunWriter(args.resume, previous.run_id, _records(previous.runs),
-                                    _records(previous.steps)), Path(args.resume), [], previous.env)
-        rows = _records(previous.runs)
-        writer = store.RunWriter(args.resume, previous.run_id, rows, _records(previous.steps))
+            return writer, Path(args.resume), [], previous.env
         writer.replace_cells({c.cell_id for c in todo})
         run_env = {**previous.env, "resumed": [*previous.env.get("resumed", []), {
             "command": display_command(argv), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -965,11 +963,7 @@ def cmd_ab(args, argv: list[str]) -> int:
     _print(regression.comparison_markdown(comparison))
     _stderr(f"results: {out}/a, {out}/b")
     if json_path:
-        try:
-            store.write_atomically(json_path, json.dumps(comparison.as_dict(), indent=2) + "\n")
-        except OSError as exc:
-            _stderr(f"bench: error: could not write the report: {exc.strerror or exc}")
-            return EXIT_WRITE
+        write_report(json_path, json.dumps(comparison.as_dict(), indent=2) + "\n")
     return gate_status(comparison, failed)
 
 
@@ -1100,8 +1094,7 @@ def readme_command(run: store.Run) -> str | None:
         return command
     for i, token in enumerate(tokens[:-1]):
         if token == "--out":
-            tokens[i + 1] = os.path.relpath(run.directory) if not str(run.directory).startswith("..") \
-                else str(run.directory)
+            tokens[i + 1] = os.path.relpath(run.directory)
     return display_command(tokens[3:]) if tokens[:3] == ["python", "-m", "bench"] else command
 
 
@@ -1126,7 +1119,7 @@ def cmd_readme(args) -> int:
 
 def measured_peaks(combos, env: dict, root: Path, log_dir: Path, refresh: bool, say) -> dict:
     versions = {b: v.get("version") for b, v in (env.get("backends") or {}).items() if isinstance(v, dict)}
-    versions.setdefault("tensorflow", (env.get("tensorflow") or {}).get("version"))
+    versions.setdefault("tensorflow", (env.get("tensorflow") or {}).get("version"))  # runs before "backends"
     found = peak_module.peaks_for(combos, env, versions, store.peaks_dir(root), log_dir,
                                   refresh=refresh, say=say)
     for (device_id, precision, threads, backend), value in found.items():
@@ -1210,10 +1203,18 @@ def check_report_path(option: str, path: Path | None) -> Path | None:
     return path
 
 
+def write_report(path: Path, text: str) -> None:
+    """A report or export, written atomically; a refusal (a full disk) is exit 5, one line."""
+    try:
+        store.write_atomically(path, text)
+    except OSError as exc:
+        raise WriteError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
 def check_status(comparison) -> int:
     if comparison.regressions:
         return EXIT_REGRESSION
-    if getattr(comparison, "inconclusive", None):
+    if comparison.inconclusive:
         return EXIT_INCONCLUSIVE
     return EXIT_OK
 
@@ -1255,14 +1256,10 @@ def cmd_check(args) -> int:
     _print(report)
     if comparison.environment_differences:
         _stderr("warning: the environments differ: " + "; ".join(comparison.environment_differences))
-    try:
-        if markdown_path:
-            store.write_atomically(markdown_path, report)
-        if json_path:
-            store.write_atomically(json_path, json.dumps(comparison.as_dict(), indent=2) + "\n")
-    except OSError as exc:
-        _stderr(f"bench: error: could not write the report: {exc.strerror or exc}")
-        return EXIT_WRITE
+    if markdown_path:
+        write_report(markdown_path, report)
+    if json_path:
+        write_report(json_path, json.dumps(comparison.as_dict(), indent=2) + "\n")
     say_verdicts(comparison)
     return check_status(comparison)
 
@@ -1318,11 +1315,7 @@ def cmd_export(args) -> int:
     if out is None:
         _print(text.rstrip("\n"))
         return EXIT_OK
-    try:
-        store.write_atomically(out, text)
-    except OSError as exc:
-        _stderr(f"bench: error: could not write {out}: {exc.strerror or exc}")
-        return EXIT_WRITE
+    write_report(out, text)
     _stderr(f"{args.format}: {out} ({len(data)} benchmark(s) from {run.directory})")
     return EXIT_OK
 
