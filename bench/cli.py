@@ -383,12 +383,14 @@ def add_run_options(parser) -> None:
 # --------------------------------------------------------------------------- devices
 
 def cmd_devices(args) -> int:
-    inventory = devices_module.detect()
-    print(render_devices(inventory))
+    probes = {"tensorflow": devices_module.tensorflow_probe()}  # detect() reads it too: ask once
+    print(render_devices(devices_module.detect(probe=probes["tensorflow"]), probes))
     return EXIT_OK
 
 
-def render_devices(inventory: devices_module.Inventory) -> str:
+def render_devices(inventory: devices_module.Inventory, probes: dict | None = None) -> str:
+    """The device table, then each backend: not installed, or what its probe sees (``probes``
+    holds answers already had; the others are asked now)."""
     import pandas as pd
 
     rows = []
@@ -413,7 +415,7 @@ def render_devices(inventory: devices_module.Inventory) -> str:
         if missing:
             lines.append(f"backend {backend}: {missing}")
             continue
-        probe = devices_module.backend_probe(backend)
+        probe = (probes or {}).get(backend) or devices_module.backend_probe(backend)
         if "error" in probe:
             lines.append(f"backend {backend}: installed, but {probe['error']}")
             continue
