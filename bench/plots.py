@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import matrix
+from cifar_model.settings import ENGINES
 
 THROUGHPUT_PNG = "throughput.png"
 STEP_TIMES_PNG = "step_times.png"
@@ -171,7 +172,7 @@ def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
     varying = [d for d in matrix.varying_dimensions([ok]) if d not in ("replicas", "workers")]
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     checks = False
-    engines = {"mirrored": "MirroredStrategy", "multi_worker_mirrored": "MultiWorkerMirrored"}
+    engines = {name: short for name, (short, _) in ENGINES.items()}
     for _, group in ok.groupby(["device_id", "device_name", *varying], sort=False, dropna=False):
         base = group[group["total_replicas"] == 1]
         if base.empty:

@@ -67,7 +67,8 @@ _MEASURED = {
     "projected_seed_run_s": Column("26 epochs of the 40,000-image seed split at step_mean_s and "
                                    "the global batch (estimate)"),
     "strategy": Column("the data-parallel engine: none, mirrored (tf MirroredStrategy), "
-                       "multi_worker_mirrored (tf MultiWorkerMirroredStrategy)", "text"),
+                       "multi_worker_mirrored (tf MultiWorkerMirroredStrategy), "
+                       "keras_data_parallel (keras.distribution.DataParallel on JAX)", "text"),
     "task_index": Column("which worker of the cluster wrote the row (0: the chief)", "int"),
     "total_replicas": Column("replicas training in sync over every worker = replicas x workers", "int"),
     "global_batch_size": Column("images per step over every replica = batch_size x total_replicas", "int"),

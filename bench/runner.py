@@ -186,7 +186,8 @@ def backend_missing(backend: str) -> str | None:
 def worker_environment(device: Requested, backend: str = "tensorflow", base: dict | None = None,
                        replicas: int = 1) -> dict:
     """A worker's environment: only ``device`` (and the ``replicas`` - 1 GPUs after it)
-    visible and the Keras backend chosen, before any framework starts."""
+    visible and the Keras backend chosen, before any framework starts; for a JAX cell of
+    ``replicas`` > 1 on the CPU, JAX splits the CPU into that many devices."""
     env = dict(os.environ if base is None else base)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"          # the same numbering as nvidia-smi
     env["CUDA_VISIBLE_DEVICES"] = "-1" if device.id == "cpu" else ",".join(
@@ -195,6 +196,9 @@ def worker_environment(device: Requested, backend: str = "tensorflow", base: dic
     env["KERAS_BACKEND"] = backend
     if device.id == "cpu":
         env["JAX_PLATFORMS"] = "cpu"                 # JAX would otherwise look for a GPU
+        if backend == "jax" and replicas > 1:        # JAX's CPU devices are fixed when it starts
+            flag = f"--xla_force_host_platform_device_count={replicas}"
+            env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), flag) if f)
     else:
         env.pop("JAX_PLATFORMS", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -367,7 +371,8 @@ def scaling_note(cell: matrix.Cell, config: RunConfig, usable_cpus: float | None
     cores = f"{usable_cpus:g}" if usable_cpus else "the"
     if cell.device_type == "CPU" and cell["replicas"] > 1:
         return (f"{cell['replicas']} logical devices sharing {cores} CPU cores: a functional "
-                "check, no speed-up expected")
+                "check, no speed-up expected (no hardware is added; a speed-up here only means "
+                "one device left some cores idle)")
     hosts = {address.rpartition(":")[0] for address in config.cluster}
     if cell["workers"] > 1 and (not config.cluster or hosts <= {"127.0.0.1", "localhost", "::1", "[::1]"}):
         return (f"{cell['workers']} worker processes on this one machine sharing {cores} CPU cores"

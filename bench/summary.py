@@ -12,6 +12,7 @@ import pandas as pd
 
 from bench import matrix
 from bench.record import NOTABLE_CONTENTION_PCT, NOTEBOOK_EPOCHS, NOTEBOOK_TRAIN_IMAGES, RUN_COLUMNS
+from cifar_model.settings import ENGINES
 
 
 def format_duration(seconds: float | None) -> str:
@@ -266,10 +267,8 @@ def _impossible_efficiency_notes(ok: pd.DataFrame) -> list[str]:
 
 def _scaling_notes(ok: pd.DataFrame) -> list[str]:
     """What the data-parallel columns are, which engine ran, and which rows cannot show scaling."""
-    engines = {"mirrored": "tf.distribute.MirroredStrategy under Keras fit",
-               "multi_worker_mirrored": "tf.distribute.MultiWorkerMirroredStrategy with Keras's "
-                                        "train_step in a custom loop (fit fails under it, keras#20585)"}
-    used = [f"{name} = {text}" for name, text in engines.items() if name in set(ok["strategy"].dropna())]
+    used = [f"{name} = {text}" for name, (_, text) in ENGINES.items()
+            if name != "none" and name in set(ok["strategy"].dropna())]
     notes = ["**Batch size (per replica)**: images each replica trains on per step; **Global batch** "
              "= that × replicas × workers, what one optimizer update averages over. **Images/s per "
              "replica** = batch ÷ median step; **Global images/s** = global batch ÷ median step. "

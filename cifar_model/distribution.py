@@ -1,6 +1,7 @@
-"""Data-parallel training on TensorFlow's own distributed runtime (TensorFlow-only).
+"""Data-parallel training on each backend's own distributed runtime.
 
-Two engines, both ``tf.distribute`` (no home-made all-reduce, no cluster protocol):
+Three engines, each the framework's own (no home-made all-reduce, no cluster protocol);
+:func:`cifar_model.settings.strategy_name` picks one per backend:
 
 - ``mirrored``: :class:`tf.distribute.MirroredStrategy` over ``replicas`` devices of one
   process (GPUs, or logical CPU devices split from the one CPU). Keras's own ``fit`` runs
@@ -15,6 +16,13 @@ Two engines, both ``tf.distribute`` (no home-made all-reduce, no cluster protoco
   one ``tf.function`` per step, and drives the same callbacks ``fit`` would: only the loop
   around the step differs. The logs it passes on are the running means over the epoch,
   reduced over every replica, as ``fit`` reports them.
+
+- ``keras_data_parallel`` (JAX): :class:`keras.distribution.DataParallel` over ``replicas``
+  devices of one process (GPUs, or CPU devices JAX splits from the one CPU). Keras's own
+  ``fit`` runs under it: each global batch is sharded along a one-axis device mesh in
+  contiguous per-device slices, the weights are replicated, and the step is one ``jax.jit``
+  program that XLA's SPMD partitioner splits over the mesh, inserting the all-reduce of the
+  gradients. The loss ``fit`` reports is the mean over the global batch.
 
 Every worker builds the same global batch stream (same seed) and keeps its own slice, so a
 run with any number of workers sees the data in the same order as a one-process run.
@@ -33,6 +41,7 @@ from cifar_model.settings import TrainSettings
 DEADLINE_SIGNAL = "SIGALRM"
 ENGINE_NOTES = {
     "mirrored": "MirroredStrategy, Keras fit",
+    "keras_data_parallel": "keras.distribution.DataParallel, Keras fit",
     "multi_worker_mirrored": ("MultiWorkerMirroredStrategy, custom loop: Keras train_step under "
                               "strategy.run in a tf.function (Keras fit fails here, keras#20585)"),
 }
@@ -59,6 +68,8 @@ def make_strategy(settings: TrainSettings, device_type: str):
     kind = settings.strategy
     if kind == "none":
         return None          # no TensorFlow needed: JAX and PyTorch machines may not have it
+    if kind == "keras_data_parallel":
+        return keras_data_parallel(settings.replicas, device_type)
     import tensorflow as tf
 
     if kind == "mirrored":
@@ -73,6 +84,52 @@ def make_strategy(settings: TrainSettings, device_type: str):
         timeout_seconds=settings.connect_timeout_s)   # a lost peer fails a collective, never hangs it
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                      communication_options=options)
+
+
+def keras_data_parallel(replicas: int, device_type: str):
+    """Keras's :class:`~keras.distribution.DataParallel` over the first ``replicas`` JAX
+    devices of ``device_type`` (the runner makes only the cell's GPUs visible). Its
+    ``scope()`` is where the model is built, trained and evaluated.
+
+    On a CPU, JAX is asked for ``replicas`` CPU devices (``jax_num_cpu_devices``), which it
+    takes only before it has run anything; they share the same cores, as TensorFlow's
+    logical devices do.
+    """
+    import jax
+
+    kind = "cpu" if device_type == "CPU" else "gpu"
+    if kind == "cpu":
+        try:
+            jax.config.update("jax_num_cpu_devices", replicas)
+        except RuntimeError:   # JAX already started: whatever it has must do
+            pass
+    try:
+        devices = jax.devices(kind)
+    except RuntimeError:
+        devices = []
+    if len(devices) < replicas:
+        fix = (f"set XLA_FLAGS=--xla_force_host_platform_device_count={replicas} before JAX starts"
+               if kind == "cpu" else f"make {replicas} GPUs visible (CUDA_VISIBLE_DEVICES)")
+        raise ValueError(f"--replicas {replicas} needs {replicas} JAX {kind.upper()} devices; "
+                         f"JAX sees {len(devices)}: {fix}")
+    return keras.distribution.DataParallel(devices=devices[:replicas])
+
+
+def sharded_logits(replicas: int):
+    """``logits_of(model, images, batch_size)`` for a model under ``keras_data_parallel``:
+    every batch it predicts is sharded over ``replicas`` devices, so each must divide by
+    ``replicas``. The images are padded with zeros to a multiple of it, predicted in batches
+    of ``batch_size`` x ``replicas``, and the padding's logits dropped."""
+    import numpy as np
+
+    def logits_of(model: keras.Model, images, batch_size: int):
+        n = len(images)
+        pad = -n % replicas
+        if pad:
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        return model.predict(images, batch_size=batch_size * replicas, verbose=0)[:n]
+
+    return logits_of
 
 
 class join_deadline:

@@ -39,8 +39,21 @@ BACKEND_INSTALL = {"tensorflow": "pip install tensorflow",
                    "jax": "pip install 'cifar-bench[jax]'",
                    "torch": "pip install 'cifar-bench[torch]'"}
 
-#: The data-parallel engine of a cell, by what it asked for (see :func:`strategy_name`).
-STRATEGIES = ("none", "mirrored", "multi_worker_mirrored")
+#: The data-parallel engine of a cell, by what it asked for and its backend (see
+#: :func:`strategy_name`), and what each one is, in words (tables, notes, plots).
+ENGINES = {
+    "none": ("one device", "one device, Keras fit"),
+    "mirrored": ("MirroredStrategy",
+                 "tf.distribute.MirroredStrategy over the devices of one process, Keras fit"),
+    "multi_worker_mirrored": ("MultiWorkerMirrored",
+                              "tf.distribute.MultiWorkerMirroredStrategy across processes (TensorFlow's "
+                              "coordination service and gRPC collectives), Keras's train_step in a "
+                              "custom loop (Keras fit fails under it, keras#20585)"),
+    "keras_data_parallel": ("keras DataParallel",
+                            "keras.distribution.DataParallel on JAX: the batch sharded over a device "
+                            "mesh, XLA's SPMD partitioner inserting the gradient all-reduce, Keras fit"),
+}
+STRATEGIES = tuple(ENGINES)
 #: Logical CPU devices a CPU cell may split into for ``replicas`` > 1: a functional check of
 #: the data-parallel code path (they share the machine's cores), not a scaling result.
 MAX_LOGICAL_CPU_REPLICAS = 8
@@ -173,7 +186,7 @@ class TrainSettings:
 
     @property
     def strategy(self) -> str:
-        return strategy_name(self.replicas, self.workers)
+        return strategy_name(self.replicas, self.workers, self.backend)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,21 +201,31 @@ class TrainSettings:
         return cls(**data)
 
 
-def strategy_name(replicas: int, workers: int) -> str:
-    """The data-parallel engine for ``replicas`` per worker and ``workers``, one of
-    :data:`STRATEGIES`: TensorFlow's MirroredStrategy on one process, its
-    MultiWorkerMirroredStrategy across processes, none for a single device."""
+def strategy_name(replicas: int, workers: int, backend: str = DEFAULT_BACKEND) -> str:
+    """The data-parallel engine for ``replicas`` per worker and ``workers`` on ``backend``, one
+    of :data:`STRATEGIES`: on TensorFlow its MirroredStrategy in one process and its
+    MultiWorkerMirroredStrategy across processes; on JAX Keras's DataParallel distribution
+    in one process; none for a single device. Each backend plugs in its own engine here;
+    :func:`backend_limitation` says which combinations have none."""
+    if replicas * workers == 1:
+        return "none"
+    if backend == "jax":
+        return "keras_data_parallel"
     if workers > 1:
         return "multi_worker_mirrored"
-    return "mirrored" if replicas > 1 else "none"
+    return "mirrored"
 
 
 def backend_limitation(backend: str, jit_compile: str, cpu_threads: int, replicas: int = 1,
                        workers: int = 1) -> str | None:
     """Why a combination cannot run on ``backend`` (so the harness skips it), or None."""
-    if backend != "tensorflow" and replicas * workers > 1:
-        return ("replicas > 1 and workers > 1 are implemented for tensorflow only "
-                "(MirroredStrategy, MultiWorkerMirroredStrategy)")
+    if backend == "torch" and replicas * workers > 1:
+        return ("data parallelism is not implemented for torch: Keras's torch backend has no "
+                "keras.distribution engine and torch DDP is not wired in; use --backend "
+                "tensorflow or jax for --replicas/--workers > 1")
+    if backend == "jax" and workers > 1:
+        return ("--workers > 1 is implemented for tensorflow only (MultiWorkerMirroredStrategy); "
+                "on jax use --replicas (keras.distribution.DataParallel in one process)")
     if backend == "jax" and jit_compile == "off":
         return "JAX always compiles the step with XLA; --jit-compile off cannot apply (use auto or on)"
     if backend == "jax" and cpu_threads:

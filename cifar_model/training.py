@@ -30,8 +30,8 @@ from cifar_model import backends, distribution
 from cifar_model.data import Dataset
 from cifar_model.model import build_network, compile_model, training_flops_per_image
 from cifar_model.pipelines import host_batches, index_batches
-from cifar_model.settings import (TrainSettings, parallel_limitation, resolve_data_placement,
-                                  steps_per_epoch, training_set_bytes)
+from cifar_model.settings import (TrainSettings, backend_limitation, parallel_limitation,
+                                  resolve_data_placement, steps_per_epoch, training_set_bytes)
 
 UNSYNCED_SKIP = 2  # untimed steps before an unsynced block (the train function is already traced)
 NO_EVAL_NOTE = "not measured: evaluation skipped (--no-eval)"
@@ -267,8 +267,8 @@ def train(
     more steps (after :data:`UNSYNCED_SKIP` untimed ones) timed as one block with a single
     sync at the end: the cost of per-step syncing is the difference to the steady figures.
 
-    Data parallelism (``settings.replicas`` / ``workers`` > 1, TensorFlow only; see
-    :mod:`cifar_model.distribution`): ``batch_size`` is per replica, each step trains on
+    Data parallelism (``settings.replicas`` / ``workers`` > 1: TensorFlow's strategies, or
+    Keras's DataParallel on JAX; see :mod:`cifar_model.distribution`): ``batch_size`` is per replica, each step trains on
     ``global_batch_size`` images, and ``device`` names the device *type* (its first index).
     Each step is timed by the same rule: until the loss, reduced over every replica, is on
     the host.
@@ -286,10 +286,13 @@ def train(
                                             device_memory_bytes, training_set_bytes(n_train))
     parallel = settings.strategy != "none"
     if parallel:
-        why = parallel_limitation(_device_type(device), settings.replicas, settings.workers,
-                                  data_placement, settings.steps_per_execution, settings.unsynced_steps)
-        if backend != "tensorflow" or why:
-            raise ValueError(why or f"data parallelism is implemented for tensorflow, not {backend}")
+        why = (backend_limitation(backend, settings.jit_compile, settings.cpu_threads,
+                                  settings.replicas, settings.workers)
+               or parallel_limitation(_device_type(device), settings.replicas, settings.workers,
+                                      data_placement, settings.steps_per_execution,
+                                      settings.unsynced_steps))
+        if why:
+            raise ValueError(why)
     multi_worker = settings.strategy == "multi_worker_mirrored"
     if multi_worker and not settings.cluster:
         raise ValueError(f"workers {settings.workers} needs the cluster's host:port addresses")
@@ -334,8 +337,10 @@ def train(
                                       shuffle=False, verbose=0, callbacks=[timer, *callbacks]).history
         train_seconds = time.perf_counter() - started
 
-        evaluation = _evaluate(model, dataset, settings,
-                               distribution.evaluate_logits if multi_worker else None)
+        logits_of = {"multi_worker_mirrored": distribution.evaluate_logits,
+                     "keras_data_parallel": distribution.sharded_logits(settings.replicas)
+                     }.get(settings.strategy)
+        evaluation = _evaluate(model, dataset, settings, logits_of)
 
         unsynced_steps, unsynced_seconds = 0, None
         if settings.unsynced_steps:

@@ -62,6 +62,43 @@ def test_settings_say_per_replica_and_global_batch():
     assert runner.worker_environment(GPU0, replicas=2, base={})["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
+@pytest.mark.parametrize("backend, replicas, workers, engine", [
+    ("tensorflow", 1, 1, "none"), ("tensorflow", 2, 1, "mirrored"),
+    ("tensorflow", 1, 2, "multi_worker_mirrored"), ("tensorflow", 2, 2, "multi_worker_mirrored"),
+    ("jax", 1, 1, "none"), ("jax", 2, 1, "keras_data_parallel"), ("torch", 1, 1, "none"),
+])
+def test_each_backend_plugs_in_its_own_engine(backend, replicas, workers, engine):
+    from cifar_model import TrainSettings
+    from cifar_model.settings import ENGINES
+
+    assert TrainSettings(backend=backend, replicas=replicas, workers=workers).strategy == engine
+    assert engine in ENGINES
+
+
+def test_a_jax_cpu_cell_of_n_replicas_starts_jax_with_n_cpu_devices():
+    flag = "--xla_force_host_platform_device_count=2"
+    env = runner.worker_environment(CPU, "jax", replicas=2, base={"XLA_FLAGS": "--xla_dump_to=/tmp/x"})
+    assert env["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", flag]      # the user's flags kept
+    assert "XLA_FLAGS" not in runner.worker_environment(CPU, "jax", replicas=1, base={})
+    assert "XLA_FLAGS" not in runner.worker_environment(CPU, "tensorflow", replicas=2, base={})
+    assert "XLA_FLAGS" not in runner.worker_environment(GPU0, "jax", replicas=2, base={})
+
+
+def test_sharded_predictions_pad_every_batch_to_the_replicas_and_drop_the_padding():
+    np = pytest.importorskip("numpy")
+    from cifar_model import distribution
+
+    class Model:   # stands in for a Keras model under DataParallel: refuses what would not shard
+        def predict(self, images, batch_size, verbose=0):
+            assert batch_size % 2 == 0 and len(images) % 2 == 0
+            assert all(len(images[i:i + batch_size]) % 2 == 0 for i in range(0, len(images), batch_size))
+            return images.reshape(len(images), -1)[:, :1] * 1.0
+
+    images = np.arange(1, 8, dtype=np.float32).reshape(7, 1)
+    logits = distribution.sharded_logits(2)(Model(), images, 3)
+    assert logits[:, 0].tolist() == list(range(1, 8))        # 7 images in, 7 logits out, in order
+
+
 def test_scaling_columns_are_declared():
     for name in ("replicas", "workers", "strategy", "task_index", "total_replicas", "global_batch_size",
                  "global_images_per_s", "speedup_vs_1_replica", "scaling_efficiency_pct", "scaling_note"):
@@ -74,8 +111,10 @@ def test_global_batch_larger_than_the_data_is_refused_up_front():
 
 
 @pytest.mark.parametrize("backend, replicas, workers, device, extra, fragment", [
-    ("jax", 2, 1, CPU, {}, "implemented for tensorflow only"),
-    ("torch", 1, 2, CPU, {}, "implemented for tensorflow only"),
+    ("jax", 1, 2, CPU, {}, "implemented for tensorflow only"),
+    ("torch", 2, 1, CPU, {}, "not implemented for torch"),
+    ("torch", 1, 2, CPU, {}, "not implemented for torch"),
+    ("jax", 4, 1, GPU0, {"gpu_count": 1}, "needs 4 GPUs"),
     ("tensorflow", 4, 1, GPU0, {"gpu_count": 1}, "needs 4 GPUs"),
     ("tensorflow", 9, 1, CPU, {}, "at most 8 logical devices"),
     ("tensorflow", 2, 2, CPU, {}, "one CPU device per worker"),
@@ -176,6 +215,39 @@ def test_the_multi_worker_loop_trains_as_keras_fit_does():
     losses = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(losses["custom"]) == len(losses["fit"]) == 6
     assert losses["custom"] == pytest.approx(losses["fit"], rel=1e-4)
+
+
+def test_jax_data_parallel_trains_as_one_device_does():
+    """Same seed, data and global batch: Keras DataParallel over 2 JAX CPU devices vs one
+    device, step by step."""
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "helpers" / "jax_data_parallel_vs_one.py")],
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    one, two = runs["1"], runs["2"]
+    assert (one["strategy"], two["strategy"]) == ("none", "keras_data_parallel")
+    assert one["global_batch"] == two["global_batch"] == 32 and "DataParallel" in two["note"]
+    assert len(one["losses"]) == len(two["losses"]) == 6
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)
+    plain, sharded = runs["logits"]["plain"], runs["logits"]["sharded"]
+    assert len(plain) == len(sharded) == 7
+    assert [v for row in sharded for v in row] == pytest.approx([v for row in plain for v in row], rel=1e-4)
+
+
+def test_jax_replicas_run_end_to_end_on_jax_cpu_devices(tmp_path):
+    pytest.importorskip("jax")
+    done = bench("run", *TINY, "--backend", "jax", "--replicas", "1,2",
+                 "--out", tmp_path / "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = pd.read_csv(tmp_path / "run" / "runs.csv").set_index("replicas")
+    two = runs.loc[2]
+    assert (runs.loc[1, "status"], two["status"]) == ("ok", "ok")
+    assert (runs.loc[1, "strategy"], two["strategy"]) == ("none", "keras_data_parallel")
+    assert (two["batch_size"], two["global_batch_size"]) == (16, 32)
+    assert two["speedup_vs_1_replica"] > 0 and "logical devices sharing" in two["scaling_note"]
+    text = (tmp_path / "run" / "summary.md").read_text()
+    assert "keras.distribution.DataParallel" in text and "**Not a scaling result**" in text
 
 
 def test_summary_names_the_engine(parallel_run):
