@@ -1127,8 +1127,13 @@ def measured_peaks(combos, env: dict, root: Path, log_dir: Path, refresh: bool, 
     for (device_id, precision, threads, backend), value in found.items():
         say(f"peak {device_id} {backend} {precision} (threads {threads or 'default'}): "
             f"{value['tflops']:.3f} TFLOP/s, best of {value['repeats']} {value['size']}x{value['size']} "
-            f"{value['dtype']} matmuls{' (cached)' if value['cached'] else ''}")
+            f"{value['dtype']} matmuls{_math_text(value)}{' (cached)' if value['cached'] else ''}")
     return found
+
+
+def _math_text(peak: dict) -> str:
+    """What a peak's matmul computed in, as " (tf32)", where the peak says (a float32 one may be TF32)."""
+    return f" ({peak['math']})" if isinstance(peak.get("math"), str) and peak["math"] else ""
 
 
 def cmd_peak(args) -> int:
@@ -1147,7 +1152,7 @@ def cmd_peak(args) -> int:
     import pandas as pd
 
     rows = [{"Device": device_id, "Backend": backend, "Precision": precision,
-             "Threads": threads or "default", "Matmul": f"{v['size']}×{v['size']} {v['dtype']}",
+             "Threads": threads or "default", "Matmul": f"{v['size']}×{v['size']} {v['dtype']}{_math_text(v)}",
              "Peak TFLOP/s (best)": f"{v['tflops']:.3f}", "Median TFLOP/s": f"{v['median_tflops']:.3f}",
              "Repeats": v["repeats"], "Cached": "yes" if v["cached"] else "no"}
             for (device_id, precision, threads, backend), v in found.items()]

@@ -24,7 +24,8 @@ class Peak:
 
 
 # Project precisions -> the arithmetic they run in. An "fp32" cell on an Ampere or newer GPU
-# may run its convolutions in TF32 (TensorFlow's default): "tf32" is that cell's yardstick.
+# may run its convolutions in TF32 (every backend's default there; its worker reports it as
+# the row's math): "tf32" is then that cell's yardstick (bench.runner.theoretical_for).
 MATH = {"fp32": "fp32", "mixed_float16": "fp16", "mixed_bfloat16": "bf16",
         "float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "tf32": "tf32"}
 

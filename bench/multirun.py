@@ -188,7 +188,8 @@ def table(runs: Sequence[Run], reference: Reference = Reference()) -> pd.DataFra
         row = {"Machine": first["machine"], **({"Run": first["run_id"]} if several_runs else {}),
                "Device": first["device_name"] or first["device_id"], "Device Type": first["device_type"],
                "Batch size": int(first["batch_size"])}
-        row.update({matrix.BY_NAME[d].label: summary.dimension_text(d, first[d], first.get("xla"))
+        row.update({matrix.BY_NAME[d].label: summary.dimension_text(d, first[d], first.get("xla"),
+                                                                    first.get("math"))
                     for d in dims})
         row.update({SETTINGS[s]: str(matrix.plain(first[s])) for s in settings})
         if ok.empty:
@@ -261,6 +262,7 @@ def notes(runs: Sequence[Run], reference: Reference = Reference()) -> list[str]:
              for d in matrix.DIMENSIONS if d.name not in shown and d.name != "batch_size" and len(measured)]
     if fixed:
         out.append("All rows: " + ", ".join(fixed) + ".")
+    out += summary.math_notes(ok)
     for name, group in frame[frame["status"] == "skipped"].groupby("machine", sort=False):
         reasons = "; ".join(dict.fromkeys(group["reason"]))
         out.append(f"**Not measured on {name}** ({len(group)} cell(s)): {reasons}.")

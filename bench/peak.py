@@ -8,6 +8,12 @@ device, precision, threads, backend and its version, *and the CPUs the process m
 run on two. A peak measured while other processes competed for the device is used for
 that run only and never cached. Cached per machine in ``<results>/peaks/<machine>.json``, read and updated
 under a lock so concurrent runs lose nothing.
+
+Each entry says the math its matmul ran in (``math``: ``ieee``, ``tf32``, ``bf16``, ``fp16``;
+see :func:`cifar_model.backends.cell_math`): on an Ampere-or-newer GPU an "fp32" matmul may
+run in TF32, several times faster than IEEE fp32. A GPU entry from before entries said
+so is never reused (measured again); on a CPU, fp32 is always IEEE, so old entries still hold.
+A row uses a peak only in its cell's own math (:func:`bench.record.ok_row`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ def cache_path(env: dict, root: Path) -> Path:
 
 def valid(entry) -> bool:
     return isinstance(entry, dict) and finite_positive(entry.get("tflops"))
+
+
+def reusable(entry, device_type: str) -> bool:
+    """A cached entry this device may use: valid and, on a GPU, saying its math."""
+    return valid(entry) and (device_type != "GPU" or isinstance(entry.get("math"), str))
 
 
 def measure(device: Requested, precisions: list[str], cpu_threads: int, backend: str,
@@ -83,7 +94,7 @@ def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, vers
     for device, precision, threads, backend in combos:
         key = cache_key(device.id, precision, threads, backend, versions.get(backend), usable)
         keys[(device.id, precision, threads, backend)] = key
-        if not refresh and key in cached:
+        if not refresh and reusable(cached.get(key), device.device.type):
             found[(device.id, precision, threads, backend)] = {**cached[key], "cached": True}
         else:
             entry = wanted.setdefault((device.id, threads, backend), (device, []))

@@ -92,6 +92,13 @@ _MEASURED = {
     "cpu_util_pct": Column("mean CPU use of the worker while training, % of the CPUs it could use"),
     "xla": Column("whether the train step was compiled (what jit_compile resolved to)", "bool"),
     "compile_note": Column("what jit_compile means and resolved to on this backend", "text"),
+    "math": Column("what the cell's convolutions and matmuls computed in: ieee (IEEE fp32), tf32 "
+                   "(an fp32 cell on TF32 tensor cores: fp32's range, a 10-bit mantissa; every "
+                   "backend's default for convolutions on a GPU of compute capability 8.0 or "
+                   "newer), bf16 or fp16 (a mixed policy's compute dtype); empty: not recorded "
+                   "(runs before it was)", "text"),
+    "math_note": Column("the backend setting that decided math (e.g. torch.backends.cudnn.allow_tf32"
+                        "=True), and why a measured peak in another math was not used", "text"),
     "unsynced_steps": Column("steps of the unsynced throughput phase (0: not run)", "int"),
     "unsynced_images_per_s": Column("images/s over a block of steps with one sync at the end"),
     "sync_overhead_pct": Column("throughput lost to per-step syncing: "
@@ -99,10 +106,12 @@ _MEASURED = {
     "flops_per_image": Column("analytic training FLOPs per image (forward + backward)", "int"),
     "achieved_tflops": Column("flops_per_image x global_images_per_s / 1e12"),
     "peak_tflops": Column("measured peak of the device in this precision, threads and backend "
-                          "(large matmul, python -m bench peak)"),
+                          "(large matmul, python -m bench peak), in the cell's math: a TF32 "
+                          "matmul for an fp32 cell whose convolutions ran in TF32"),
     "efficiency_pct": Column("100 x achieved_tflops / peak_tflops (one-replica cells only: the "
                              "peak is one device's)"),
-    "theoretical_tflops": Column("theoretical peak of the device in this precision: datasheet (GPU) "
+    "theoretical_tflops": Column("theoretical peak of the device in this precision: datasheet (GPU; "
+                                 "its TF32 figure for an fp32 cell whose math is tf32) "
                                  "or cores x clock x FLOPs/cycle scaled to the usable CPUs (CPU)"),
     "efficiency_theoretical_pct": Column("100 x achieved_tflops / theoretical_tflops"),
     "theoretical_basis": Column("how theoretical_tflops was reached, or why it is unknown", "text"),
@@ -179,7 +188,9 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
            peers: list[WorkerResult] = ()) -> "RunRow":
     """A measured cell: the worker's typed result condensed into the schema's columns.
 
-    ``peak`` is the device's measured peak in the cell's precision ({"tflops": ...});
+    ``peak`` is the device's measured peak in the cell's precision ({"tflops": ..., "math":
+    ...}); an fp32 cell ignores one measured in another math than its own (a TF32 yardstick
+    for an IEEE cell, or the reverse) and says so in ``math_note``;
     ``theoretical`` its :class:`bench.hardware.Peak` (tflops may be None, with the reason);
     ``contention`` what :mod:`bench.contention` saw while the cell ran; ``peers`` the other
     workers' results of a multi-worker cell (their slowest median step is kept).
@@ -211,6 +222,7 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
         peak_rss_mb=_mib(result.peak_rss_bytes), peak_gpu_mem_mb=_mib(result.peak_gpu_bytes),
         cpu_util_pct=result.cpu_util_pct, flops_per_image=train["training_flops_per_image"],
         xla=train.get("xla"), compile_note=train.get("compile_note"),
+        math=train.get("math"), math_note=train.get("math_note"),
         unsynced_steps=train.get("unsynced_steps", 0), started_at=result.started_at,
         strategy=train.get("strategy", "none"), task_index=train.get("task_index", 0),
         total_replicas=total_replicas, global_batch_size=global_batch,
@@ -242,7 +254,10 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
             unsynced = train["unsynced_steps"] * batch / train["unsynced_seconds"]
             values.update(unsynced_images_per_s=unsynced,
                           sync_overhead_pct=100 * (1 - values["images_per_s"] / unsynced))
-        if peak and total_replicas == 1:
+        mismatch = peak_math_mismatch(train, peak)
+        if mismatch:
+            values["math_note"] = "; ".join(filter(None, (values["math_note"], mismatch)))
+        elif peak and total_replicas == 1:
             values.update(peak_tflops=peak["tflops"],
                           efficiency_pct=100 * values["achieved_tflops"] / peak["tflops"])
         if theoretical is not None:
@@ -253,6 +268,21 @@ def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
         values["reason"] = (f"no steady steps: all {values['steps']} step(s) were warm-up; "
                             "lower --warmup or raise --steps")
     return RunRow(**values)
+
+
+def peak_math_mismatch(train: dict, peak: dict | None) -> str | None:
+    """Why ``peak`` is not an fp32 cell's yardstick: it ran in another math (a cached peak
+    measured under other TF32 settings), else None.
+
+    Only fp32 cells are checked: a mixed cell's yardstick may rightly be a float32 matmul
+    (the faster one, see :func:`bench.worker.run_peak`). A peak or a result from before
+    either recorded its math counts as agreeing (the peak cache re-measures old GPU entries).
+    """
+    cell, measured = train.get("math"), (peak or {}).get("math")
+    if train.get("precision") != "fp32" or not cell or not measured or cell == measured:
+        return None
+    return (f"measured peak not used: its matmul ran in {measured}, the cell in {cell} "
+            "(python -m bench peak --refresh measures it again)")
 
 
 #: The dimensions whose 1-value cell is the yardstick of a speed-up.

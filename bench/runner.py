@@ -304,13 +304,34 @@ class RichReporter(Reporter):
 
 
 def theoretical_peaks(cells: list[matrix.Cell]) -> dict:
-    """The theoretical peak of each (device, precision) the cells use, for this process's CPUs."""
+    """The theoretical peak of each (device, precision) the cells use, for this process's CPUs;
+    for a GPU with fp32 cells also its TF32 figure, as (device, "tf32"): whether an fp32 cell
+    runs in TF32 is the backend's setting, which only its worker can read
+    (:func:`theoretical_for` picks when the row is made)."""
     from bench import hardware
 
     wanted = {(c.device.id, c["precision"]): c.device.device for c in cells
               if c.device.device is not None and c.device.device.usable}
+    wanted.update({(device_id, "tf32"): device for (device_id, precision), device
+                   in list(wanted.items()) if precision == "fp32" and device.type == "GPU"})
     return {(device_id, precision): hardware.peak(device, precision)
             for (device_id, precision), device in wanted.items()}
+
+
+def theoretical_for(theoretical: dict, cell: matrix.Cell, train: dict):
+    """The theoretical peak (:class:`bench.hardware.Peak`) a finished cell is measured against:
+    its precision's, but for an fp32 cell whose worker reports its convolutions ran in TF32
+    (``train["math"]``) the GPU's TF32 figure, saying why; never the fp32 one, which TF32
+    work can exceed several times over. None: not known."""
+    from bench import hardware
+
+    if cell["precision"] != "fp32" or train.get("math") != "tf32":
+        return theoretical.get((cell.device.id, cell["precision"]))
+    tf32 = theoretical.get((cell.device.id, "tf32"))
+    if tf32 is None:
+        return None
+    return hardware.Peak(tf32.tflops, "tf32 (fp32 cells run their convolutions in TF32 on this GPU: "
+                                      f"{train.get('math_note') or 'the backend default'}); {tf32.basis}")
 
 
 def contention_hooks(usable_cpus: float | None, interval_s: float = 0.5) -> dict:
@@ -457,8 +478,9 @@ def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, cont
     ``context`` holds the run-wide row values (run id, system, git commit, machine label);
     ``peaks`` the measured peak of each (device, precision, threads, backend), for the
     efficiency columns; ``theoretical`` the theoretical peak (:class:`bench.hardware.Peak`) of
-    each (device, precision); ``watch(pid, cell)`` starts a contention sampler for a worker and
-    ``contention_columns`` turns what it saw into row values. A :class:`Stopped` ends the
+    each (device, precision), as :func:`theoretical_peaks` gives them (each row takes its own
+    with :func:`theoretical_for`); ``watch(pid, cell)`` starts a contention sampler for a
+    worker and ``contention_columns`` turns what it saw into row values. A :class:`Stopped` ends the
     loop after the running worker is killed; every finished row is already on disk.
 
     A multi-worker cell (``workers`` > 1) runs this host's worker of ``config.cluster``, or,
@@ -508,7 +530,8 @@ def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, cont
                 else:
                     peak = peaks.get((cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"]))
                     row = record.ok_row(planned, result.result, peak=peak, contention=contention,
-                                        theoretical=(theoretical or {}).get((cell.device.id, cell["precision"])),
+                                        theoretical=theoretical_for(theoretical or {}, cell,
+                                                                    result.result.train),
                                         peers=peer_results)
                     row = record.with_scaling(row, writer.rows, scaling_note(cell, config, usable_cpus))
                     steps = record.step_rows(context["run_id"], cell.cell_id, result.result.train["records"])

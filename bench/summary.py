@@ -52,9 +52,17 @@ def shown_dimensions(runs: pd.DataFrame) -> list[str]:
     return [d for d in matrix.varying_dimensions([measured]) if d != "batch_size"]
 
 
-def dimension_text(name: str, value, xla=None) -> str:
+def dimension_text(name: str, value, xla=None, math=None) -> str:
+    """A dimension's value as a person reads it, with what the row found it to mean: what
+    ``jit_compile auto`` resolved to (``xla``), and "fp32" that ran in TF32 (``math``).
+
+    TF32 is a result attribute, not a matrix value: the cell asked for fp32, and its
+    backend's own setting decided (see :func:`cifar_model.backends.fp32_math`).
+    """
     if name == "jit_compile" and value == "auto" and xla in (True, False):
         return f"auto ({'on' if xla else 'off'})"
+    if name == "precision" and value == "fp32" and math == "tf32":
+        return "fp32 (TF32 convs)"
     return matrix.BY_NAME[name].show(matrix.plain(value))
 
 
@@ -74,7 +82,8 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
         ok = group[group["status"] == "ok"]
         row = {"System": _system(first), "Device": first["device_name"] or first["device_id"],
                "Device Type": first["device_type"], "Batch size": int(first["batch_size"])}
-        row.update({matrix.BY_NAME[d].label: dimension_text(d, first[d], first.get("xla")) for d in shown})
+        row.update({matrix.BY_NAME[d].label: dimension_text(d, first[d], first.get("xla"), _agreed(ok, "math"))
+                    for d in shown})
         if ok.empty:
             row["Time"] = f"{group.iloc[-1]['status']}: {group.iloc[-1]['reason']}"
             rows.append(row)
@@ -227,28 +236,54 @@ def describe_settings(runs: pd.DataFrame, env: dict | None = None) -> list[str]:
             notes.append(f"{len(no_steady)} cell(s) had **no steady steps** (every step was warm-up): "
                          "lower --warmup or raise --steps.")
     measured = runs[runs["status"] != "skipped"]
-    fixed = [f"{matrix.BY_NAME[d].label} {dimension_text(d, measured[d].iloc[0], _first_xla(ok))}"
+    fixed = [f"{matrix.BY_NAME[d].label} "
+             f"{dimension_text(d, measured[d].iloc[0], _agreed(ok, 'xla'), _agreed(ok, 'math'))}"
              for d in _dims(runs) if d != "batch_size" and d not in shown_dimensions(runs)
              and len(measured)]
     if fixed:
         notes.append("All rows: " + ", ".join(fixed) + ".")
-    notes += (_impossible_efficiency_notes(ok) + _cpu_notes(runs, env) + _precision_notes(ok, env)
-              + _contention_notes(ok) + _skipped_notes(runs, env))
+    notes += (math_notes(ok) + _impossible_efficiency_notes(ok) + _cpu_notes(runs, env)
+              + _precision_notes(ok, env) + _contention_notes(ok) + _skipped_notes(runs, env))
     return notes
 
 
 def _theoretical_basis(ok: pd.DataFrame) -> str:
-    """Each distinct basis of the theoretical peaks, once (one per device and precision)."""
+    """Each distinct basis of the theoretical peaks, once per device and precision (twice for
+    fp32 on a GPU where one backend ran TF32 and another IEEE fp32)."""
     if "theoretical_basis" not in ok or ok["theoretical_basis"].isna().all():
         return "not recorded for this run"
     shown = []
     for (device, precision), group in ok.groupby(["device_id", "precision"], sort=False):
-        basis = group["theoretical_basis"].dropna()
-        tflops = group["theoretical_tflops"].dropna()
-        if len(basis):
+        for basis, same in group[group["theoretical_basis"].notna()].groupby("theoretical_basis", sort=False):
+            tflops = same["theoretical_tflops"].dropna()
             figure = f"{tflops.iloc[0]:.3f} TFLOP/s, " if len(tflops) else ""
-            shown.append(f"{device} {precision}: {figure}{basis.iloc[0]}")
+            shown.append(f"{device} {precision}: {figure}{basis}")
     return "; ".join(shown)
+
+
+def math_notes(ok: pd.DataFrame) -> list[str]:
+    """Whether each GPU's fp32 rows ran in TF32, per backend, and by which setting: "fp32"
+    alone would hide that their convolutions ran several times faster than IEEE fp32 can."""
+    fp32 = ok[(ok["device_type"] == "GPU") & (ok["precision"] == "fp32")]
+    if fp32.empty:
+        return []
+    parts, tf32 = [], False
+    for (device, name, backend), group in fp32.groupby(["device_id", "device_name", "backend"],
+                                                       sort=False, dropna=False):
+        device = f"{device} ({name})" if isinstance(name, str) and name else device
+        maths = _texts(group["math"]) if "math" in group else pd.Series(dtype=str)
+        if maths.empty:
+            parts.append(f"{device} {backend}: not recorded (a run from before cifar-bench recorded "
+                         "it; TF32 is every backend's default for convolutions on compute capability ≥ 8.0)")
+            continue
+        setting = next(iter(_texts(group["math_note"])), "") if "math_note" in group else ""
+        tf32 |= maths.iloc[0] == "tf32"
+        math = "TF32" if maths.iloc[0] == "tf32" else "IEEE fp32"
+        parts.append(f"{device} {backend}: {math}" + (f" ({setting})" if setting else ""))
+    why = (" TF32 keeps fp32's range with a 10-bit mantissa, on tensor cores; a row that ran it "
+           "shows as fp32 (TF32 convs) and is measured against a TF32 matmul and the "
+           "datasheet's TF32 figure." if tf32 else "")
+    return ["**fp32 on GPU**: " + "; ".join(parts) + "." + why]
 
 
 def _impossible_efficiency_notes(ok: pd.DataFrame) -> list[str]:
@@ -295,9 +330,10 @@ def _precision_notes(ok: pd.DataFrame, env: dict | None) -> list[str]:
             "avoids it."]
 
 
-def _first_xla(ok: pd.DataFrame):
-    """What ``jit_compile auto`` resolved to, when every row agrees (backends differ: JAX always compiles)."""
-    values = set(ok["xla"].dropna()) if "xla" in ok else set()
+def _agreed(ok: pd.DataFrame, column: str):
+    """The value of ``column`` every row that recorded one shares, else None: what ``jit_compile
+    auto`` resolved to (backends differ: JAX always compiles), the math fp32 ran in."""
+    values = {v for v in ok[column].dropna() if v != ""} if column in ok else set()
     return values.pop() if len(values) == 1 else None
 
 

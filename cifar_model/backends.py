@@ -12,13 +12,14 @@ reported back are normalised to ``"CPU:0"`` / ``"GPU:0"`` on every backend.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 
 import keras
 import numpy as np
 
-from cifar_model.settings import COMPUTE_DTYPES, JIT_COMPILE
+from cifar_model.settings import COMPUTE_DTYPES, JIT_COMPILE, PRECISION_MATH
 
 #: Why ``jit_compile="off"`` is refused on JAX (a harness can turn it into a skipped row).
 JAX_ALWAYS_XLA = "jax always compiles with XLA; use auto/on"
@@ -300,6 +301,103 @@ def describe_compilation(requested: str, compiled: bool) -> tuple[bool, str]:
     return compiled, f"XLA {state} (auto)" if requested == "auto" else f"XLA {state}"
 
 
+# --------------------------------------------------------------------------- fp32 math
+
+#: NVIDIA GPUs have TF32 tensor cores from compute capability 8.0 (Ampere) on.
+TF32_MIN_COMPUTE_CAPABILITY = 8.0
+#: ``jax_default_matmul_precision`` values that keep float32 dots and convolutions in IEEE
+#: fp32; every other value (None, the default, included) lets XLA use TF32 on such a GPU.
+JAX_IEEE_PRECISIONS = frozenset({"highest", "float32", "F32_F32_F32", "F64_F64_F64"})
+
+
+def fp32_math(device_type: str, compute_capability: str | float | None = None) -> tuple[str, str]:
+    """What an fp32 cell's convolutions and matmuls compute in here: ``"tf32"`` (TF32 tensor
+    cores: fp32's range, a 10-bit mantissa) or ``"ieee"`` (IEEE fp32), and a note naming the
+    backend setting that decided it.
+
+    "fp32" is not one arithmetic on a GPU: every backend's default lets cuDNN convolutions
+    use TF32 there, several times the fp32 rate, so an fp32 cell's yardsticks must be TF32
+    ones when it does. A CPU has no TF32: always ``"ieee"``. On a GPU, TF32 only where the
+    GPU has it (``compute_capability`` >= 8.0; None: the first visible GPU's) and the
+    backend's own setting allows it: TensorFlow's ``tensor_float_32_execution_enabled()``
+    (default on, matmuls and convolutions alike); PyTorch's ``torch.backends.cudnn.allow_tf32``
+    (default on), for the convolutions that are nearly all of this network's FLOPs, with its
+    matmul flag (default off) named in the note when the two differ; JAX's
+    ``jax_default_matmul_precision`` (default None: TF32; ``highest``/``float32``: IEEE).
+    """
+    if device_type.upper() != "GPU":
+        return "ieee", "a CPU computes fp32 in IEEE fp32"
+    capability = _capability(compute_capability)
+    if capability is None or capability < TF32_MIN_COMPUTE_CAPABILITY:
+        shown = "unknown" if capability is None else f"{capability:.1f}"
+        return "ieee", f"compute capability {shown}: no TF32 tensor cores known"
+    allowed, setting = {"tensorflow": _tf_allows_tf32, "jax": _jax_allows_tf32,
+                        "torch": _torch_allows_tf32}[backend_name()]()
+    return ("tf32" if allowed else "ieee"), setting
+
+
+def cell_math(precision: str, device_type: str, compute_capability: str | float | None = None
+              ) -> tuple[str, str]:
+    """What a cell in ``precision`` computes its convolutions and matmuls in, with why: a
+    mixed policy's compute dtype (``"bf16"``, ``"fp16"``), else :func:`fp32_math`."""
+    if precision in PRECISION_MATH:
+        return PRECISION_MATH[precision], f"{precision}: {COMPUTE_DTYPES[precision]} compute"
+    return fp32_math(device_type, compute_capability)
+
+
+def _capability(given: str | float | None) -> float | None:
+    """``given``, else the first visible GPU's compute capability, as a number (None: unknown)."""
+    if given is None:
+        gpus = visible_gpus()
+        given = gpus[0]["compute_capability"] if gpus else None
+    try:
+        return None if given is None else float(given)
+    except ValueError:
+        return None
+
+
+def _tf_allows_tf32() -> tuple[bool, str]:
+    """TensorFlow-only: one switch for matmuls and convolutions."""
+    import tensorflow as tf
+
+    enabled = bool(tf.config.experimental.tensor_float_32_execution_enabled())
+    return enabled, (f"tf.config.experimental.tensor_float_32_execution_enabled() is {enabled} "
+                     "(matmuls and convolutions)")
+
+
+def _jax_allows_tf32() -> tuple[bool, str]:
+    """JAX-only: the default precision of float32 dots and convolutions alike."""
+    import jax
+
+    value = jax.config.jax_default_matmul_precision
+    return value not in JAX_IEEE_PRECISIONS, (f"jax_default_matmul_precision={value!r} "
+                                              "(matmuls and convolutions)")
+
+
+def _torch_allows_tf32() -> tuple[bool, str]:
+    """PyTorch-only: convolutions (cuDNN) decide; the matmul flag is said when it differs."""
+    import torch
+
+    conv = _torch_flag(lambda: torch.backends.cudnn.allow_tf32,
+                       lambda: torch.backends.cudnn.conv.fp32_precision)
+    matmul = _torch_flag(lambda: torch.backends.cuda.matmul.allow_tf32,
+                         lambda: torch.backends.cuda.matmul.fp32_precision)
+    note = f"torch.backends.cudnn.allow_tf32={conv} (convolutions)"
+    if matmul != conv:
+        note += (f"; torch.backends.cuda.matmul.allow_tf32={matmul}: its matmuls run in "
+                 f"{'TF32' if matmul else 'IEEE fp32'}")
+    return conv, note
+
+
+def _torch_flag(legacy, new) -> bool:
+    """A PyTorch TF32 flag through ``allow_tf32``, or through ``fp32_precision`` (torch >= 2.9)
+    once that API was used: torch refuses to read a flag through one API after the other set it."""
+    try:
+        return bool(legacy())
+    except RuntimeError:
+        return new() == "tf32"
+
+
 # --------------------------------------------------------------------------- matmul peak
 
 def measure_matmul_peak(precision: str, size: int, min_seconds: float = 1.0,
@@ -313,10 +411,20 @@ def measure_matmul_peak(precision: str, size: int, min_seconds: float = 1.0,
     Two untimed calls first (tracing, allocation, caches); then at least three timed ones,
     more until ``min_seconds`` have been spent. ``tflops`` is the best, ``median_tflops``
     the median, both at 2 size^3 FLOPs per multiply.
+
+    The multiply runs in the math a cell in ``precision`` computes its convolutions in
+    (:func:`cell_math`), and ``math`` (with ``math_note``) says which: a yardstick in
+    another math than the cell's is no yardstick. TensorFlow's and JAX's matmuls follow the
+    same setting as their convolutions; PyTorch's do not (cuDNN allows TF32 by default,
+    cuBLAS not), so there the matmul is timed with the convolutions' TF32 setting.
     """
     dtype = COMPUTE_DTYPES[precision]
     backend = backend_name()
-    run = {"tensorflow": _tf_matmul, "jax": _jax_matmul, "torch": _torch_matmul}[backend](dtype, size)
+    math, math_note = cell_math(precision, "GPU" if visible_gpus() else "CPU")
+    if backend == "torch":
+        run = _torch_matmul(dtype, size, tf32=math == "tf32")
+    else:
+        run = {"tensorflow": _tf_matmul, "jax": _jax_matmul}[backend](dtype, size)
     for _ in range(2):
         run()
     times: list[float] = []
@@ -327,7 +435,8 @@ def measure_matmul_peak(precision: str, size: int, min_seconds: float = 1.0,
     flops = 2 * size**3
     times.sort()
     return {"precision": precision, "dtype": dtype, "size": size, "repeats": len(times),
-            "tflops": flops / times[0] / 1e12, "median_tflops": flops / times[len(times) // 2] / 1e12}
+            "tflops": flops / times[0] / 1e12, "median_tflops": flops / times[len(times) // 2] / 1e12,
+            "math": math, "math_note": math_note}
 
 
 def _operands(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -361,13 +470,31 @@ def _jax_matmul(dtype: str, size: int):
     return lambda: float(matmul(a, b))
 
 
-def _torch_matmul(dtype: str, size: int):
+def _torch_matmul(dtype: str, size: int, tf32: bool = False):
+    """PyTorch-only: on a GPU, a float32 multiply runs with ``allow_tf32`` set to ``tf32`` (the
+    cell's convolutions' math) for the call only, so nothing else in the process changes."""
     import torch
 
     device = _torch_device(None)
     a, b = (torch.as_tensor(m).to(device=device, dtype=getattr(torch, dtype)) for m in _operands(size))
+    switch = device.type == "cuda" and dtype == "float32"
 
     def run():
-        with torch.no_grad():
+        with _torch_matmul_tf32(tf32) if switch else contextlib.nullcontext(), torch.no_grad():
             return torch.matmul(a, b).float().sum().item()
     return run
+
+
+@contextlib.contextmanager
+def _torch_matmul_tf32(allowed: bool):
+    """``torch.backends.cuda.matmul.allow_tf32`` is ``allowed`` inside, and back to what it was
+    after (an error included)."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32
+    matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = saved

@@ -19,6 +19,10 @@ PRECISIONS = {
 }
 #: The compute dtype of each precision (what a matmul peak is measured in).
 COMPUTE_DTYPES = {"fp32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+#: The arithmetic a mixed policy's convolutions and matmuls run in. An fp32 cell's is "ieee"
+#: or "tf32", which depends on the device and the backend's settings
+#: (:func:`cifar_model.backends.fp32_math`).
+PRECISION_MATH = {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}
 #: User-facing XLA settings -> the value ``Model.compile(jit_compile=...)`` takes.
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 #: Held-out splits: standard (50,000 train / 10,000 official test) and the notebook's seed

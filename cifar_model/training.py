@@ -91,6 +91,10 @@ class TrainResult:
     workers: int = 1                # worker processes (hosts) training in sync
     task_index: int = 0             # this process's place among them (0: the chief)
     strategy: str = "none"          # the data-parallel engine (settings.STRATEGIES)
+    math: str = ""                  # what convolutions and matmuls ran in: ieee, tf32 (an fp32
+                                    # cell on TF32 tensor cores), bf16, fp16 (backends.cell_math);
+                                    # empty: not recorded
+    math_note: str = ""             # the backend setting that decided ``math``
 
     @property
     def global_batch_size(self) -> int:
@@ -352,6 +356,7 @@ def train(
             unsynced_steps = total - unsynced.first_timed_step
 
     xla, compile_note = backends.describe_compilation(settings.jit_compile, bool(trainer.jit_compile))
+    math, math_note = backends.cell_math(settings.precision, _device_type(device))
     if parallel:
         compile_note = f"{compile_note}; {distribution.ENGINE_NOTES[settings.strategy]}"
     steady_wall = (timer.steady_ended - timer.steady_started
@@ -371,7 +376,7 @@ def train(
         unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
         data_placement=data_placement, data_device=data_device,
         replicas=settings.replicas, workers=settings.workers, task_index=settings.task_index,
-        strategy=settings.strategy,
+        strategy=settings.strategy, math=math, math_note=math_note,
     )
 
 

@@ -88,6 +88,19 @@ def test_the_notes_state_what_cannot_be_read_across_rows(two_machines):
     assert "Debian GNU/Linux 12 (bookworm)" in notes       # the long OS name, once, in the notes
 
 
+def test_the_notes_say_which_machines_fp32_gpu_rows_ran_tf32(two_machines, tmp_path):
+    _, laptop, _ = two_machines
+    h100 = Requested("gpu:0", Device("gpu:0", "GPU", "NVIDIA H100 80GB HBM3", memory_bytes=2**36,
+                                     compute_capability="9.0"))
+    setting = "jax_default_matmul_precision=None (matmuls and convolutions)"
+    server = write_run(tmp_path / "runs" / "20260103-100000", {(64, (("device", h100),)): steps(0.001)},
+                       env=SERVER_ENV, train={"math": "tf32", "math_note": setting})
+    notes = multirun.notes([store.read_run(laptop), store.read_run(server)])
+    [note] = [n for n in notes if n.startswith("**fp32 on GPU**")]
+    assert f"gpu:0 (NVIDIA H100 80GB HBM3) tensorflow: TF32 ({setting})" in note
+    assert "gpu:0 (NVIDIA GeForce GTX 960M) tensorflow: IEEE fp32" in note
+
+
 def test_a_named_reference_divides_by_that_machines_device(two_machines):
     _, laptop, server = two_machines
     runs = [store.read_run(laptop), store.read_run(server)]

@@ -20,6 +20,8 @@ FAKE_WORKER = [sys.executable, str(Path(__file__).parent / "helpers" / "fake_wor
 CPU = Requested("cpu", Device("cpu", "CPU", "Test CPU", 2, 2, 2**34))
 GPU1 = Requested("gpu:1", Device("gpu:1", "GPU", "Test GPU", memory_bytes=2**34))
 NO_GPU = Requested("gpu:0", None, "no GPU detected on this machine")
+H100 = Requested("gpu:0", Device("gpu:0", "GPU", "NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30,
+                                 compute_capability="9.0"))
 CONTEXT = {"run_id": "test-run", "system": "Test OS", "git_commit": None}
 QUIET = runner.Reporter(stream=open("/dev/null", "w"))
 
@@ -160,6 +162,47 @@ def test_peaks_are_needed_once_per_usable_device_precision_threads_and_backend()
     combos = runner.peak_combinations(runner.plan_cells(cfg, [CPU, NO_GPU]))
     assert [(d.id, p, t, b) for d, p, t, b in combos] == [
         ("cpu", "fp32", 0, "tensorflow"), ("cpu", "mixed_bfloat16", 0, "tensorflow")]
+
+
+# --------------------------------------------------------------------------- TF32: fp32 cells' yardsticks
+
+def test_an_fp32_gpu_cell_is_measured_against_tf32_only_when_its_worker_says_it_ran_tf32():
+    fp32, bf16 = runner.plan_cells(config((32,), values={"precision": ("fp32", "mixed_bfloat16")}), [H100])
+    theoretical = runner.theoretical_peaks([fp32, bf16])
+    assert theoretical[("gpu:0", "fp32")].tflops == 67 and theoretical[("gpu:0", "tf32")].tflops == 494.7
+    setting = "torch.backends.cudnn.allow_tf32=True (convolutions)"
+    tf32 = runner.theoretical_for(theoretical, fp32, {"math": "tf32", "math_note": setting})
+    assert tf32.tflops == 494.7
+    assert tf32.basis == ("tf32 (fp32 cells run their convolutions in TF32 on this GPU: "
+                          f"{setting}); NVIDIA H100 datasheet (SXM), sparsity figures halved")
+    assert runner.theoretical_for(theoretical, fp32, {"math": "ieee"}).tflops == 67
+    assert runner.theoretical_for(theoretical, fp32, {}).tflops == 67      # an older worker: as asked
+    assert runner.theoretical_for(theoretical, bf16, {"math": "bf16"}).tflops == 989.4
+
+
+def test_a_tf32_cell_on_a_gpu_without_a_tf32_figure_gets_none_never_the_fp32_one():
+    gpu = Requested("gpu:0", Device("gpu:0", "GPU", "NVIDIA GeForce GTX 960M", compute_capability="5.0"))
+    [cell] = runner.plan_cells(config((32,)), [gpu])
+    theoretical = runner.theoretical_peaks([cell])
+    assert theoretical[("gpu:0", "fp32")].tflops == 1.5
+    peak = runner.theoretical_for(theoretical, cell, {"math": "tf32", "math_note": "x"})
+    assert peak.tflops is None and "no tf32 figure" in peak.basis
+    assert ("cpu", "tf32") not in runner.theoretical_peaks(runner.plan_cells(config((32,)), [CPU]))
+
+
+def test_a_run_on_an_ampere_gpu_records_tf32_and_its_yardsticks(tmp_path):
+    cfg = config((32,))
+    cells = runner.plan_cells(cfg, [H100])
+    writer = store.RunWriter(tmp_path, "test-run")
+    peaks = {("gpu:0", "fp32", 0, "tensorflow"): {"tflops": 341.0, "math": "tf32"}}
+    outcome = runner.execute(cfg, cells, writer, CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER,
+                             peaks=peaks, theoretical=runner.theoretical_peaks(cells))
+    [row] = outcome.rows
+    assert row["status"] == "ok" and row["math"] == "tf32"
+    assert row["theoretical_tflops"] == 494.7 and row["theoretical_basis"].startswith(
+        "tf32 (fp32 cells run their convolutions in TF32 on this GPU: fake: the backend's default)")
+    assert row["efficiency_pct"] == pytest.approx(100 * row["achieved_tflops"] / 341.0)
+    assert store.read_run(tmp_path).runs["math"].tolist() == ["tf32"]   # a documented column
 
 
 @pytest.mark.parametrize("kwargs, message", [

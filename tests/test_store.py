@@ -59,6 +59,15 @@ def test_old_files_are_upgraded_in_one_named_step(tmp_path):
     assert list(store.UPGRADES) == [1]
 
 
+def test_a_run_from_before_the_math_columns_reads_with_them_empty(tmp_path):
+    directory = good_run(tmp_path)
+    runs = pd.read_csv(directory / store.RUNS_CSV)
+    assert runs["math"].tolist() == ["ieee"]                   # what is written now
+    runs.drop(columns=["math", "math_note"]).to_csv(directory / store.RUNS_CSV, index=False)
+    run = store.read_run(directory)
+    assert run.runs["math"].tolist() == [""] and run.runs["math_note"].tolist() == [""]
+
+
 def _corrupt(directory: Path, filename: str, column: str, value) -> None:
     frame = pd.read_csv(directory / filename, dtype=str, keep_default_na=False)
     frame.loc[len(frame) - 1, column] = value

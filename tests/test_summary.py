@@ -179,6 +179,49 @@ def test_the_theoretical_peak_is_a_column_and_its_basis_a_note():
     assert "cpu fp32: 0.096 TFLOP/s, 1 cores (2 of 2 logical CPUs usable) x 3.00 GHz x 32 fp32" in note
 
 
+TF_SETTING = "tf.config.experimental.tensor_float_32_execution_enabled() is True (matmuls and convolutions)"
+
+
+def test_fp32_gpu_rows_say_whether_they_ran_tf32_in_the_table_and_the_notes():
+    runs = pd.DataFrame([row("CPU", 64, 0.2, math="ieee", math_note="a CPU computes fp32 in IEEE fp32"),
+                         row("GPU", 64, 0.02, math="tf32", math_note=TF_SETTING),
+                         row("GPU", 64, 0.01, precision="mixed_bfloat16", math="bf16")])
+    assert list(summary.summary_frame(runs)["Precision"]) == ["fp32", "fp32 (TF32 convs)", "mixed_bfloat16"]
+    [note] = [n for n in summary.describe_settings(runs) if n.startswith("**fp32 on GPU**")]
+    assert f"gpu:0 (Test GPU) tensorflow: TF32 ({TF_SETTING})" in note
+    assert "cpu" not in note and "bf16" not in note
+
+
+def test_a_fixed_fp32_precision_says_tf32_only_when_every_row_ran_it():
+    gpu = pd.DataFrame([row("GPU", 64, 0.02, math="tf32"), row("GPU", 128, 0.04, math="tf32")])
+    assert "Precision fp32 (TF32 convs)" in " ".join(summary.describe_settings(gpu))
+    both = pd.DataFrame([row("CPU", 64, 0.2, math="ieee"), row("GPU", 64, 0.02, math="tf32")])
+    notes = " ".join(summary.describe_settings(both))
+    assert "Precision fp32," in notes and "gpu:0 (Test GPU) tensorflow: TF32" in notes
+
+
+def test_fp32_gpu_rows_in_ieee_or_from_older_runs_say_so():
+    ieee = pd.DataFrame([row("GPU", 64, 0.02, math="ieee", backend="torch",
+                             math_note="torch.backends.cudnn.allow_tf32=False (convolutions)")])
+    assert summary.summary_frame(ieee).get("Precision") is None                # not varying: no column
+    notes = summary.describe_settings(ieee)
+    assert ("**fp32 on GPU**: gpu:0 (Test GPU) torch: IEEE fp32 (torch.backends.cudnn.allow_tf32=False "
+            "(convolutions))") in " ".join(notes) and "TF32 convs" not in " ".join(notes)
+    older = pd.DataFrame([row("GPU", 64, 0.02)])                          # no math recorded
+    assert "gpu:0 (Test GPU) tensorflow: not recorded" in " ".join(summary.describe_settings(older))
+    assert not any("fp32 on GPU" in n for n in summary.describe_settings(pd.DataFrame([row("CPU", 64, 0.2)])))
+
+
+def test_the_theoretical_basis_of_each_math_is_said():
+    runs = pd.DataFrame([row("GPU", 64, 0.02, math="tf32", theoretical_tflops=494.7,
+                             theoretical_basis="tf32 (fp32 cells run their convolutions in TF32 on this GPU: x)"),
+                         row("GPU", 64, 0.03, math="ieee", backend="torch", theoretical_tflops=67.0,
+                             theoretical_basis="NVIDIA H100 datasheet")])
+    note = next(n for n in summary.describe_settings(runs) if "Efficiency (theoretical)" in n)
+    assert ("gpu:0 fp32: 494.700 TFLOP/s, tf32 (fp32 cells run their convolutions in TF32 on this GPU: x); "
+            "gpu:0 fp32: 67.000 TFLOP/s, NVIDIA H100 datasheet") in note
+
+
 def test_bench_summary_of_a_pinned_run_says_its_cpus_were_restricted(tmp_path):
     import subprocess
     import sys

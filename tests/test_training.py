@@ -71,6 +71,8 @@ def test_result_fields(short_run, tiny):
     assert (short_run.batch_size, short_run.steps_per_epoch, short_run.epochs) == (32, 5, 2)
     assert short_run.backend == "tensorflow"
     assert short_run.compile_note == f"XLA {'on' if short_run.xla else 'off'} (auto)"
+    # fp32 on a CPU is IEEE fp32 (on an Ampere-or-newer GPU it would be TF32: test_backends)
+    assert (short_run.math, short_run.math_note) == ("ieee", "a CPU computes fp32 in IEEE fp32")
 
 
 def test_result_round_trips_through_json(short_run):

@@ -22,6 +22,7 @@ def fake_train(batch_size: int, step_seconds: list[float], warmup: int, data: st
         "accuracy_note": "not measured: synthetic data", "training_flops_per_image": 519544320,
         "params": 1454922, "xla": False, "compile_note": "fake", "unsynced_steps": 0,
         "unsynced_seconds": None, "data_placement": "host", "data_device": "CPU:0",
+        "math": "ieee", "math_note": "fake: IEEE fp32",
     }
 
 

@@ -7,7 +7,8 @@ breaks the protocol, 18 reports every step as warm-up, 19 trains slowly (a progr
 0.2 s for ``FAKE_SLOW_SECONDS``, default 60: a cell still running when a test stops the run);
 anything else reports a plausible result whose steps take ``batch_size / 1000`` seconds each
 (``batch_size / 100`` for backend jax), times ``$FAKE_WORKER_SLOWDOWN`` (default 1): a
-deterministic slowdown no machine load can fake or hide.
+deterministic slowdown no machine load can fake or hide. Its math is every backend's
+default: an fp32 cell on a GPU ran in TF32.
 
 Like the real worker it exits when its parent dies (:func:`bench.worker.watch_parent`), and
 answers ``--probe`` (no GPU, a fake TensorFlow) and ``--peak`` (1 TFLOP/s in every precision).
@@ -41,7 +42,7 @@ def main():
     if sys.argv[1:] == ["--peak"]:
         peak = PeakSpec.from_dict(json.loads(sys.stdin.read())["peak"])
         emit("result", result={p: {"tflops": 1.0, "median_tflops": 0.9, "repeats": 3, "size": peak.size,
-                                   "dtype": "float32"} for p in peak.precisions})
+                                   "dtype": "float32", "math": "ieee"} for p in peak.precisions})
         return
     spec = CellSpec.from_json(sys.stdin.read())
     settings = spec.settings
@@ -77,6 +78,9 @@ def main():
     warmup = steps if behaviour == 18 else settings.warmup_steps
     result = fake_result(settings.batch_size, [step * 3] + [step] * (steps - 1), warmup,
                          spec.data.kind, spec.data.split, settings.backend)
+    math = ("tf32" if spec.device_type == "GPU" else "ieee") if settings.precision == "fp32" else \
+        {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}[settings.precision]
+    result.train.update(precision=settings.precision, math=math, math_note="fake: the backend's default")
     emit("result", result=result.to_dict())
 
 
