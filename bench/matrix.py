@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.devices import Device, Requested, auto_precision, parse_device_ids
@@ -65,6 +65,7 @@ class PlanContext:
     """What resolving an ``auto`` value may depend on besides the device."""
 
     train_images: int
+    total_replicas: int = 1     # the cell's replicas x workers
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ DIMENSIONS: tuple[Dimension, ...] = (
               "prefetched) or device (the whole set in device memory, gathered inside the step)",
               "text", "data_placement", lambda v: f"data-{v}",
               resolve=lambda value, device, ctx: resolve_data_placement(
-                  value, device.type, device.memory_bytes, training_set_bytes(ctx.train_images)),
+                  value, device.type, device.memory_bytes, training_set_bytes(ctx.train_images),
+                  ctx.total_replicas),
               legacy="host"),
     Dimension("replicas", "Replicas", "--replicas", integer(1), (1,), "1,2,4",
               "data-parallel devices of the cell's type per worker, comma-separated (TensorFlow: "
@@ -304,6 +306,8 @@ def _at_yardstick(combo: tuple) -> tuple:
 
 
 def _add_cell(cells: dict, combo: tuple, device: Requested, repeat: int, context: PlanContext) -> None:
+    asked = dict(zip((d.name for d in DIMENSIONS), combo))
+    context = replace(context, total_replicas=asked["replicas"] * asked["workers"])
     resolved = tuple(
         (d.name, d.resolve(value, device.device, context)
          if d.resolve is not None and device.device is not None else value)

@@ -82,20 +82,22 @@ def training_set_bytes(n_images: int) -> int:
 
 
 def resolve_data_placement(requested: str, device_type: str, memory_bytes: int | None,
-                           data_bytes: int) -> str:
+                           data_bytes: int, total_replicas: int = 1) -> str:
     """``host`` or ``device`` for ``requested``, one of :data:`DATA_PLACEMENTS`.
 
     ``auto`` keeps the training set in GPU memory when it fits with room to spare (at most
     :data:`RESIDENT_MAX_FRACTION` of the GPU's memory, which must be known), and on the host
     otherwise. On a CPU, host memory *is* the device's, so ``auto`` is ``host``: the input
-    pipeline gathers the next batch on its own threads while the current step runs.
+    pipeline gathers the next batch on its own threads while the current step runs. A cell
+    of several replicas (``total_replicas`` > 1) is fed from the host: the device-resident
+    path holds the set on one device only.
     """
     if requested not in DATA_PLACEMENTS:
         raise ValueError(f"unknown data placement {requested!r}; choose one of {', '.join(DATA_PLACEMENTS)}")
     if requested != "auto":
         return requested
     fits = bool(memory_bytes) and data_bytes <= RESIDENT_MAX_FRACTION * memory_bytes
-    return "device" if device_type == "GPU" and fits else "host"
+    return "device" if device_type == "GPU" and fits and total_replicas == 1 else "host"
 
 
 def steps_per_epoch(n_train: int, batch_size: int, max_steps_per_epoch: int | None) -> int:

@@ -287,7 +287,8 @@ def train(
     backends.jit_compile_value(settings.jit_compile)   # refuses what this backend cannot do
     n_train = len(dataset.x_train)
     data_placement = resolve_data_placement(settings.data_placement, _device_type(device),
-                                            device_memory_bytes, training_set_bytes(n_train))
+                                            device_memory_bytes, training_set_bytes(n_train),
+                                            settings.total_replicas)
     parallel = settings.strategy != "none"
     if parallel:
         why = (backend_limitation(backend, settings.jit_compile, settings.cpu_threads,

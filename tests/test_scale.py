@@ -99,6 +99,16 @@ def test_sharded_predictions_pad_every_batch_to_the_replicas_and_drop_the_paddin
     assert logits[:, 0].tolist() == list(range(1, 8))        # 7 images in, 7 logits out, in order
 
 
+def test_auto_data_placement_feeds_several_replicas_from_the_host():
+    """On a GPU, auto keeps a one-replica cell's training set in GPU memory; a cell of several
+    replicas runs (it is fed from the host) instead of being skipped for the resident path."""
+    cells = matrix.plan(matrix.Plan({"batch_size": (64,), "replicas": (2,), "backend": ("jax",)}),
+                        [GPU0], 1, 50_000)
+    placements = {c["replicas"]: c["data_placement"] for c in cells}
+    assert placements == {1: "device", 2: "host"}
+    assert runner.skip_reason(cells[1], config(), gpu_count=2) is None
+
+
 def test_scaling_columns_are_declared():
     for name in ("replicas", "workers", "strategy", "task_index", "total_replicas", "global_batch_size",
                  "global_images_per_s", "speedup_vs_1_replica", "scaling_efficiency_pct", "scaling_note"):
