@@ -380,7 +380,8 @@ def skip_reason(cell: matrix.Cell, config: RunConfig | None = None,
     if gpu_count is not None and cell.device_type == "GPU":
         available = gpu_count - cell.device.device.index
     return backend_missing(cell["backend"]) or backend_limitation(
-        cell["backend"], cell["jit_compile"], cell["cpu_threads"], cell["replicas"], cell["workers"]
+        cell["backend"], cell["jit_compile"], cell["cpu_threads"], cell["replicas"], cell["workers"],
+        cell["steps_per_execution"]
     ) or parallel_limitation(cell.device_type, cell["replicas"], cell["workers"], cell["data_placement"],
                              cell["steps_per_execution"],
                              config.unsynced_steps if config is not None else 0, available)

@@ -223,8 +223,11 @@ def strategy_name(replicas: int, workers: int, backend: str = DEFAULT_BACKEND) -
 
 
 def backend_limitation(backend: str, jit_compile: str, cpu_threads: int, replicas: int = 1,
-                       workers: int = 1) -> str | None:
+                       workers: int = 1, steps_per_execution: int = 1) -> str | None:
     """Why a combination cannot run on ``backend`` (so the harness skips it), or None."""
+    if backend == "torch" and steps_per_execution > 1:
+        return ("Keras's torch backend runs one step per call (it refuses steps_per_execution > 1); "
+                "use --steps-per-execution 1 with --backend torch")
     if backend == "torch" and replicas * workers > 1:
         return ("data parallelism is not implemented for torch: Keras's torch backend has no "
                 "keras.distribution engine and torch DDP is not wired in; use --backend "

@@ -290,14 +290,13 @@ def train(
                                             device_memory_bytes, training_set_bytes(n_train),
                                             settings.total_replicas)
     parallel = settings.strategy != "none"
-    if parallel:
-        why = (backend_limitation(backend, settings.jit_compile, settings.cpu_threads,
-                                  settings.replicas, settings.workers)
-               or parallel_limitation(_device_type(device), settings.replicas, settings.workers,
-                                      data_placement, settings.steps_per_execution,
-                                      settings.unsynced_steps))
-        if why:
-            raise ValueError(why)
+    why = backend_limitation(backend, settings.jit_compile, settings.cpu_threads, settings.replicas,
+                             settings.workers, settings.steps_per_execution)
+    if parallel and not why:
+        why = parallel_limitation(_device_type(device), settings.replicas, settings.workers,
+                                  data_placement, settings.steps_per_execution, settings.unsynced_steps)
+    if why:
+        raise ValueError(why)
     multi_worker = settings.strategy == "multi_worker_mirrored"
     if multi_worker and not settings.cluster:
         raise ValueError(f"workers {settings.workers} needs the cluster's host:port addresses")

@@ -99,6 +99,16 @@ def test_sharded_predictions_pad_every_batch_to_the_replicas_and_drop_the_paddin
     assert logits[:, 0].tolist() == list(range(1, 8))        # 7 images in, 7 logits out, in order
 
 
+def test_torch_with_several_steps_per_execution_is_a_skipped_row_not_a_failure():
+    """Keras's torch backend refuses steps_per_execution > 1 inside fit; on the H100 that
+    surfaced as a failed cell (and, with jit on, as a misleading "torch.compile failed")."""
+    cells = matrix.plan(matrix.Plan({"batch_size": (16,), "backend": ("torch", "jax"),
+                                     "steps_per_execution": (1, 8)}), [CPU], 1, 50_000)
+    reasons = {(c["backend"], c["steps_per_execution"]): runner.skip_reason(c, config()) for c in cells}
+    assert "one step per call" in reasons[("torch", 8)]
+    assert reasons[("torch", 1)] is None and reasons[("jax", 8)] is None
+
+
 def test_auto_data_placement_feeds_several_replicas_from_the_host():
     """On a GPU, auto keeps a one-replica cell's training set in GPU memory; a cell of several
     replicas runs (it is fed from the host) instead of being skipped for the resident path."""

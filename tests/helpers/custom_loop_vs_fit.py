@@ -18,17 +18,9 @@ import tensorflow as tf  # noqa: E402
 from cifar_model import distribution, synthetic_dataset  # noqa: E402
 from cifar_model.model import build_network, compile_model  # noqa: E402
 from cifar_model.pipelines import tf_host_pipeline  # noqa: E402
+from step_losses import Losses  # noqa: E402
 
 BATCH, STEPS, SEED = 32, 6, 0
-
-
-class Losses(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.losses = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.losses.append(float(logs["loss"]))
 
 
 def main() -> None:

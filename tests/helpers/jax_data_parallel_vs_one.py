@@ -20,17 +20,9 @@ import numpy as np  # noqa: E402
 
 from cifar_model import TrainSettings, distribution, synthetic_dataset, train  # noqa: E402
 from cifar_model.model import build_network  # noqa: E402
+from step_losses import Losses  # noqa: E402
 
 GLOBAL_BATCH, STEPS, SEED = 32, 6, 0
-
-
-class Losses(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.losses = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.losses.append(float(logs["loss"]))
 
 
 def main() -> None:
