@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, fields
+from collections.abc import Iterable
 from typing import Callable
 
 import psutil
@@ -150,14 +151,19 @@ def _cpu_seconds(process: psutil.Process) -> float:
 class ContentionSampler:
     """Samples the machine in a background thread while one worker process runs.
 
+    ``cell_pids`` are the cell's other processes (the local peer workers of a multi-worker
+    cell): they and their descendants count as the cell's own CPU time, not as other load.
+
     ``start()`` takes the first sample at once, ``stop()`` takes a last one and returns a
     :class:`Contention`. Call ``stop()`` as soon as the worker ends: the window ends at the
     last sample that saw the worker alive, so nothing after the cell is counted.
     """
 
     def __init__(self, worker_pid: int, usable_cpus: float | None = None, interval_s: float = 0.5,
-                 gpu_index: int | None = None, scan_every_s: float = SCAN_EVERY_S):
+                 gpu_index: int | None = None, scan_every_s: float = SCAN_EVERY_S,
+                 cell_pids: Iterable[int] = ()):
         self.worker_pid = worker_pid
+        self.cell_pids = tuple(cell_pids)   # the cell's other processes (its local peer workers)
         self.usable_cpus = usable_cpus or detect_usable_cpus().count
         self.interval_s = interval_s
         self.gpu_index = gpu_index
@@ -188,6 +194,11 @@ class ContentionSampler:
             self._tree = {self.worker_pid: psutil.Process(self.worker_pid)}
         except psutil.Error:
             self.notes.append("worker had ended before sampling started")
+        for pid in self.cell_pids:       # the cell's own work, not competition
+            try:
+                self._tree[pid] = psutil.Process(pid)
+            except psutil.Error:
+                pass
         if self.gpu_index is not None:
             self._open_gpu()
         self._scan()

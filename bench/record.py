@@ -118,7 +118,8 @@ _MEASURED = {
     "usable_cpus": Column("CPUs the worker could use (affinity and cgroup quota)"),
     "other_cpu_pct": Column("CPU used by other processes while the cell ran, % of the usable CPUs"),
     "steal_pct": Column("CPU time stolen by the hypervisor while the cell ran, % of wall time"),
-    "worker_cpu_pct": Column("the worker's CPU share while the cell ran, % of the usable CPUs"),
+    "worker_cpu_pct": Column("the worker's CPU share while the cell ran, % of the usable CPUs "
+                             "(a multi-worker cell's local workers together)"),
     "load_avg_max": Column("highest 1-minute load average seen while the cell ran"),
     "gpu_other_processes": Column("other processes on the cell's GPU while it ran (NVML)", "int"),
     "gpu_sm_clock_min_mhz": Column("lowest SM clock seen while the cell ran (NVML, MHz)"),

@@ -338,9 +338,10 @@ def contention_hooks(usable_cpus: float | None, interval_s: float = 0.5) -> dict
     """``execute``'s hooks that sample what else used the machine while each worker ran."""
     from bench.contention import ContentionSampler
 
-    def watch(pid: int, cell: matrix.Cell):
+    def watch(pid: int, cell: matrix.Cell, cell_pids: tuple[int, ...] = ()):
         gpu = cell.device.device.index if cell.device_type == "GPU" and cell.device.device else None
-        return ContentionSampler(pid, usable_cpus=usable_cpus, gpu_index=gpu, interval_s=interval_s).start()
+        return ContentionSampler(pid, usable_cpus=usable_cpus, gpu_index=gpu, interval_s=interval_s,
+                                 cell_pids=cell_pids).start()
 
     return {"watch": watch, "contention_columns": contention_columns}
 
@@ -413,6 +414,16 @@ def free_loopback_ports(count: int) -> tuple[str, ...]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _watcher(watch, cell: matrix.Cell, peers: list):
+    """``watch`` for this cell's chief; a multi-worker cell's local peers count as its own."""
+    if watch is None:
+        return None
+    if not peers:
+        return lambda pid: watch(pid, cell)
+    pids = tuple(peer.pid for peer, _ in peers)
+    return lambda pid: watch(pid, cell, pids)
 
 
 def start_peers(cell: matrix.Cell, config: RunConfig, cluster: tuple[str, ...], log_dir: Path,
@@ -521,7 +532,7 @@ def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, cont
                         log_dir / f"{cell.cell_id}.log", timeout,
                         on_event=lambda event, cell=cell: reporter.cell_event(cell, event),
                         command=worker_command,
-                        watch=(lambda pid, cell=cell: watch(pid, cell)) if watch else None)
+                        watch=_watcher(watch, cell, peers))
                 finally:
                     chief_done = result is not None and result.result is not None
                     peer_results = finish_peers(peers, PEER_GRACE_S if chief_done else 0)

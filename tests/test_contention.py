@@ -57,6 +57,17 @@ def test_a_hog_beside_a_busy_worker_is_seen_as_other_load():
     assert seen.samples > 5 and seen.wall_s >= 1.5
 
 
+def test_a_cells_own_peer_workers_are_not_other_load():
+    """A local multi-worker cell: the chief sleeps, its peer burns a CPU. Named as the cell's
+    own, the peer counts for the worker; unnamed, it is other load."""
+    with python(BURN) as peer, python(SLEEP) as chief:
+        time.sleep(0.2)
+        own = sample(chief.pid, 1.5, cell_pids=(peer.pid,))
+        other = sample(chief.pid, 1.5)
+    assert own.worker_cpu_pct > 20, own.describe()           # the burning peer is the cell's
+    assert other.worker_cpu_pct < 5, other.describe()        # unnamed, only the sleeping chief
+
+
 def test_a_sleeping_worker_uses_little_cpu_and_every_field_is_there():
     with python(SLEEP) as worker:
         seen = sample(worker.pid, 1.0)
