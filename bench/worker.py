@@ -123,8 +123,11 @@ def run_cell(spec: CellSpec) -> WorkerResult:
 
     startup_seconds = time.perf_counter() - _STARTED
     emit("started", startup_seconds=startup_seconds, pid=os.getpid(), backend=backends.backend_name())
-    gpu = backends.accelerator_name()
-    if spec.device_type == "GPU" and gpu is None:
+    # a multi-worker cell must join its cluster before the framework starts (inside train):
+    # asking JAX for its devices first would start it alone
+    early = spec.settings.workers == 1
+    gpu = backends.accelerator_name() if early else None
+    if early and spec.device_type == "GPU" and gpu is None:
         raise RuntimeError(f"the {backends.backend_name()} backend sees no GPU inside the worker "
                            "(CUDA libraries missing?)")
     emit("phase", phase="loading data")
@@ -136,6 +139,8 @@ def run_cell(spec: CellSpec) -> WorkerResult:
     emit("phase", phase="building the model")
     result = train(dataset, settings, device="gpu:0" if spec.device_type == "GPU" else "cpu:0",
                    callbacks=[progress, cpu_meter])
+    if not early:
+        gpu = backends.accelerator_name()
     return WorkerResult(
         train=result.to_dict(), data_source=dataset.source, data_note=dataset.note,
         startup_seconds=startup_seconds, peak_rss_bytes=peak_rss_bytes(),

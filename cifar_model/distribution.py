@@ -22,7 +22,9 @@ Three engines, each the framework's own (no home-made all-reduce, no cluster pro
   ``fit`` runs under it: each global batch is sharded along a one-axis device mesh in
   contiguous per-device slices, the weights are replicated, and the step is one ``jax.jit``
   program that XLA's SPMD partitioner splits over the mesh, inserting the all-reduce of the
-  gradients. The loss ``fit`` reports is the mean over the global batch.
+  gradients. The loss ``fit`` reports is the mean over the global batch. With ``workers``
+  > 1 the mesh spans every process's devices (JAX's distributed runtime, joined by
+  ``keras.distribution.initialize``), and each process feeds its slice of the global batch.
 
 Every worker builds the same global batch stream (same seed) and keeps its own slice, so a
 run with any number of workers sees the data in the same order as a one-process run.
@@ -68,6 +70,8 @@ def make_strategy(settings: TrainSettings, device_type: str):
     kind = settings.strategy
     if kind == "none":
         return None          # no TensorFlow needed: JAX and PyTorch machines may not have it
+    if kind == "keras_data_parallel" and settings.workers > 1:
+        return keras_multi_process(settings, device_type)
     if kind == "keras_data_parallel":
         return keras_data_parallel(settings.replicas, device_type)
     import tensorflow as tf
@@ -113,6 +117,58 @@ def keras_data_parallel(replicas: int, device_type: str):
         raise ValueError(f"--replicas {replicas} needs {replicas} JAX {kind.upper()} devices; "
                          f"JAX sees {len(devices)}: {fix}")
     return keras.distribution.DataParallel(devices=devices[:replicas])
+
+
+def keras_multi_process(settings: TrainSettings, device_type: str):
+    """Keras's DataParallel over every device of ``settings.workers`` processes: JAX's
+    distributed runtime, joined through :func:`keras.distribution.initialize` at the
+    cluster's first address (task 0 runs the coordination service there). Between CPUs the
+    collectives are gloo's. Each process feeds its own slice of every global batch
+    (:func:`process_slices`), so the dataset is not sharded again (``auto_shard_dataset``
+    off). Must run before JAX has run anything.
+    """
+    import jax
+
+    if device_type == "CPU":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize(",".join(settings.cluster), settings.workers, settings.task_index)
+    devices = jax.devices()
+    if len(devices) != settings.total_replicas:
+        raise ValueError(f"{settings.workers} workers x {settings.replicas} replicas need "
+                         f"{settings.total_replicas} JAX devices in all; the cluster has {len(devices)}")
+    return keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+
+
+def process_slices(batches, task_index: int, local_images: int):
+    """This process's slice of each global batch of ``batches`` (the same stream in every
+    process): images ``[task_index * local_images, (task_index + 1) * local_images)``, as
+    :func:`worker_batches` slices them for TensorFlow."""
+    first = task_index * local_images
+    for x, y in batches:
+        yield x[first:first + local_images], y[first:first + local_images]
+
+
+def process_local_logits(build):
+    """``logits_of(model, images, batch_size)`` for a model trained across processes: the
+    logits come from a fresh network (``build()``) on this process's own device, outside
+    the distribution, given the trained weights. Predictions under a multi-process mesh
+    are global arrays that no one process can fetch, and every process holds the same
+    replicated weights after training."""
+    def logits_of(model: keras.Model, images, batch_size: int):
+        import jax
+
+        weights = [jax.device_get(v.value.addressable_data(0)) for v in model.weights]
+        current = keras.distribution.distribution()
+        keras.distribution.set_distribution(None)
+        try:
+            with jax.default_device(jax.local_devices()[0]):
+                local = build()
+                local.set_weights(weights)
+                return evaluate_logits(local, images, batch_size)
+        finally:
+            keras.distribution.set_distribution(current)
+
+    return logits_of
 
 
 def sharded_logits(replicas: int):

@@ -55,7 +55,10 @@ ENGINES = {
                               "custom loop (Keras fit fails under it, keras#20585)"),
     "keras_data_parallel": ("keras DataParallel",
                             "keras.distribution.DataParallel on JAX: the batch sharded over a device "
-                            "mesh, XLA's SPMD partitioner inserting the gradient all-reduce, Keras fit"),
+                            "mesh, XLA's SPMD partitioner inserting the gradient all-reduce, Keras fit; "
+                            "across processes, the mesh spans every worker's devices, joined by "
+                            "keras.distribution.initialize (JAX's distributed runtime; gloo "
+                            "collectives between CPUs)"),
 }
 STRATEGIES = tuple(ENGINES)
 #: Logical CPU devices a CPU cell may split into for ``replicas`` > 1: a functional check of
@@ -210,8 +213,8 @@ class TrainSettings:
 def strategy_name(replicas: int, workers: int, backend: str = DEFAULT_BACKEND) -> str:
     """The data-parallel engine for ``replicas`` per worker and ``workers`` on ``backend``, one
     of :data:`STRATEGIES`: on TensorFlow its MirroredStrategy in one process and its
-    MultiWorkerMirroredStrategy across processes; on JAX Keras's DataParallel distribution
-    in one process; none for a single device. Each backend plugs in its own engine here;
+    MultiWorkerMirroredStrategy across processes; on JAX Keras's DataParallel distribution,
+    in one process or across several; none for a single device. Each backend plugs in its own engine here;
     :func:`backend_limitation` says which combinations have none."""
     if replicas * workers == 1:
         return "none"
@@ -232,9 +235,6 @@ def backend_limitation(backend: str, jit_compile: str, cpu_threads: int, replica
         return ("data parallelism is not implemented for torch: Keras's torch backend has no "
                 "keras.distribution engine and torch DDP is not wired in; use --backend "
                 "tensorflow or jax for --replicas/--workers > 1")
-    if backend == "jax" and workers > 1:
-        return ("--workers > 1 is implemented for tensorflow only (MultiWorkerMirroredStrategy); "
-                "on jax use --replicas (keras.distribution.DataParallel in one process)")
     if backend == "jax" and jit_compile == "off":
         return "JAX always compiles the step with XLA; --jit-compile off cannot apply (use auto or on)"
     if backend == "jax" and cpu_threads:
@@ -263,12 +263,12 @@ def parallel_limitation(device_type: str, replicas: int, workers: int, data_plac
                 "logical devices")
     if workers > 1:
         if device_type == "CPU" and replicas > 1:
-            return ("MultiWorkerMirroredStrategy uses one CPU device per worker; use --replicas 1 "
+            return ("a multi-worker cell uses one CPU device per worker; use --replicas 1 "
                     "with --workers on a CPU")
         if steps_per_execution > 1:
-            return "--steps-per-execution > 1 is not implemented for the multi-worker step; use 1"
+            return "--steps-per-execution > 1 is not implemented for multi-worker cells; use 1"
         if unsynced_steps:
-            return "--unsynced-steps is not implemented for the multi-worker step; use 0"
+            return "--unsynced-steps is not implemented for multi-worker cells; use 0"
     return None
 
 

@@ -297,11 +297,12 @@ def train(
                                   data_placement, settings.steps_per_execution, settings.unsynced_steps)
     if why:
         raise ValueError(why)
-    multi_worker = settings.strategy == "multi_worker_mirrored"
-    if multi_worker and not settings.cluster:
+    multi_worker = settings.strategy == "multi_worker_mirrored"    # TensorFlow's custom loop
+    if settings.workers > 1 and not settings.cluster:
         raise ValueError(f"workers {settings.workers} needs the cluster's host:port addresses")
     deadline = (distribution.join_deadline(settings.connect_timeout_s, settings.cluster,
-                                           settings.task_index).__enter__() if multi_worker else None)
+                                           settings.task_index).__enter__()
+                if settings.workers > 1 else None)
     strategy = distribution.make_strategy(settings, _device_type(device))  # before TF runs anything
     backends.configure_threads(settings.cpu_threads)
     steps = steps_per_epoch(n_train, settings.global_batch_size, settings.max_steps_per_epoch)
@@ -317,6 +318,9 @@ def train(
     else:
         pipeline = host_batches(dataset.x_train, dataset.y_train, settings.global_batch_size,
                                 settings.seed, backend)
+        if settings.workers > 1 and not multi_worker:     # JAX: each process feeds its slice
+            pipeline = distribution.process_slices(pipeline, settings.task_index,
+                                                   settings.replicas * settings.batch_size)
         data_device = "CPU:0"
     data_seconds = dataset.load_seconds + (time.perf_counter() - started)
 
@@ -336,13 +340,20 @@ def train(
                 trainer, distribution.worker_batches(pipeline, strategy, settings.batch_size),
                 strategy, settings.epochs, steps, [timer, *callbacks], on_first_step=deadline.joined)
         else:
+            joined = ([keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: deadline.joined())]
+                      if deadline is not None else [])
             with _explained_compile_failure(trainer):
                 history = trainer.fit(pipeline, epochs=settings.epochs, steps_per_epoch=steps,
-                                      shuffle=False, verbose=0, callbacks=[timer, *callbacks]).history
+                                      shuffle=False, verbose=0,
+                                      callbacks=[timer, *joined, *callbacks]).history
         train_seconds = time.perf_counter() - started
 
         logits_of = {"multi_worker_mirrored": distribution.evaluate_logits,
-                     "keras_data_parallel": distribution.sharded_logits(settings.replicas)
+                     "keras_data_parallel": (distribution.sharded_logits(settings.replicas)
+                                             if settings.workers == 1
+                                             else distribution.process_local_logits(
+                                                 lambda: build_network(settings.precision,
+                                                                       seed=settings.seed))),
                      }.get(settings.strategy)
         evaluation = _evaluate(model, dataset, settings, logits_of)
 
@@ -359,6 +370,8 @@ def train(
     math, math_note = backends.cell_math(settings.precision, _device_type(device))
     if parallel:
         compile_note = f"{compile_note}; {distribution.ENGINE_NOTES[settings.strategy]}"
+        if settings.workers > 1 and not multi_worker:
+            compile_note += f", across {settings.workers} processes (jax.distributed)"
     steady_wall = (timer.steady_ended - timer.steady_started
                    if timer.steady_started is not None and timer.steady_ended is not None else math.nan)
     return TrainResult(

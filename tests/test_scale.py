@@ -65,7 +65,8 @@ def test_settings_say_per_replica_and_global_batch():
 @pytest.mark.parametrize("backend, replicas, workers, engine", [
     ("tensorflow", 1, 1, "none"), ("tensorflow", 2, 1, "mirrored"),
     ("tensorflow", 1, 2, "multi_worker_mirrored"), ("tensorflow", 2, 2, "multi_worker_mirrored"),
-    ("jax", 1, 1, "none"), ("jax", 2, 1, "keras_data_parallel"), ("torch", 1, 1, "none"),
+    ("jax", 1, 1, "none"), ("jax", 2, 1, "keras_data_parallel"), ("jax", 1, 2, "keras_data_parallel"),
+    ("torch", 1, 1, "none"),
 ])
 def test_each_backend_plugs_in_its_own_engine(backend, replicas, workers, engine):
     from cifar_model import TrainSettings
@@ -131,7 +132,7 @@ def test_global_batch_larger_than_the_data_is_refused_up_front():
 
 
 @pytest.mark.parametrize("backend, replicas, workers, device, extra, fragment", [
-    ("jax", 1, 2, CPU, {}, "implemented for tensorflow only"),
+    ("jax", 2, 2, CPU, {}, "one CPU device per worker"),
     ("torch", 2, 1, CPU, {}, "not implemented for torch"),
     ("torch", 1, 2, CPU, {}, "not implemented for torch"),
     ("jax", 4, 1, GPU0, {"gpu_count": 1}, "needs 4 GPUs"),
@@ -208,17 +209,21 @@ def test_two_loopback_workers_run_end_to_end(parallel_run):
     assert runs.loc[(2, 2), "status"] == "skipped"
 
 
-def test_a_peer_that_never_joins_fails_the_cell_within_the_connect_timeout(tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_a_peer_that_never_joins_fails_the_cell_within_the_connect_timeout(tmp_path, backend):
     """Task 1 of a two-host cluster whose chief never starts: the single-worker cell is the
-    chief's (skipped here); the two-worker cell fails after --connect-timeout, not a hang."""
+    chief's (skipped here); the two-worker cell fails after --connect-timeout, not a hang,
+    whichever distributed runtime waits for it."""
+    pytest.importorskip(backend)
     ports = []
     for _ in range(2):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             ports.append(sock.getsockname()[1])
     started = time.monotonic()
-    done = bench("run", *TINY, "--cluster", ",".join(f"127.0.0.1:{p}" for p in ports), "--task-index", "1",
-                 "--connect-timeout", "5", "--out", tmp_path / "run", cwd=tmp_path, timeout=150)
+    done = bench("run", *TINY, "--backend", backend, "--cluster", ",".join(f"127.0.0.1:{p}" for p in ports),
+                 "--task-index", "1", "--connect-timeout", "5", "--out", tmp_path / "run", cwd=tmp_path,
+                 timeout=150)
     assert time.monotonic() - started < 150
     runs = pd.read_csv(tmp_path / "run" / "runs.csv").set_index("workers")
     assert runs.loc[1, "status"] == "skipped" and "chief" in runs.loc[1, "reason"]
@@ -255,17 +260,29 @@ def test_jax_data_parallel_trains_as_one_device_does():
     assert [v for row in sharded for v in row] == pytest.approx([v for row in plain for v in row], rel=1e-4)
 
 
-def test_jax_replicas_run_end_to_end_on_jax_cpu_devices(tmp_path):
+def test_jax_replicas_and_workers_run_end_to_end_and_train_alike(tmp_path, python_layout):
+    """One run on a tiny CIFAR-10 copy (so every cell is evaluated): 1 JAX device, 2 JAX CPU
+    devices in one process, 2 processes joined by jax.distributed; 2 x 2 is skipped on a CPU.
+    The two parallel cells train the same global batch on the same seed: same losses."""
     pytest.importorskip("jax")
-    done = bench("run", *TINY, "--backend", "jax", "--replicas", "1,2",
+    done = bench("run", "--devices", "cpu", "--backend", "jax", "--precision", "fp32",
+                 "--data-dir", python_layout, "--no-download", "--batch-sizes", "16", "--steps", "3",
+                 "--warmup", "1", "--no-peak", "--replicas", "1,2", "--workers", "1,2",
                  "--out", tmp_path / "run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = pd.read_csv(tmp_path / "run" / "runs.csv").set_index("replicas")
-    two = runs.loc[2]
-    assert (runs.loc[1, "status"], two["status"]) == ("ok", "ok")
-    assert (runs.loc[1, "strategy"], two["strategy"]) == ("none", "keras_data_parallel")
-    assert (two["batch_size"], two["global_batch_size"]) == (16, 32)
-    assert two["speedup_vs_1_replica"] > 0 and "logical devices sharing" in two["scaling_note"]
+    runs = pd.read_csv(tmp_path / "run" / "runs.csv").set_index(["replicas", "workers"])
+    one, devices, processes = runs.loc[(1, 1)], runs.loc[(2, 1)], runs.loc[(1, 2)]
+    assert [r["status"] for r in (one, devices, processes)] == ["ok"] * 3
+    assert runs.loc[(2, 2), "status"] == "skipped" and "one CPU device per worker" in runs.loc[(2, 2), "reason"]
+    assert (one["strategy"], devices["strategy"], processes["strategy"]) == (
+        "none", "keras_data_parallel", "keras_data_parallel")
+    assert devices["global_batch_size"] == processes["global_batch_size"] == 32
+    assert "across 2 processes" in processes["compile_note"] and processes["peer_step_median_s"] > 0
+    assert processes["train_loss"] == pytest.approx(devices["train_loss"], rel=1e-4)
+    assert processes["heldout_loss"] == pytest.approx(devices["heldout_loss"], rel=1e-4)
+    assert processes["heldout_images"] == devices["heldout_images"] == 20
+    assert devices["speedup_vs_1_replica"] > 0 and "logical devices sharing" in devices["scaling_note"]
+    assert "worker processes" in processes["scaling_note"]
     text = (tmp_path / "run" / "summary.md").read_text()
     assert "keras.distribution.DataParallel" in text and "**Not a scaling result**" in text
 
