@@ -187,9 +187,13 @@ def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
         ideal = base["global_images_per_s"].median() * pd.Series(replicas, index=replicas)
         ax.plot(ideal.index, ideal.values, linestyle=":", color="grey",
                 label=f"ideal, N × 1 replica: {label}")
-        for strategy, scaled in scaled_rows.groupby("strategy", sort=False):
+        multi = pd.to_numeric(scaled_rows["workers"], errors="coerce").fillna(1) > 1
+        for (strategy, across), scaled in scaled_rows.groupby([scaled_rows["strategy"], multi], sort=False):
             points = pd.concat([base, scaled]).groupby("total_replicas")["global_images_per_s"].median()
-            ax.plot(points.index, points.values, marker="o", label=f"{label}, {engines.get(strategy, strategy)}")
+            engine = engines.get(strategy, strategy)
+            if across and strategy == "keras_data_parallel":   # one engine, in or across processes
+                engine += " across processes"
+            ax.plot(points.index, points.values, marker="o", label=f"{label}, {engine}")
             checks |= scaled["scaling_note"].map(lambda v: isinstance(v, str) and v != "").any()
     ax.set_xticks(sorted(ok["total_replicas"].unique()))
     ax.set_xlabel("replicas in sync (replicas × workers)")
