@@ -291,3 +291,30 @@ def test_summary_names_the_engine(parallel_run):
     out, runs, _ = parallel_run
     notes = summary.describe_settings(runs.reset_index())
     assert any("MultiWorkerMirroredStrategy" in n and "keras#20585" in n for n in notes)
+
+
+def test_scaling_plot_draws_each_engine_and_jax_in_and_across_processes_apart(tmp_path, monkeypatch):
+    """The plot's lines, read from the figure before it is closed: an ideal line per
+    setting, and JAX in one process and across processes as two lines (their points are
+    not averaged into one)."""
+    from bench import plots
+
+    pyplot = plots._pyplot()
+    drawn = {}
+    monkeypatch.setattr(pyplot, "close", lambda fig: drawn.update(
+        {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()}))
+    base = {"status": "ok", "run_id": "r", "device_id": "cpu", "device_name": "Test CPU", "device_type": "CPU",
+            "batch_size": 16, "precision": "fp32", "jit_compile": "auto", "cpu_threads": 0,
+            "steps_per_execution": 1, "data_placement": "host", "scaling_note": ""}
+    rows = [{**base, "backend": backend, "replicas": r, "workers": w, "total_replicas": r * w,
+             "strategy": strategy, "global_images_per_s": ips}
+            for backend, r, w, strategy, ips in (
+                ("tensorflow", 1, 1, "none", 100.0), ("tensorflow", 2, 1, "mirrored", 150.0),
+                ("jax", 1, 1, "none", 50.0), ("jax", 2, 1, "keras_data_parallel", 80.0),
+                ("jax", 1, 2, "keras_data_parallel", 60.0))]
+    assert plots.scaling_plot(pd.DataFrame(rows), tmp_path / "scaling.png").stat().st_size > 0
+    jax_lines = {label: ys for label, ys in drawn.items() if "jax" in label and "ideal" not in label}
+    assert sorted(ys[-1] for ys in jax_lines.values()) == [60.0, 80.0]
+    assert any(label.endswith("keras DataParallel across processes") for label in jax_lines)
+    assert any("MirroredStrategy" in label and ys == [100.0, 150.0] for label, ys in drawn.items())
+    assert sum("ideal" in label for label in drawn) == 2
