@@ -367,7 +367,7 @@ def train(
             unsynced_steps = total - unsynced.first_timed_step
 
     xla, compile_note = backends.describe_compilation(settings.jit_compile, bool(trainer.jit_compile))
-    math, math_note = backends.cell_math(settings.precision, _device_type(device))
+    cell_math, math_note = backends.cell_math(settings.precision, _device_type(device))
     if parallel:
         compile_note = f"{compile_note}; {distribution.ENGINE_NOTES[settings.strategy]}"
         if settings.workers > 1 and not multi_worker:
@@ -389,7 +389,7 @@ def train(
         unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
         data_placement=data_placement, data_device=data_device,
         replicas=settings.replicas, workers=settings.workers, task_index=settings.task_index,
-        strategy=settings.strategy, math=math, math_note=math_note,
+        strategy=settings.strategy, math=cell_math, math_note=math_note,
     )
 
 

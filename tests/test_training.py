@@ -93,6 +93,14 @@ def test_steps_per_execution_records_blocks_of_steps(tiny):
     assert result.total_steps == 6 and len(result.steady_step_seconds) == 2
 
 
+def test_a_run_that_is_all_warm_up_has_no_steady_wall_time(tiny):
+    """Full epochs of 8 steps with 10 warm-up steps (settings can only refuse this when the
+    steps are capped): the run ends, with no steady figures instead of invented ones."""
+    result = train(tiny, settings(warmup_steps=10))
+    assert result.steps_per_epoch == 8 and not result.steady_records
+    assert math.isnan(result.steady_wall_seconds)
+
+
 def test_settings_refuse_bad_values_where_they_are_made():
     with pytest.raises(ValueError) as refused:
         TrainSettings(batch_size=0, precision="fp8", eval_images=-1, backend="mxnet", seed=-3)
