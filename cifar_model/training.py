@@ -298,6 +298,7 @@ def train(
     if why:
         raise ValueError(why)
     multi_worker = settings.strategy == "multi_worker_mirrored"    # TensorFlow's custom loop
+    jax_processes = settings.strategy == "keras_data_parallel" and settings.workers > 1
     if settings.workers > 1 and not settings.cluster:
         raise ValueError(f"workers {settings.workers} needs the cluster's host:port addresses")
     deadline = (distribution.join_deadline(settings.connect_timeout_s, settings.cluster,
@@ -318,7 +319,7 @@ def train(
     else:
         pipeline = host_batches(dataset.x_train, dataset.y_train, settings.global_batch_size,
                                 settings.seed, backend)
-        if settings.workers > 1 and not multi_worker:     # JAX: each process feeds its slice
+        if jax_processes:                                 # each process feeds its slice
             pipeline = distribution.process_slices(pipeline, settings.task_index,
                                                    settings.replicas * settings.batch_size)
         data_device = "CPU:0"
@@ -349,11 +350,11 @@ def train(
         train_seconds = time.perf_counter() - started
 
         logits_of = {"multi_worker_mirrored": distribution.evaluate_logits,
-                     "keras_data_parallel": (distribution.sharded_logits(settings.replicas)
-                                             if settings.workers == 1
-                                             else distribution.process_local_logits(
+                     "keras_data_parallel": (distribution.process_local_logits(
                                                  lambda: build_network(settings.precision,
-                                                                       seed=settings.seed))),
+                                                                       seed=settings.seed))
+                                             if jax_processes
+                                             else distribution.sharded_logits(settings.replicas)),
                      }.get(settings.strategy)
         evaluation = _evaluate(model, dataset, settings, logits_of)
 
@@ -370,7 +371,7 @@ def train(
     cell_math, math_note = backends.cell_math(settings.precision, _device_type(device))
     if parallel:
         compile_note = f"{compile_note}; {distribution.ENGINE_NOTES[settings.strategy]}"
-        if settings.workers > 1 and not multi_worker:
+        if jax_processes:
             compile_note += f", across {settings.workers} processes (jax.distributed)"
     steady_wall = (timer.steady_ended - timer.steady_started
                    if timer.steady_started is not None and timer.steady_ended is not None else math.nan)
