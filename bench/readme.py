@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import codecs
 import os
-import secrets
 import stat
 from pathlib import Path
+
+from bench import store
 
 DEFAULT_MARKER = "table"
 
@@ -89,7 +90,7 @@ def update_readme(readme: str | Path, table: str, marker: str = DEFAULT_MARKER) 
         return False
     try:
         _refuse_read_only(path, shown)
-        _replace_atomically(path, bom + updated.encode("utf-8"))
+        store.write_atomically(path, bom + updated.encode("utf-8"))
     except OSError as exc:
         raise ReadmeError(f"{shown}: cannot be written ({_reason(exc)})") from None
     return True
@@ -109,44 +110,3 @@ def _refuse_read_only(path: Path, shown: Path) -> None:
         if not stat.S_IMODE(target.stat().st_mode) & 0o222 or not os.access(target, os.W_OK):
             raise ReadmeError(f"{shown}: the {what} {target} is read-only; make it writable "
                               "to update the table")
-
-
-def _replace_atomically(path: Path, content: bytes) -> None:
-    """Replace ``path`` by ``content`` through a temporary file beside it and a rename.
-
-    The temporary file gets ``path``'s mode (and owner, where allowed) while still empty,
-    so a private README is never readable by others, not even for a moment; it is flushed
-    to disk before the rename; on any failure it is removed and ``path`` is untouched.
-    """
-    before = path.stat()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            os.chmod(file.fileno(), stat.S_IMODE(before.st_mode))
-            if (before.st_uid, before.st_gid) != (os.getuid(), os.getgid()):
-                try:
-                    os.chown(file.fileno(), before.st_uid, before.st_gid)
-                except PermissionError:  # not ours to give away: the writer owns the new file
-                    pass
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Flush the rename itself to disk (where the platform can open a directory)."""
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)

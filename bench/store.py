@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,22 +139,54 @@ def _mark_claimed(directory: Path) -> None:
 
 # --------------------------------------------------------------------------- writing
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half.
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write ``content`` (text as UTF-8) to ``path`` via a temporary file beside it and a
+    rename: readers never see half.
 
-    A failure (a full disk) leaves the old file as it was and no temporary behind.
+    The temporary file is created with the umask's mode or, when ``path`` exists, with its
+    mode (and owner, where allowed) while still empty, so a private file is never readable
+    by others, not even for a moment. It is flushed to disk before the rename, and the
+    rename after it. A failure (a full disk) leaves the old file as it was and no temporary
+    behind.
     """
     path = Path(path)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    try:
+        before = path.stat()
+    except FileNotFoundError:
+        before = None
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(temporary, "x", encoding="utf-8", newline="") as f:  # honours the umask
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(temporary, "xb") as file:                    # honours the umask
+            if before is not None:
+                os.chmod(file.fileno(), stat.S_IMODE(before.st_mode))
+                if (before.st_uid, before.st_gid) != (os.getuid(), os.getgid()):
+                    try:
+                        os.chown(file.fileno(), before.st_uid, before.st_gid)
+                    except PermissionError:  # not ours to give away: the writer owns the new file
+                        pass
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a rename itself to disk (where the platform can open a directory)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def _schema_frame(rows: list[dict], schema: dict) -> pd.DataFrame:
