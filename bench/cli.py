@@ -23,7 +23,7 @@ from pathlib import Path
 from bench import __version__, environment, matrix, multirun, plots, readme, regression, runner, store, summary
 from bench import export as export_module
 from bench import devices as devices_module
-from bench import peak as peak_module
+from bench import yardsticks
 from bench.protocol import DataSpec
 from cifar_model.settings import BACKENDS, DEFAULT_CONNECT_TIMEOUT_S
 
@@ -625,12 +625,12 @@ def _run(args, argv: list[str], held: contextlib.ExitStack, stops: runner.StopSi
     outcome = runner.Outcome(rows=writer.rows)
     comparison = None
     try:
-        peaks = {} if args.no_peak else measured_peaks(
-            runner.peak_combinations(cells), env, root, out / "logs", refresh=False, say=say)
+        peaks = {} if args.no_peak else yardsticks.measured_peaks(
+            yardsticks.peak_combinations(cells), env, root, out / "logs", refresh=False, say=say)
         usable_cpus = (env.get("cpu") or {}).get("usable_cpus")
         scale = {"gpu_count": len(inventory.gpus), "usable_cpus": usable_cpus}
         hooks = runner.contention_hooks(usable_cpus)
-        theoretical = runner.theoretical_peaks(cells)
+        theoretical = yardsticks.theoretical_peaks(cells)
         with reporter_class() as reporter:
             outcome = runner.execute(config, cells, writer, context, reporter, out / "logs",
                                      peaks=peaks, theoretical=theoretical, **scale, **hooks)
@@ -921,7 +921,7 @@ def cmd_ab(args, argv: list[str]) -> int:
     order = interleaved(cells)
     _stderr(f"{len(cells)} cell(s) x 2 arms, interleaved -> {out}")
     hooks = runner.contention_hooks((env.get("cpu") or {}).get("usable_cpus"))
-    theoretical = runner.theoretical_peaks(cells)
+    theoretical = yardsticks.theoretical_peaks(cells)
     outcome = runner.Outcome()
     reporter_class = runner.RichReporter if sys.stderr.isatty() else runner.Reporter
     with runner.stop_on_signals(), reporter_class() as reporter:
@@ -1119,23 +1119,6 @@ def cmd_readme(args) -> int:
 
 # --------------------------------------------------------------------------- peak
 
-def measured_peaks(combos, env: dict, root: Path, log_dir: Path, refresh: bool, say) -> dict:
-    versions = {b: v.get("version") for b, v in (env.get("backends") or {}).items() if isinstance(v, dict)}
-    versions.setdefault("tensorflow", (env.get("tensorflow") or {}).get("version"))  # runs before "backends"
-    found = peak_module.peaks_for(combos, env, versions, store.peaks_dir(root), log_dir,
-                                  refresh=refresh, say=say)
-    for (device_id, precision, threads, backend), value in found.items():
-        say(f"peak {device_id} {backend} {precision} (threads {threads or 'default'}): "
-            f"{value['tflops']:.3f} TFLOP/s, best of {value['repeats']} {value['size']}x{value['size']} "
-            f"{value['dtype']} matmuls{_math_text(value)}{' (cached)' if value['cached'] else ''}")
-    return found
-
-
-def _math_text(peak: dict) -> str:
-    """What a peak's matmul computed in, as " (tf32)", where the peak says (a float32 one may be TF32)."""
-    return f" ({peak['math']})" if isinstance(peak.get("math"), str) and peak["math"] else ""
-
-
 def cmd_peak(args) -> int:
     root = store.results_root(args.results_dir)
     inventory = devices_module.detect()
@@ -1148,17 +1131,19 @@ def cmd_peak(args) -> int:
               if r.device is not None and r.device.usable
               for backend in args.backend if runner.backend_missing(backend) is None
               for precision in args.precision for threads in args.cpu_threads]
-    found = measured_peaks(combos, env, root, store.peaks_dir(root) / "logs", args.refresh, say=_stderr)
+    found = yardsticks.measured_peaks(combos, env, root, store.peaks_dir(root) / "logs", args.refresh,
+                                      say=_stderr)
     import pandas as pd
 
     rows = [{"Device": device_id, "Backend": backend, "Precision": precision,
-             "Threads": threads or "default", "Matmul": f"{v['size']}×{v['size']} {v['dtype']}{_math_text(v)}",
-             "Peak TFLOP/s (best)": f"{v['tflops']:.3f}", "Median TFLOP/s": f"{v['median_tflops']:.3f}",
-             "Repeats": v["repeats"], "Cached": "yes" if v["cached"] else "no"}
+             "Threads": threads or "default",
+             "Matmul": f"{v.size}×{v.size} {v.dtype}{f' ({v.math})' if v.math else ''}",
+             "Peak TFLOP/s (best)": f"{v.tflops:.3f}", "Median TFLOP/s": f"{v.median_tflops:.3f}",
+             "Repeats": v.repeats, "Cached": "yes" if v.cached else "no"}
             for (device_id, precision, threads, backend), v in found.items()]
     if rows:
         _print(pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
-    _print(f"\ncache: {peak_module.cache_path(env, store.peaks_dir(root))} (per machine, usable "
+    _print(f"\ncache: {yardsticks.cache_path(env, store.peaks_dir(root))} (per machine, usable "
            f"CPUs {(env.get('cpu') or {}).get('usable_cpus')})")
     return EXIT_OK if rows else EXIT_CELL_FAILED
 

@@ -29,10 +29,10 @@ except ImportError:  # pragma: no cover - it is a dependency; a broken install s
     pynvml = None
 
 from bench import process
+from bench.protocol import PROBE_MARK
 
 PROBE_TIMEOUT_S = 180
 DEVICE_ID = re.compile(r"^(cpu|gpu|gpu:\d+|all)$")
-PROBE_MARK = "@@bench-probe "
 
 
 @dataclass(frozen=True)

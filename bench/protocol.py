@@ -4,19 +4,31 @@ The runner writes one :class:`CellSpec` (or :class:`PeakSpec`) as JSON on the wo
 stdin. The worker answers with single lines on stdout that start with :data:`MARK`: events
 while it works (:class:`Event`), then one ``result`` carrying a :class:`WorkerResult` (or
 ``error`` with a reason). Everything else the worker prints is kept in the cell's log. The
-real worker and the test fake both build these objects, so neither can drift from the
-contract unnoticed.
+real worker and the test fake both build these objects (the training result is a real
+:class:`cifar_model.TrainResult`), so neither can drift from the contract unnoticed.
+
+A worker's lines are untrusted: a line longer than :data:`MAX_LINE_CHARS`, nested too deep
+for the JSON parser, or a result of the wrong shape (a step time that is text, NaN, zero or
+negative; no step; a record that is not an object) is one :class:`ProtocolError` with the
+reason, which costs that cell its row and never the run.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from cifar_model.results import TrainResult, check_types, strict_fields
 from cifar_model.settings import TrainSettings
 
 MARK = "@@bench "
+#: The line ``python -m bench.worker --probe`` answers with (what the backend sees).
+PROBE_MARK = "@@bench-probe "
+#: The longest protocol line read: a result carries every step record (~80 characters each);
+#: 64 Mi characters hold some 800,000, far beyond any cell.
+MAX_LINE_CHARS = 64 * 2**20
 #: Event kinds: ``started`` (framework imported), ``phase`` (what the worker does now:
 #: loading data, building, training, evaluating, unsynced), ``step`` (training progress),
 #: ``result`` and ``error`` (the last line).
@@ -28,16 +40,23 @@ class ProtocolError(ValueError):
 
 
 def _from_dict(cls, data: Any):
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ProtocolError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
     try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ProtocolError(f"{cls.__name__}: {exc}") from None
+        return cls(**strict_fields(cls, data))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(str(exc)) from None
+
+
+def loads(text: str, what: str = "line"):
+    """JSON from an untrusted ``text``, bounded: too long or nested too deep is a ProtocolError
+    (the parser's RecursionError is no ValueError, and would end the run)."""
+    if len(text) > MAX_LINE_CHARS:
+        raise ProtocolError(f"{what} longer than {MAX_LINE_CHARS // 2**20} Mi characters")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ProtocolError(f"{what} nested too deep") from None
+    except ValueError:
+        raise ProtocolError(f"{what} is not JSON") from None
 
 
 @dataclass(frozen=True)
@@ -66,8 +85,8 @@ class CellSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "CellSpec":
+        raw = loads(text, "cell spec")
         try:
-            raw = json.loads(text)
             return cls(cell_id=str(raw["cell_id"]), device_type=str(raw["device_type"]),
                        settings=TrainSettings.from_dict(raw["settings"]),
                        data=_from_dict(DataSpec, raw["data"]))
@@ -95,13 +114,11 @@ class PeakSpec:
 
 @dataclass(frozen=True)
 class WorkerResult:
-    """Everything one cell measured, as the worker reports it.
+    """Everything one cell measured, as the worker reports it: the training run's own
+    :class:`cifar_model.TrainResult` (framework-free), and what only the worker process can
+    see. Validated when made."""
 
-    ``train`` is :meth:`cifar_model.TrainResult.to_dict` (plain data: the harness never
-    imports a framework); the rest is what only the worker process can see.
-    """
-
-    train: dict
+    train: TrainResult
     data_source: str
     data_note: str
     startup_seconds: float
@@ -109,18 +126,27 @@ class WorkerResult:
     peak_gpu_bytes: int | None
     cpu_util_pct: float | None
     device_name: str | None
-    versions: dict = field(default_factory=dict)
-    started_at: str | None = None
+    versions: dict[str, str | int | None]
+    started_at: str | None
+
+    def __post_init__(self):
+        check_types(self)
+        for name in ("startup_seconds", "peak_rss_bytes", "peak_gpu_bytes", "cpu_util_pct"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"WorkerResult.{name} must be a finite number >= 0 (got {value!r})")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "WorkerResult":
-        result = _from_dict(cls, data)
-        if not isinstance(result.train, dict) or not isinstance(result.train.get("records"), list):
-            raise ProtocolError("WorkerResult.train: expected a training result with records")
-        return result
+    def from_dict(cls, data) -> "WorkerResult":
+        """From :meth:`to_dict`'s output, strictly; any problem is one :class:`ProtocolError`."""
+        try:
+            values = strict_fields(cls, data)
+            return cls(**{**values, "train": TrainResult.from_dict(values["train"])})
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad worker result: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -136,12 +162,10 @@ class Event:
     @classmethod
     def parse(cls, text: str) -> "Event":
         """From a line without its :data:`MARK`; ProtocolError when it is not one."""
-        try:
-            raw = json.loads(text)
-        except ValueError:
-            raise ProtocolError("not JSON") from None
+        raw = loads(text)
         if not isinstance(raw, dict) or raw.get("event") not in EVENTS:
-            raise ProtocolError(f"unknown event {raw.get('event') if isinstance(raw, dict) else raw!r}")
+            kind = raw.get("event") if isinstance(raw, dict) else type(raw).__name__
+            raise ProtocolError(f"unknown event {str(kind)[:60]!r}")
         kind = raw.pop("event")
         return cls(kind, raw)
 

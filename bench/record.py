@@ -8,12 +8,18 @@ row; they never see a framework.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, make_dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench import matrix, stats
 from bench.protocol import WorkerResult
+from cifar_model.results import StepRecord
+
+if TYPE_CHECKING:                        # bench.yardsticks reads the peak cache through store,
+    from bench.yardsticks import Yardstick   # which imports this module
 
 STATUSES = ("ok", "skipped", "failed")
 NOTEBOOK_EPOCHS = 26               # the seed run: 26 epochs ...
@@ -98,7 +104,8 @@ _MEASURED = {
                    "newer), bf16 or fp16 (a mixed policy's compute dtype); empty: not recorded "
                    "(runs before it was)", "text"),
     "math_note": Column("the backend setting that decided math (e.g. torch.backends.cudnn.allow_tf32"
-                        "=True), and why a measured peak in another math was not used", "text"),
+                        "=True); in runs before peak_note, also why a measured peak in another math "
+                        "was not used", "text"),
     "unsynced_steps": Column("steps of the unsynced throughput phase (0: not run)", "int"),
     "unsynced_images_per_s": Column("images/s over a block of steps with one sync at the end"),
     "sync_overhead_pct": Column("throughput lost to per-step syncing: "
@@ -110,6 +117,9 @@ _MEASURED = {
                           "matmul for an fp32 cell whose convolutions ran in TF32"),
     "efficiency_pct": Column("100 x achieved_tflops / peak_tflops (one-replica cells only: the "
                              "peak is one device's)"),
+    "peak_note": Column("why the measured peak is not this row's yardstick: measured while other "
+                        "processes used the machine (too low), or its matmul ran in another math; "
+                        "empty: it is, or none was measured", "text"),
     "theoretical_tflops": Column("theoretical peak of the device in this precision: datasheet (GPU; "
                                  "its TF32 figure for an fp32 cell whose math is tf32) "
                                  "or cores x clock x FLOPs/cycle scaled to the usable CPUs (CPU)"),
@@ -184,106 +194,79 @@ def failed_row(planned_: dict, reason: str, contention: dict | None = None) -> "
     return RunRow(**planned_, status="failed", reason=reason, **_contention_columns(contention))
 
 
-def ok_row(planned_: dict, result: WorkerResult, peak: dict | None = None,
-           contention: dict | None = None, theoretical=None,
-           peers: list[WorkerResult] = ()) -> "RunRow":
+def ok_row(planned_: dict, result: WorkerResult, yardstick: Yardstick | None = None,
+           contention: dict | None = None, peers: Sequence[WorkerResult] = ()) -> "RunRow":
     """A measured cell: the worker's typed result condensed into the schema's columns.
 
-    ``peak`` is the device's measured peak in the cell's precision ({"tflops": ..., "math":
-    ...}); an fp32 cell ignores one measured in another math than its own (a TF32 yardstick
-    for an IEEE cell, or the reverse) and says so in ``math_note``;
-    ``theoretical`` its :class:`bench.hardware.Peak` (tflops may be None, with the reason);
-    ``contention`` what :mod:`bench.contention` saw while the cell ran; ``peers`` the other
-    workers' results of a multi-worker cell (their slowest median step is kept).
+    Every figure comes from :class:`cifar_model.TrainResult`'s own fields and properties;
+    nothing is derived again here. ``yardstick`` is what :func:`bench.yardsticks.for_cell`
+    chose the cell is measured against (its ``peak_note`` says why a measured peak was not
+    used); ``contention`` what :mod:`bench.contention` saw while the cell ran; ``peers`` the
+    other workers' results of a multi-worker cell (their slowest median step is kept).
     A cell with no steady step is a clear ``ok`` row without steady figures, and says so.
     """
     train = result.train
-    records = train["records"]
-    steady = np.array([r["seconds"] / r["steps"] for r in records if not r["warmup"]])
-    steady_steps = sum(r["steps"] for r in records if not r["warmup"])
-    batch = train["batch_size"]
-    total_replicas = train.get("replicas", 1) * train.get("workers", 1)
-    global_batch = batch * total_replicas
-    versions = result.versions or {}
+    measured, theoretical = (yardstick.measured, yardstick.theoretical) if yardstick else (None, None)
+    versions = result.versions
     values = dict(
         planned_, status="ok", reason="",
-        epochs=train["epochs"], steps_per_epoch=train["steps_per_epoch"],
-        steps=sum(r["steps"] for r in records), warmup_steps=train["warmup_steps"],
-        data=train["data"], split=train["split"], data_device=train.get("data_device"),
-        train_s=train["train_seconds"],
-        first_step_s=records[0]["seconds"] / records[0]["steps"] if records else None,
-        data_load_s=train["data_seconds"], startup_s=result.startup_seconds,
-        build_s=train["build_seconds"], eval_s=train["eval_seconds"],
-        epoch_median_s=float(np.median(train["epoch_seconds"])) if train["epoch_seconds"] else None,
-        steady_steps=steady_steps, steady_wall_s=train["steady_wall_seconds"],
-        train_loss=train["train_loss"], train_accuracy=train["train_accuracy"],
-        heldout_accuracy=train["heldout_accuracy"], heldout_loss=train["heldout_loss"],
-        heldout_images=train["heldout_images"], accuracy_note=train["accuracy_note"],
-        params=train.get("params"),
+        epochs=train.epochs, steps_per_epoch=train.steps_per_epoch,
+        steps=train.total_steps, warmup_steps=train.warmup_steps,
+        data=train.data, split=train.split, data_device=train.data_device,
+        train_s=train.train_seconds, first_step_s=train.first_step_seconds,
+        data_load_s=train.data_seconds, startup_s=result.startup_seconds,
+        build_s=train.build_seconds, eval_s=train.eval_seconds,
+        epoch_median_s=float(np.median(train.epoch_seconds)) if train.epoch_seconds else None,
+        steady_steps=train.steady_steps, steady_wall_s=train.steady_wall_seconds,
+        train_loss=train.train_loss, train_accuracy=train.train_accuracy,
+        heldout_accuracy=train.heldout_accuracy, heldout_loss=train.heldout_loss,
+        heldout_images=train.heldout_images, accuracy_note=train.accuracy_note,
+        params=train.params,
         peak_rss_mb=_mib(result.peak_rss_bytes), peak_gpu_mem_mb=_mib(result.peak_gpu_bytes),
-        cpu_util_pct=result.cpu_util_pct, flops_per_image=train["training_flops_per_image"],
-        xla=train.get("xla"), compile_note=train.get("compile_note"),
-        math=train.get("math"), math_note=train.get("math_note"),
-        unsynced_steps=train.get("unsynced_steps", 0), started_at=result.started_at,
-        strategy=train.get("strategy", "none"), task_index=train.get("task_index", 0),
-        total_replicas=total_replicas, global_batch_size=global_batch,
-        framework_version=versions.get(train.get("backend", "tensorflow")),
+        cpu_util_pct=result.cpu_util_pct, flops_per_image=train.training_flops_per_image,
+        xla=train.xla, compile_note=train.compile_note,
+        math=train.math, math_note=train.math_note, peak_note=yardstick.peak_note if yardstick else "",
+        unsynced_steps=train.unsynced_steps, started_at=result.started_at,
+        strategy=train.strategy, task_index=train.task_index,
+        total_replicas=train.total_replicas, global_batch_size=train.global_batch_size,
+        framework_version=versions.get(train.backend),
         **{f"{name}_version": versions.get(name) for name in ("tensorflow", "keras", "numpy", "python")},
         **_contention_columns(contention),
     )
     if result.device_name:
         values["device_name"] = result.device_name
-    peer_medians = [float(np.median(steps)) for steps in (
-        [r["seconds"] / r["steps"] for r in peer.train["records"] if not r["warmup"]] for peer in peers)
-        if steps]
+    peer_medians = [float(np.median(peer.train.steady_step_seconds)) for peer in peers
+                    if peer.train.steady_step_seconds]
     if peer_medians:
         values["peer_step_median_s"] = max(peer_medians)
-    if len(steady):
-        summary = stats.summarise(steady)
-        values.update(
-            step_median_s=summary.median, step_mean_s=summary.mean, step_p5_s=summary.p5,
-            step_p95_s=summary.p95, step_iqr_s=summary.iqr,
-            step_median_ci_low_s=summary.median_ci_low, step_median_ci_high_s=summary.median_ci_high,
-            images_per_s=batch / summary.median,
-            global_images_per_s=global_batch / summary.median,
-            images_per_s_wall=(steady_steps * batch / train["steady_wall_seconds"]
-                               if stats.finite_positive(train["steady_wall_seconds"]) else None),
-            projected_seed_run_s=NOTEBOOK_EPOCHS * (NOTEBOOK_TRAIN_IMAGES // global_batch) * summary.mean,
-            achieved_tflops=train["training_flops_per_image"] * global_batch / summary.median / 1e12,
-        )
-        if stats.finite_positive(train.get("unsynced_seconds")) and train.get("unsynced_steps"):
-            unsynced = train["unsynced_steps"] * batch / train["unsynced_seconds"]
-            values.update(unsynced_images_per_s=unsynced,
-                          sync_overhead_pct=100 * (1 - values["images_per_s"] / unsynced))
-        mismatch = peak_math_mismatch(train, peak)
-        if mismatch:
-            values["math_note"] = "; ".join(filter(None, (values["math_note"], mismatch)))
-        elif peak and total_replicas == 1:
-            values.update(peak_tflops=peak["tflops"],
-                          efficiency_pct=100 * values["achieved_tflops"] / peak["tflops"])
-        if theoretical is not None:
-            values.update(theoretical_tflops=theoretical.tflops, theoretical_basis=theoretical.basis)
-            if theoretical.tflops:
-                values["efficiency_theoretical_pct"] = 100 * values["achieved_tflops"] / theoretical.tflops
-    else:
-        values["reason"] = (f"no steady steps: all {values['steps']} step(s) were warm-up; "
+    if not train.steady_step_seconds:
+        values["reason"] = (f"no steady steps: all {train.total_steps} step(s) were warm-up; "
                             "lower --warmup or raise --steps")
+        return RunRow(**values)
+    summary = stats.summarise(np.array(train.steady_step_seconds))
+    achieved_tflops = train.training_flops_per_image * train.global_batch_size / summary.median / 1e12
+    values.update(
+        step_median_s=summary.median, step_mean_s=summary.mean, step_p5_s=summary.p5,
+        step_p95_s=summary.p95, step_iqr_s=summary.iqr,
+        step_median_ci_low_s=summary.median_ci_low, step_median_ci_high_s=summary.median_ci_high,
+        images_per_s=train.batch_size / summary.median,
+        global_images_per_s=train.global_batch_size / summary.median,
+        images_per_s_wall=(train.steady_steps * train.batch_size / train.steady_wall_seconds
+                           if stats.finite_positive(train.steady_wall_seconds) else None),
+        projected_seed_run_s=(NOTEBOOK_EPOCHS * (NOTEBOOK_TRAIN_IMAGES // train.global_batch_size)
+                              * summary.mean),
+        achieved_tflops=achieved_tflops,
+    )
+    if train.unsynced_images_per_s is not None:
+        values.update(unsynced_images_per_s=train.unsynced_images_per_s,
+                      sync_overhead_pct=100 * (1 - values["images_per_s"] / train.unsynced_images_per_s))
+    if measured is not None:
+        values.update(peak_tflops=measured.tflops, efficiency_pct=100 * achieved_tflops / measured.tflops)
+    if theoretical is not None:
+        values.update(theoretical_tflops=theoretical.tflops, theoretical_basis=theoretical.basis)
+        if theoretical.tflops:
+            values["efficiency_theoretical_pct"] = 100 * achieved_tflops / theoretical.tflops
     return RunRow(**values)
-
-
-def peak_math_mismatch(train: dict, peak: dict | None) -> str | None:
-    """Why ``peak`` is not an fp32 cell's yardstick: it ran in another math (a cached peak
-    measured under other TF32 settings), else None.
-
-    Only fp32 cells are checked: a mixed cell's yardstick may rightly be a float32 matmul
-    (the faster one, see :func:`bench.worker.run_peak`). A peak or a result from before
-    either recorded its math counts as agreeing (the peak cache re-measures old GPU entries).
-    """
-    cell, measured = train.get("math"), (peak or {}).get("math")
-    if train.get("precision") != "fp32" or not cell or not measured or cell == measured:
-        return None
-    return (f"measured peak not used: its matmul ran in {measured}, the cell in {cell} "
-            "(python -m bench peak --refresh measures it again)")
 
 
 #: The dimensions whose 1-value cell is the yardstick of a speed-up.
@@ -318,9 +301,8 @@ def _contention_columns(contention: dict | None) -> dict:
     return {k: contention.get(k) for k in keys if k in contention}
 
 
-def step_rows(run_id: str, cell_id: str, records: list[dict]) -> list[dict]:
-    return [{"run_id": run_id, "cell_id": cell_id, **{k: r[k] for k in
-             ("epoch", "step", "steps", "seconds", "warmup")}} for r in records]
+def step_rows(run_id: str, cell_id: str, records: Sequence[StepRecord]) -> list[dict]:
+    return [{"run_id": run_id, "cell_id": cell_id, **asdict(r)} for r in records]
 
 
 def _mib(value) -> float | None:

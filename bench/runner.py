@@ -11,8 +11,6 @@ for the summary.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
 import signal
 import socket
 import subprocess
@@ -22,13 +20,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import matrix, process, record
+from bench import matrix, process, record, yardsticks
 from bench.devices import Requested
+from bench.launch import backend_missing, worker_environment
 from bench.protocol import MARK, CellSpec, DataSpec, Event, ProtocolError, WorkerResult
 from bench.store import RunWriter
-from cifar_model.settings import (BACKEND_INSTALL, DEFAULT_CONNECT_TIMEOUT_S, MAX_SEED,
-                                  backend_limitation, parallel_limitation, split_sizes,
-                                  steps_per_epoch)
+from cifar_model.settings import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    MAX_SEED,
+    backend_limitation,
+    parallel_limitation,
+    split_sizes,
+    steps_per_epoch,
+)
 
 #: Local worker processes a ``--workers`` cell may start on 127.0.0.1 without ``--cluster``.
 MAX_LOCAL_WORKERS = 8
@@ -166,46 +170,6 @@ def plan_cells(config: RunConfig, devices: list[Requested]) -> list[matrix.Cell]
     return matrix.plan(config.plan, devices, config.repeats, config.train_images)
 
 
-def peak_combinations(cells: list[matrix.Cell]) -> list[tuple[Requested, str, int, str]]:
-    """Each (usable device, precision, threads, backend) the cells need a peak for, in plan order."""
-    combos = {}
-    for cell in cells:
-        if cell.device.device is not None and cell.device.device.usable and backend_missing(cell["backend"]) is None:
-            key = (cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"])
-            combos.setdefault(key, (cell.device, *key[1:]))
-    return list(combos.values())
-
-
-def backend_missing(backend: str) -> str | None:
-    """Why ``backend`` cannot run here (not installed), or None. Never imports it."""
-    if importlib.util.find_spec(backend) is None or importlib.util.find_spec("keras") is None:
-        return f"the {backend} backend is not installed ({BACKEND_INSTALL[backend]})"
-    return None
-
-
-def worker_environment(device: Requested, backend: str = "tensorflow", base: dict | None = None,
-                       replicas: int = 1) -> dict:
-    """A worker's environment: only ``device`` (and the ``replicas`` - 1 GPUs after it)
-    visible and the Keras backend chosen, before any framework starts; for a JAX cell of
-    ``replicas`` > 1 on the CPU, JAX splits the CPU into that many devices."""
-    env = dict(os.environ if base is None else base)
-    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"          # the same numbering as nvidia-smi
-    env["CUDA_VISIBLE_DEVICES"] = "-1" if device.id == "cpu" else ",".join(
-        str(device.device.index + i) for i in range(replicas))
-    env.pop("TF_CONFIG", None)                       # the cluster comes in the cell spec
-    env["KERAS_BACKEND"] = backend
-    if device.id == "cpu":
-        env["JAX_PLATFORMS"] = "cpu"                 # JAX would otherwise look for a GPU
-        if backend == "jax" and replicas > 1:        # JAX's CPU devices are fixed when it starts
-            flag = f"--xla_force_host_platform_device_count={replicas}"
-            env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), flag) if f)
-    else:
-        env.pop("JAX_PLATFORMS", None)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def cell_spec(cell: matrix.Cell, config: RunConfig, cluster: tuple[str, ...] = (),
               task_index: int = 0) -> CellSpec:
     """The worker's spec; a multi-worker cell's names every worker and this one's place."""
@@ -266,7 +230,13 @@ class RichReporter(Reporter):
 
     def __enter__(self):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=Console(file=self.stream))
@@ -301,37 +271,6 @@ class RichReporter(Reporter):
             self.progress.console.print(text, markup=False, highlight=False)
         except (BrokenPipeError, OSError):
             pass
-
-
-def theoretical_peaks(cells: list[matrix.Cell]) -> dict:
-    """The theoretical peak of each (device, precision) the cells use, for this process's CPUs;
-    for a GPU with fp32 cells also its TF32 figure, as (device, "tf32"): whether an fp32 cell
-    runs in TF32 is the backend's setting, which only its worker can read
-    (:func:`theoretical_for` picks when the row is made)."""
-    from bench import hardware
-
-    wanted = {(c.device.id, c["precision"]): c.device.device for c in cells
-              if c.device.device is not None and c.device.device.usable}
-    wanted.update({(device_id, "tf32"): device for (device_id, precision), device
-                   in list(wanted.items()) if precision == "fp32" and device.type == "GPU"})
-    return {(device_id, precision): hardware.peak(device, precision)
-            for (device_id, precision), device in wanted.items()}
-
-
-def theoretical_for(theoretical: dict, cell: matrix.Cell, train: dict):
-    """The theoretical peak (:class:`bench.hardware.Peak`) a finished cell is measured against:
-    its precision's, but for an fp32 cell whose worker reports its convolutions ran in TF32
-    (``train["math"]``) the GPU's TF32 figure, saying why; never the fp32 one, which TF32
-    work can exceed several times over. None: not known."""
-    from bench import hardware
-
-    if cell["precision"] != "fp32" or train.get("math") != "tf32":
-        return theoretical.get((cell.device.id, cell["precision"]))
-    tf32 = theoretical.get((cell.device.id, "tf32"))
-    if tf32 is None:
-        return None
-    return hardware.Peak(tf32.tflops, "tf32 (fp32 cells run their convolutions in TF32 on this GPU: "
-                                      f"{train.get('math_note') or 'the backend default'}); {tf32.basis}")
 
 
 def contention_hooks(usable_cpus: float | None, interval_s: float = 0.5) -> dict:
@@ -488,10 +427,10 @@ def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, cont
     """Run every cell; each outcome becomes a row on disk before the next cell starts.
 
     ``context`` holds the run-wide row values (run id, system, git commit, machine label);
-    ``peaks`` the measured peak of each (device, precision, threads, backend), for the
-    efficiency columns; ``theoretical`` the theoretical peak (:class:`bench.hardware.Peak`) of
-    each (device, precision), as :func:`theoretical_peaks` gives them (each row takes its own
-    with :func:`theoretical_for`); ``watch(pid, cell)`` starts a contention sampler for a
+    ``peaks`` the measured peak (:class:`bench.yardsticks.MeasuredPeak`) of each (device,
+    precision, threads, backend), for the efficiency columns; ``theoretical`` the theoretical
+    peak of each (device, precision), as :func:`bench.yardsticks.theoretical_peaks` gives them
+    (:func:`bench.yardsticks.for_cell` picks each row's yardsticks); ``watch(pid, cell)`` starts a contention sampler for a
     worker and ``contention_columns`` turns what it saw into row values. A :class:`Stopped` ends the
     loop after the running worker is killed; every finished row is already on disk.
 
@@ -540,13 +479,11 @@ def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, cont
                 if result.result is None:
                     row = record.failed_row(planned, result.reason, contention)
                 else:
-                    peak = peaks.get((cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"]))
-                    row = record.ok_row(planned, result.result, peak=peak, contention=contention,
-                                        theoretical=theoretical_for(theoretical or {}, cell,
-                                                                    result.result.train),
+                    yardstick = yardsticks.for_cell(cell, result.result.train, peaks, theoretical or {})
+                    row = record.ok_row(planned, result.result, yardstick, contention=contention,
                                         peers=peer_results)
                     row = record.with_scaling(row, writer.rows, scaling_note(cell, config, usable_cpus))
-                    steps = record.step_rows(context["run_id"], cell.cell_id, result.result.train["records"])
+                    steps = record.step_rows(context["run_id"], cell.cell_id, result.result.train.records)
                 if result.log_error:
                     reporter.say(f"warning: {result.log_error}")
         except Stopped as stop:

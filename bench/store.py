@@ -590,11 +590,15 @@ def update_json(path: Path, update: Callable[[dict], dict]) -> dict:
         raise OSError(errno.EBUSY, f"{path}: locked by another process for {LOCK_TIMEOUT_S} s") from None
 
 
-def read_json_object(path: Path) -> dict:
+def read_json_object(path: Path, limit: int = 16 * 2**20) -> dict:
+    """A JSON object file, bounded; anything else (not a regular file, over ``limit`` bytes,
+    not JSON, nested too deep, not an object) reads as empty."""
     try:
-        if Path(path).stat().st_size > 16 * 2**20:
+        if not stat.S_ISREG(os.stat(path).st_mode):      # a link to /dev/zero never ends
             return {}
-        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        with open(path, "rb") as file:
+            raw = file.read(limit + 1)
+        loaded = json.loads(raw) if len(raw) <= limit else None
+    except (OSError, ValueError, RecursionError):
         return {}
     return loaded if isinstance(loaded, dict) else {}

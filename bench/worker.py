@@ -18,7 +18,6 @@ and exits within a second instead of training on as an orphan.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import threading
@@ -26,9 +25,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-from bench.protocol import CellSpec, PeakSpec, WorkerResult, emit
-
-PROBE_MARK = "@@bench-probe "
+from bench.protocol import PROBE_MARK, CellSpec, PeakSpec, WorkerResult, emit
 PARENT_POLL_S = 0.5
 _STARTED = time.perf_counter()
 
@@ -58,52 +55,6 @@ def peak_rss_bytes() -> int | None:
     return peak if sys.platform == "darwin" else peak * 1024  # macOS: bytes, Linux: KiB
 
 
-def _callbacks(total_steps: int, evaluates: bool):
-    """Progress and phase lines for the runner, and the process's CPU use while training."""
-    import keras
-    import psutil
-
-    from bench.devices import usable_cpus
-
-    cpus = usable_cpus().count
-    every = max(1, math.ceil(total_steps / 10))  # about ten progress lines a cell
-
-    class Progress(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.done = 0
-
-        def on_train_begin(self, logs=None):
-            emit("phase", phase="training")
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.done += 1
-            if self.done % every == 0 or self.done == total_steps:
-                emit("step", done=min(self.done, total_steps), total=total_steps)
-
-        def on_train_end(self, logs=None):
-            emit("phase", phase="evaluating on the held-out images" if evaluates else "finishing")
-
-    class CpuMeter(keras.callbacks.Callback):
-        """Mean CPU use of the whole worker process (all threads) during ``fit``."""
-
-        def __init__(self):
-            super().__init__()
-            self.percent = None
-
-        def on_train_begin(self, logs=None):
-            self.times, self.wall = psutil.Process().cpu_times(), time.perf_counter()
-
-        def on_train_end(self, logs=None):
-            if self.percent is not None:
-                return  # the unsynced block is a second fit: keep the training figure
-            now = psutil.Process().cpu_times()
-            busy = (now.user - self.times.user) + (now.system - self.times.system)
-            self.percent = 100 * busy / ((time.perf_counter() - self.wall) * cpus)
-
-    return Progress(), CpuMeter()
-
-
 def load_data(spec: CellSpec):
     from cifar_model import load_cifar10, synthetic_dataset
 
@@ -119,7 +70,9 @@ def load_data(spec: CellSpec):
 def run_cell(spec: CellSpec) -> WorkerResult:
     """Train one cell as ``spec`` says and return everything measured."""
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    from cifar_model import backends, steps_per_epoch, train
+    from bench.devices import usable_cpus
+    from bench.worker_callbacks import CpuMeter, Progress
+    from cifar_model import backends, train
 
     startup_seconds = time.perf_counter() - _STARTED
     emit("started", startup_seconds=startup_seconds, pid=os.getpid(), backend=backends.backend_name())
@@ -133,16 +86,15 @@ def run_cell(spec: CellSpec) -> WorkerResult:
     emit("phase", phase="loading data")
     dataset = load_data(spec)
     settings = spec.settings
-    total = settings.epochs * steps_per_epoch(len(dataset.x_train), settings.global_batch_size,
-                                              settings.max_steps_per_epoch)
-    progress, cpu_meter = _callbacks(total, not dataset.synthetic and settings.eval_images != 0)
+    progress = Progress(evaluates=not dataset.synthetic and settings.eval_images != 0)
+    cpu_meter = CpuMeter(usable_cpus().count)
     emit("phase", phase="building the model")
     result = train(dataset, settings, device="gpu:0" if spec.device_type == "GPU" else "cpu:0",
                    callbacks=[progress, cpu_meter])
     if not early:
         gpu = backends.accelerator_name()
     return WorkerResult(
-        train=result.to_dict(), data_source=dataset.source, data_note=dataset.note,
+        train=result, data_source=dataset.source, data_note=dataset.note,
         startup_seconds=startup_seconds, peak_rss_bytes=peak_rss_bytes(),
         peak_gpu_bytes=backends.peak_device_memory_bytes(), cpu_util_pct=cpu_meter.percent,
         device_name=gpu if spec.device_type == "GPU" else None,
@@ -156,6 +108,7 @@ def run_peak(spec: PeakSpec) -> dict:
     fast bfloat16 dots does), so the yardstick is the better of the two: a peak the network
     itself beats is a wrong yardstick, never a fast run.
     """
+    from bench.yardsticks import MeasuredPeak
     from cifar_model import backends
 
     backends.configure_threads(spec.cpu_threads)
@@ -166,7 +119,7 @@ def run_peak(spec: PeakSpec) -> dict:
         best = own if own["tflops"] >= fp32["tflops"] else {
             **fp32, "precision": precision,
             "note": f"float32 matmul faster than {own['dtype']} ({own['tflops']:.3f} TFLOP/s) here"}
-        out[precision] = {**best, "compute_dtype_tflops": own["tflops"]}
+        out[precision] = MeasuredPeak(**best, compute_dtype_tflops=own["tflops"]).as_dict()
     return out
 
 

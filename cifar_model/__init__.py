@@ -8,8 +8,9 @@ Usable on its own, without the ``bench`` harness::
 It trains on the Keras backend the process imported (``KERAS_BACKEND``: tensorflow, jax or
 torch); ``cifar_model.backends`` answers backend-specific questions (versions, GPUs, peak
 memory, a matmul peak). Names are imported on first use, so the settings and their
-vocabularies (``cifar_model.TrainSettings``, ``cifar_model.PRECISIONS``, ...) and
-``cifar_model.data`` (numpy only) never pull in Keras or a framework.
+vocabularies (``cifar_model.TrainSettings``, ``cifar_model.PRECISIONS``, ...), what a run
+measured (``cifar_model.TrainResult``) and ``cifar_model.data`` (numpy only) never pull in
+Keras or a framework.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "settings": ("BACKENDS", "BACKEND_INSTALL", "COMPUTE_DTYPES", "DATA_PLACEMENTS",
-                 "DEFAULT_BACKEND", "JIT_COMPILE", "MAX_SEED", "PRECISIONS", "SPLITS",
-                 "TrainSettings", "backend_limitation", "parallel_limitation", "strategy_name", "resolve_data_placement", "split_sizes", "steps_per_epoch",
-                 "training_set_bytes"),
+    "settings": ("BACKENDS", "BACKEND_INSTALL", "DATA_PLACEMENTS", "DEFAULT_BACKEND", "JIT_COMPILE",
+                 "MATHS", "MAX_SEED", "PRECISIONS", "Precision", "SPLITS", "TrainSettings",
+                 "backend_limitation", "parallel_limitation", "strategy_name", "resolve_data_placement",
+                 "split_sizes", "steps_per_epoch", "training_set_bytes"),
     "data": ("CLASS_NAMES", "DataError", "Dataset", "DatasetNotFound", "load_cifar10",
              "load_dataset", "locate_cifar10", "read_cifar10", "synthetic_dataset"),
     "model": ("build_model", "build_network", "compile_model", "forward_flops_per_image",
               "training_flops_per_image"),
     "backends": ("accelerator_name", "backend_name", "configure_threads", "framework_versions",
                  "measure_matmul_peak", "peak_device_memory_bytes", "visible_gpus"),
-    "training": ("StepRecord", "StepTimer", "TrainResult", "train"),
+    "results": ("StepRecord", "TrainResult", "seconds_per_step"),
+    "training": ("StepTimer", "train"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -19,7 +19,7 @@ import time
 import keras
 import numpy as np
 
-from cifar_model.settings import COMPUTE_DTYPES, JIT_COMPILE, PRECISION_MATH
+from cifar_model.settings import JIT_COMPILE, PRECISIONS
 
 #: Why ``jit_compile="off"`` is refused on JAX (a harness can turn it into a skipped row).
 JAX_ALWAYS_XLA = "jax always compiles with XLA; use auto/on"
@@ -340,8 +340,9 @@ def cell_math(precision: str, device_type: str, compute_capability: str | float 
               ) -> tuple[str, str]:
     """What a cell in ``precision`` computes its convolutions and matmuls in, with why: a
     mixed policy's compute dtype (``"bf16"``, ``"fp16"``), else :func:`fp32_math`."""
-    if precision in PRECISION_MATH:
-        return PRECISION_MATH[precision], f"{precision}: {COMPUTE_DTYPES[precision]} compute"
+    compute = PRECISIONS[precision]
+    if compute.compute_dtype != "float32":
+        return compute.math, f"{precision}: {compute.compute_dtype} compute"
     return fp32_math(device_type, compute_capability)
 
 
@@ -418,7 +419,7 @@ def measure_matmul_peak(precision: str, size: int, min_seconds: float = 1.0,
     same setting as their convolutions; PyTorch's do not (cuDNN allows TF32 by default,
     cuBLAS not), so there the matmul is timed with the convolutions' TF32 setting.
     """
-    dtype = COMPUTE_DTYPES[precision]
+    dtype = PRECISIONS[precision].compute_dtype
     backend = backend_name()
     math, math_note = cell_math(precision, "GPU" if visible_gpus() else "CPU")
     if backend == "torch":

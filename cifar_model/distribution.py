@@ -70,7 +70,7 @@ def make_strategy(settings: TrainSettings, device_type: str):
     kind = settings.strategy
     if kind == "none":
         return None          # no TensorFlow needed: JAX and PyTorch machines may not have it
-    if kind == "keras_data_parallel" and settings.workers > 1:
+    if kind == "keras_data_parallel" and settings.spans_processes:
         return keras_multi_process(settings, device_type)
     if kind == "keras_data_parallel":
         return keras_data_parallel(settings.replicas, device_type)

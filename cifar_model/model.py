@@ -63,7 +63,7 @@ The output is logits: apply ``keras.ops.softmax`` for probabilities.
     ``seed`` fixes every initialiser and dropout layer.
     """
     _check_choice("precision", precision, PRECISIONS)
-    policy = PRECISIONS[precision]
+    policy = PRECISIONS[precision].policy
     seeds = itertools.count(seed) if seed is not None else None
 
     def next_seed() -> int | None:
@@ -126,7 +126,7 @@ def compile_model(
     _check_choice("precision", precision, PRECISIONS)
     _check_choice("jit_compile", jit_compile, JIT_COMPILE)
     optimizer = keras.optimizers.Adam(learning_rate)
-    if PRECISIONS[precision] == "mixed_float16":
+    if PRECISIONS[precision].policy == "mixed_float16":
         # float16 gradients underflow without it; Keras only adds it by itself when the
         # *model's* policy is mixed_float16, and a Functional model's stays float32.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

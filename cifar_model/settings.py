@@ -11,18 +11,30 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-#: User-facing precision names -> Keras dtype policies.
-PRECISIONS = {
-    "fp32": "float32",
-    "mixed_bfloat16": "mixed_bfloat16",
-    "mixed_float16": "mixed_float16",
-}
-#: The compute dtype of each precision (what a matmul peak is measured in).
-COMPUTE_DTYPES = {"fp32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
-#: The arithmetic a mixed policy's convolutions and matmuls run in. An fp32 cell's is "ieee"
-#: or "tf32", which depends on the device and the backend's settings
-#: (:func:`cifar_model.backends.fp32_math`).
-PRECISION_MATH = {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}
+
+@dataclass(frozen=True)
+class Precision:
+    """A precision a cell may ask for: the Keras dtype policy it sets, the dtype its layers
+    compute in (what its matmul peak is measured in), and the arithmetic its convolutions
+    and matmuls run in, one of :data:`MATHS`. A float32 compute dtype's math is ``ieee``
+    unless the device and the backend's setting allow TF32
+    (:func:`cifar_model.backends.fp32_math` decides, inside the worker)."""
+
+    name: str
+    policy: str
+    compute_dtype: str
+    math: str
+
+
+#: What a cell's convolutions and matmuls computed in: IEEE fp32, TF32 tensor cores (an fp32
+#: cell on a GPU that allows them), bfloat16, float16. One word each, in runs.csv and yardsticks.
+MATHS = ("ieee", "tf32", "bf16", "fp16")
+#: The precisions, by their user-facing name (``--precision``, runs.csv).
+PRECISIONS = {p.name: p for p in (
+    Precision("fp32", policy="float32", compute_dtype="float32", math="ieee"),
+    Precision("mixed_bfloat16", policy="mixed_bfloat16", compute_dtype="bfloat16", math="bf16"),
+    Precision("mixed_float16", policy="mixed_float16", compute_dtype="float16", math="fp16"),
+)}
 #: User-facing XLA settings -> the value ``Model.compile(jit_compile=...)`` takes.
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 #: Held-out splits: standard (50,000 train / 10,000 official test) and the notebook's seed
@@ -180,10 +192,6 @@ class TrainSettings:
             raise ValueError("; ".join(problems))
 
     @property
-    def total_steps_cap(self) -> int | None:
-        return None if self.max_steps_per_epoch is None else self.epochs * self.max_steps_per_epoch
-
-    @property
     def total_replicas(self) -> int:
         """Replicas training in sync across every worker."""
         return self.replicas * self.workers
@@ -196,6 +204,12 @@ class TrainSettings:
     @property
     def strategy(self) -> str:
         return strategy_name(self.replicas, self.workers, self.backend)
+
+    @property
+    def spans_processes(self) -> bool:
+        """Whether the run trains across several processes (``workers`` > 1), which must join
+        before the framework starts."""
+        return self.workers > 1
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,10 +18,8 @@ are flagged as warm-up and reported apart from the steady state.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
 
 import keras
 import numpy as np
@@ -30,116 +28,13 @@ from cifar_model import backends, distribution
 from cifar_model.data import Dataset
 from cifar_model.model import build_network, compile_model, training_flops_per_image
 from cifar_model.pipelines import host_batches, index_batches
+from cifar_model.results import StepRecord, TrainResult
 from cifar_model.settings import (TrainSettings, backend_limitation, parallel_limitation,
                                   resolve_data_placement, steps_per_epoch, training_set_bytes)
 
 UNSYNCED_SKIP = 2  # untimed steps before an unsynced block (the train function is already traced)
 NO_EVAL_NOTE = "not measured: evaluation skipped (--no-eval)"
 SYNTHETIC_NOTE = "not measured: synthetic data"
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One timed call of Keras's train function: ``steps`` consecutive steps (1 unless
-    ``steps_per_execution`` > 1), starting at ``step`` (0-based within ``epoch``)."""
-
-    epoch: int
-    step: int
-    steps: int
-    seconds: float
-    warmup: bool
-
-
-@dataclass
-class TrainResult:
-    """Everything one training run measured. Times are wall seconds (``perf_counter``)."""
-
-    batch_size: int
-    epochs: int
-    steps_per_epoch: int
-    warmup_steps: int
-    precision: str
-    jit_compile: str
-    steps_per_execution: int
-    device: str | None
-    data: str
-    split: str
-    records: list[StepRecord]
-    epoch_seconds: list[float]
-    train_seconds: float            # the whole model.fit call
-    steady_wall_seconds: float      # from the first steady step's start to the last one's end
-    data_seconds: float             # reading + standardising the dataset + building the pipeline
-                                    # (+ the one copy of the training set to the device)
-    build_seconds: float            # building and compiling the model
-    eval_seconds: float | None      # evaluating on the held-out images; None: not evaluated
-    train_loss: float               # mean over the last epoch, dropout active
-    train_accuracy: float
-    heldout_loss: float | None      # on ``heldout_images`` held-out images; None: not measured
-    heldout_accuracy: float | None
-    heldout_images: int             # how many held-out images the two figures cover (0: none)
-    accuracy_note: str              # what they cover, in words ("whole held-out split ...")
-    training_flops_per_image: int
-    params: int
-    xla: bool                       # is the training step XLA-compiled (TF: jit_compile resolved)
-    backend: str                    # the Keras backend: tensorflow, jax or torch
-    compile_note: str               # how the step was compiled ("XLA off (auto)", "torch.compile")
-    unsynced_steps: int = 0         # steps of the unsynced throughput phase (0: not run)
-    unsynced_seconds: float | None = None
-    data_placement: str = "host"    # where the training images lived: host or device
-    data_device: str = ""           # the device that held them ("CPU:0", "GPU:0")
-    replicas: int = 1               # devices training in sync in this worker process
-    workers: int = 1                # worker processes (hosts) training in sync
-    task_index: int = 0             # this process's place among them (0: the chief)
-    strategy: str = "none"          # the data-parallel engine (settings.STRATEGIES)
-    math: str = ""                  # what convolutions and matmuls ran in: ieee, tf32 (an fp32
-                                    # cell on TF32 tensor cores), bf16, fp16 (backends.cell_math);
-                                    # empty: not recorded
-    math_note: str = ""             # the backend setting that decided ``math``
-
-    @property
-    def global_batch_size(self) -> int:
-        """Images per step over every replica of every worker (``batch_size`` is per replica)."""
-        return self.batch_size * self.replicas * self.workers
-
-    @property
-    def first_step_seconds(self) -> float:
-        return self.records[0].seconds / self.records[0].steps
-
-    @property
-    def steady_records(self) -> list[StepRecord]:
-        return [r for r in self.records if not r.warmup]
-
-    @property
-    def steady_step_seconds(self) -> np.ndarray:
-        """Seconds per step of every steady (non-warm-up) record."""
-        return np.array([r.seconds / r.steps for r in self.steady_records])
-
-    @property
-    def unsynced_images_per_s(self) -> float | None:
-        """Throughput with no per-step sync: unsynced_steps x batch / their wall time."""
-        if not self.unsynced_steps or not self.unsynced_seconds:
-            return None
-        return self.unsynced_steps * self.batch_size / self.unsynced_seconds
-
-    @property
-    def steady_steps(self) -> int:
-        return sum(r.steps for r in self.steady_records)
-
-    @property
-    def total_steps(self) -> int:
-        return sum(r.steps for r in self.records)
-
-    def to_dict(self) -> dict:
-        """Plain JSON-ready data (records as dicts); :meth:`from_dict` reverses it."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainResult":
-        """From :meth:`to_dict`'s output (e.g. after JSON); unknown keys are an error."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown TrainResult field(s): {', '.join(unknown)}")
-        return cls(**{**data, "records": [StepRecord(**r) for r in data["records"]]})
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -298,12 +193,12 @@ def train(
     if why:
         raise ValueError(why)
     multi_worker = settings.strategy == "multi_worker_mirrored"    # TensorFlow's custom loop
-    jax_processes = settings.strategy == "keras_data_parallel" and settings.workers > 1
-    if settings.workers > 1 and not settings.cluster:
+    jax_processes = settings.strategy == "keras_data_parallel" and settings.spans_processes
+    if settings.spans_processes and not settings.cluster:
         raise ValueError(f"workers {settings.workers} needs the cluster's host:port addresses")
     deadline = (distribution.join_deadline(settings.connect_timeout_s, settings.cluster,
                                            settings.task_index).__enter__()
-                if settings.workers > 1 else None)
+                if settings.spans_processes else None)
     strategy = distribution.make_strategy(settings, _device_type(device))  # before TF runs anything
     backends.configure_threads(settings.cpu_threads)
     steps = steps_per_epoch(n_train, settings.global_batch_size, settings.max_steps_per_epoch)
@@ -374,7 +269,7 @@ def train(
         if jax_processes:
             compile_note += f", across {settings.workers} processes (jax.distributed)"
     steady_wall = (timer.steady_ended - timer.steady_started
-                   if timer.steady_started is not None and timer.steady_ended is not None else math.nan)
+                   if timer.steady_started is not None and timer.steady_ended is not None else None)
     return TrainResult(
         batch_size=settings.batch_size, epochs=settings.epochs, steps_per_epoch=steps,
         warmup_steps=settings.warmup_steps, precision=settings.precision,

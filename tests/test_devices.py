@@ -1,4 +1,4 @@
-"""bench.devices and bench.hardware: what is there (--devices, TensorFlow's and NVML's view,
+"""bench.devices and bench.yardsticks: what is there (--devices, TensorFlow's and NVML's view,
 usable CPUs) and what it could compute at best (theoretical peaks)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from bench import devices, hardware
+from bench import devices, yardsticks
 
 CPU_ONLY = {"tensorflow": "2.21.0", "keras": "3.15.1", "built_with_cuda": True, "gpus": []}
 TWO_GPUS = {**CPU_ONLY, "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
@@ -194,7 +194,7 @@ def test_usable_cpus_of_this_process_respect_its_affinity():
     assert devices.usable_cpus().count <= len(os.sched_getaffinity(0))
 
 
-# --------------------------------------------------------------------------- bench.hardware:
+# --------------------------------------------------------------------------- bench.yardsticks:
 # theoretical peaks from instruction sets, clocks and datasheets
 
 HASWELL = {"sse2", "avx", "avx2", "fma"}
@@ -202,7 +202,7 @@ ZEN4 = HASWELL | {"avx512f", "avx512_bf16"}
 
 
 def cpu(precision="fp32", flags=HASWELL, usable=8, clock_hz=3e9):
-    return hardware.cpu_peak(precision, flags=flags, physical_cores=4, logical_cpus=8,
+    return yardsticks.cpu_peak(precision, flags=flags, physical_cores=4, logical_cpus=8,
                              clock_hz=clock_hz, usable_cpus=usable)
 
 
@@ -228,7 +228,7 @@ def test_unknown_cpu_peaks_say_why():
 
 
 def test_cpu_peak_without_a_clock_is_unknown(monkeypatch):
-    monkeypatch.setattr(hardware, "cpu_clock_hz", lambda: None)
+    monkeypatch.setattr(yardsticks, "cpu_clock_hz", lambda: None)
     peak = cpu(clock_hz=None)
     assert peak.tflops is None and "clock" in peak.basis
 
@@ -247,11 +247,11 @@ def test_cpu_peak_without_a_clock_is_unknown(monkeypatch):
     ("Some Future GPU", "fp32", None),
 ])
 def test_gpu_datasheet_peaks(name, precision, tflops):
-    peak = hardware.gpu_peak(name, precision)
+    peak = yardsticks.gpu_peak(name, precision)
     assert peak.tflops == tflops and peak.basis
 
 
 def test_peak_of_a_device():
     gpu = devices.Device("gpu:0", "GPU", "NVIDIA L4", compute_capability="8.9")
-    assert hardware.peak(gpu, "mixed_bfloat16").tflops == 121
-    assert hardware.peak(devices.Device("cpu", "CPU", "x"), "fp32").basis
+    assert yardsticks.theoretical_peak(gpu, "mixed_bfloat16").tflops == 121
+    assert yardsticks.theoretical_peak(devices.Device("cpu", "CPU", "x"), "fp32").basis

@@ -12,9 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import matrix, process, runner, store
+from bench import matrix, process, runner, store, yardsticks
 from bench.devices import Device, Requested
 from bench.protocol import DataSpec
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from fake_results import fake_train  # noqa: E402
 
 FAKE_WORKER = [sys.executable, str(Path(__file__).parent / "helpers" / "fake_worker.py")]
 CPU = Requested("cpu", Device("cpu", "CPU", "Test CPU", 2, 2, 2**34))
@@ -52,7 +55,7 @@ def test_worker_sees_only_its_own_device_and_backend():
 def test_a_good_worker_returns_its_typed_result_and_progress(tmp_path):
     events = []
     outcome = process.run_worker(payload(32), {}, tmp_path / "w.log", 20, events.append, FAKE_WORKER)
-    assert outcome.result is not None and outcome.result.train["batch_size"] == 32
+    assert outcome.result is not None and outcome.result.train.batch_size == 32
     assert [e.kind for e in events] == ["started", "phase", "step", "result"]
     assert "library chatter" in (tmp_path / "w.log").read_text()  # non-protocol stdout is logged
 
@@ -159,44 +162,48 @@ def test_a_full_disk_stops_the_run_cleanly_keeping_what_was_written(tmp_path, mo
 
 def test_peaks_are_needed_once_per_usable_device_precision_threads_and_backend():
     cfg = config((32, 64), repeats=2, values={"precision": ("fp32", "mixed_bfloat16")})
-    combos = runner.peak_combinations(runner.plan_cells(cfg, [CPU, NO_GPU]))
+    combos = yardsticks.peak_combinations(runner.plan_cells(cfg, [CPU, NO_GPU]))
     assert [(d.id, p, t, b) for d, p, t, b in combos] == [
         ("cpu", "fp32", 0, "tensorflow"), ("cpu", "mixed_bfloat16", 0, "tensorflow")]
 
 
 # --------------------------------------------------------------------------- TF32: fp32 cells' yardsticks
 
+def theoretical_of(cell, theoretical, **train):
+    return yardsticks.for_cell(cell, fake_train(32, [0.1] * 4, 1, **train), {}, theoretical).theoretical
+
+
 def test_an_fp32_gpu_cell_is_measured_against_tf32_only_when_its_worker_says_it_ran_tf32():
     fp32, bf16 = runner.plan_cells(config((32,), values={"precision": ("fp32", "mixed_bfloat16")}), [H100])
-    theoretical = runner.theoretical_peaks([fp32, bf16])
+    theoretical = yardsticks.theoretical_peaks([fp32, bf16])
     assert theoretical[("gpu:0", "fp32")].tflops == 67 and theoretical[("gpu:0", "tf32")].tflops == 494.7
     setting = "torch.backends.cudnn.allow_tf32=True (convolutions)"
-    tf32 = runner.theoretical_for(theoretical, fp32, {"math": "tf32", "math_note": setting})
+    tf32 = theoretical_of(fp32, theoretical, math="tf32", math_note=setting)
     assert tf32.tflops == 494.7
     assert tf32.basis == ("tf32 (fp32 cells run their convolutions in TF32 on this GPU: "
                           f"{setting}); NVIDIA H100 datasheet (SXM), sparsity figures halved")
-    assert runner.theoretical_for(theoretical, fp32, {"math": "ieee"}).tflops == 67
-    assert runner.theoretical_for(theoretical, fp32, {}).tflops == 67      # an older worker: as asked
-    assert runner.theoretical_for(theoretical, bf16, {"math": "bf16"}).tflops == 989.4
+    assert theoretical_of(fp32, theoretical, math="ieee").tflops == 67
+    assert theoretical_of(bf16, theoretical, precision="mixed_bfloat16", math="bf16").tflops == 989.4
 
 
 def test_a_tf32_cell_on_a_gpu_without_a_tf32_figure_gets_none_never_the_fp32_one():
     gpu = Requested("gpu:0", Device("gpu:0", "GPU", "NVIDIA GeForce GTX 960M", compute_capability="5.0"))
     [cell] = runner.plan_cells(config((32,)), [gpu])
-    theoretical = runner.theoretical_peaks([cell])
+    theoretical = yardsticks.theoretical_peaks([cell])
     assert theoretical[("gpu:0", "fp32")].tflops == 1.5
-    peak = runner.theoretical_for(theoretical, cell, {"math": "tf32", "math_note": "x"})
+    peak = theoretical_of(cell, theoretical, math="tf32", math_note="x")
     assert peak.tflops is None and "no tf32 figure" in peak.basis
-    assert ("cpu", "tf32") not in runner.theoretical_peaks(runner.plan_cells(config((32,)), [CPU]))
+    assert ("cpu", "tf32") not in yardsticks.theoretical_peaks(runner.plan_cells(config((32,)), [CPU]))
 
 
 def test_a_run_on_an_ampere_gpu_records_tf32_and_its_yardsticks(tmp_path):
     cfg = config((32,))
     cells = runner.plan_cells(cfg, [H100])
     writer = store.RunWriter(tmp_path, "test-run")
-    peaks = {("gpu:0", "fp32", 0, "tensorflow"): {"tflops": 341.0, "math": "tf32"}}
+    peaks = {("gpu:0", "fp32", 0, "tensorflow"): yardsticks.MeasuredPeak(
+        "fp32", "float32", 8192, repeats=3, tflops=341.0, median_tflops=340.0, math="tf32")}
     outcome = runner.execute(cfg, cells, writer, CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER,
-                             peaks=peaks, theoretical=runner.theoretical_peaks(cells))
+                             peaks=peaks, theoretical=yardsticks.theoretical_peaks(cells))
     [row] = outcome.rows
     assert row["status"] == "ok" and row["math"] == "tf32"
     assert row["theoretical_tflops"] == 494.7 and row["theoretical_basis"].startswith(

@@ -1,7 +1,7 @@
 """A stand-in for ``python -m bench.worker`` that misbehaves on request, without a framework.
 
-It speaks the real protocol (:mod:`bench.protocol`) and returns a real ``WorkerResult``, so
-it cannot drift from the contract unnoticed. The cell's batch size picks the behaviour: 13
+It speaks the real protocol (:mod:`bench.protocol`) and returns a real ``WorkerResult`` holding
+a real ``cifar_model.TrainResult``, so it cannot drift from the contract unnoticed. The cell's batch size picks the behaviour: 13
 crashes, 14 hangs, 15 is killed by a signal, 16 reports an error, 17 prints a result that
 breaks the protocol, 18 reports every step as warm-up, 19 trains slowly (a progress line every
 0.2 s for ``FAKE_SLOW_SECONDS``, default 60: a cell still running when a test stops the run);
@@ -11,7 +11,8 @@ deterministic slowdown no machine load can fake or hide. Its math is every backe
 default: an fp32 cell on a GPU ran in TF32.
 
 Like the real worker it exits when its parent dies (:func:`bench.worker.watch_parent`), and
-answers ``--probe`` (no GPU, a fake TensorFlow) and ``--peak`` (1 TFLOP/s in every precision).
+answers ``--probe`` (no GPU, a fake TensorFlow) and ``--peak`` (1 TFLOP/s in every precision, a
+real ``bench.yardsticks.MeasuredPeak``).
 With ``FAKE_WORKER_PIDS`` set, it appends "<pid> <batch size>" to that file on start, so a test
 can find it and check it is gone.
 """
@@ -26,8 +27,9 @@ from pathlib import Path
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # this checkout's bench, not an installed one
 from fake_results import fake_result  # same folder: on sys.path when run as a script
 
-from bench.protocol import CellSpec, PeakSpec, emit
-from bench.worker import PROBE_MARK, watch_parent
+from bench.protocol import PROBE_MARK, CellSpec, PeakSpec, emit
+from bench.worker import watch_parent
+from cifar_model.settings import PRECISIONS
 
 PROBE = {"tensorflow": "2.99.0-fake", "keras": "3.99.0-fake", "built_with_cuda": False, "gpus": [],
          "backend": "tensorflow", "versions": {"tensorflow": "2.99.0-fake", "keras": "3.99.0-fake"}}
@@ -40,9 +42,12 @@ def main():
         return
     watch_parent(poll_s=0.1)
     if sys.argv[1:] == ["--peak"]:
+        from bench.yardsticks import MeasuredPeak   # imports pandas: only the peak fake pays for it
+
         peak = PeakSpec.from_dict(json.loads(sys.stdin.read())["peak"])
-        emit("result", result={p: {"tflops": 1.0, "median_tflops": 0.9, "repeats": 3, "size": peak.size,
-                                   "dtype": "float32", "math": "ieee"} for p in peak.precisions})
+        emit("result", result={p: MeasuredPeak(p, "float32", peak.size, repeats=3, tflops=1.0, median_tflops=0.9,
+                                               math="ieee", math_note="fake: IEEE fp32").as_dict()
+                               for p in peak.precisions})
         return
     spec = CellSpec.from_json(sys.stdin.read())
     settings = spec.settings
@@ -76,11 +81,12 @@ def main():
     step *= float(os.environ.get("FAKE_WORKER_SLOWDOWN", "1"))
     emit("step", done=steps, total=steps)
     warmup = steps if behaviour == 18 else settings.warmup_steps
+    math = PRECISIONS[settings.precision].math
+    if math == "ieee" and spec.device_type == "GPU":
+        math = "tf32"
     result = fake_result(settings.batch_size, [step * 3] + [step] * (steps - 1), warmup,
-                         spec.data.kind, spec.data.split, settings.backend)
-    math = ("tf32" if spec.device_type == "GPU" else "ieee") if settings.precision == "fp32" else \
-        {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}[settings.precision]
-    result.train.update(precision=settings.precision, math=math, math_note="fake: the backend's default")
+                         spec.data.kind, spec.data.split, settings.backend, precision=settings.precision,
+                         math=math, math_note="fake: the backend's default")
     emit("result", result=result.to_dict())
 
 

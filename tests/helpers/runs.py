@@ -44,10 +44,9 @@ def write_run(directory: Path, cells: dict, env: dict = ENV, warmup: int = 3,
         per_repeat = isinstance(repeats, list) and len(repeats) and np.ndim(repeats[0]) == 1
         for repeat, steady in enumerate(repeats if per_repeat else [repeats]):
             planned_cell = cell(batch, repeat, cell_device, **values)
-            result = fake_result(batch, [1.0] * warmup + list(np.asarray(steady)), warmup)
-            result.train.update(train or {})
+            result = fake_result(batch, [1.0] * warmup + list(np.asarray(steady)), warmup, **(train or {}))
             planned = record.planned(planned_cell, {"data": "synthetic", "split": "standard",
                                                     "epochs": 1, "warmup_steps": warmup}, context)
             writer.add(record.ok_row(planned, result, contention=contention),
-                       record.step_rows(directory.name, planned_cell.cell_id, result.train["records"]))
+                       record.step_rows(directory.name, planned_cell.cell_id, result.train.records))
     return directory
