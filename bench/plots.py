@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import matrix
+from cifar_model.results import seconds_per_step
 from cifar_model.settings import ENGINES
 
 THROUGHPUT_PNG = "throughput.png"
@@ -81,7 +82,7 @@ def step_time_plot(runs: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path 
                 ["device_id", "device_name", *varying], sort=False, dropna=False):
             cell_steps = steady[steady["cell_id"].isin(cells["cell_id"])]
             if len(cell_steps):
-                data.append((batch / (cell_steps["seconds"] / cell_steps["steps"])).to_numpy())
+                data.append((batch / seconds_per_step(cell_steps["seconds"], cell_steps["steps"])).to_numpy())
                 labels.append(series_label(cells.iloc[0], varying).replace(", ", "\n"))
         if data:
             ax.boxplot(data, showfliers=True)

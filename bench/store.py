@@ -36,6 +36,7 @@ from filelock import FileLock, Timeout
 from bench import matrix
 from bench.environment import machine_id
 from bench.record import RUN_COLUMNS, STATUSES, STEP_COLUMNS, as_dict, columns_of
+from cifar_model.results import seconds_per_step
 
 RUNS_CSV, STEPS_CSV, ENV_JSON, SUMMARY_MD = "runs.csv", "steps.csv", "env.json", "summary.md"
 BASELINE_JSON = "baseline.json"
@@ -253,7 +254,7 @@ class Run:
     def steady_steps(self, cell_id: str) -> np.ndarray:
         """Seconds per step of the cell's steady records."""
         cell = self.steps[(self.steps["cell_id"] == cell_id) & ~self.steps["warmup"].astype(bool)]
-        return (cell["seconds"] / cell["steps"]).to_numpy(dtype=float)
+        return seconds_per_step(cell["seconds"], cell["steps"]).to_numpy(dtype=float)
 
 
 def read_table(path: Path, schema: dict, required: set[str] | None = None) -> pd.DataFrame:

@@ -121,8 +121,10 @@ def test_a_pinned_runs_cached_peak_never_gives_more_than_100_percent(tmp_path, m
     import sys
     from pathlib import Path
 
-    from bench import peak
+    from bench import runner
+    from bench import yardsticks as peak
     from bench.devices import Device, Requested
+    from bench.protocol import DataSpec
 
     sys.path.insert(0, str(Path(__file__).parent / "helpers"))
     from fake_results import fake_result
@@ -134,8 +136,8 @@ def test_a_pinned_runs_cached_peak_never_gives_more_than_100_percent(tmp_path, m
 
     def measure(device, precisions, threads, backend, log_path, timeout_s=0, command=None):
         # the matmul reaches 0.2 TFLOP/s per usable CPU
-        return {p: {"tflops": 0.2 * usable_now["cpus"], "size": 2048, "repeats": 3, "dtype": p}
-                for p in precisions}
+        return {p: peak.MeasuredPeak(p, "float32", 2048, repeats=3, tflops=0.2 * usable_now["cpus"],
+                                     median_tflops=0.1, math="ieee") for p in precisions}
 
     monkeypatch.setattr(peak, "measure", measure)
     combo = [(cpu, "fp32", 0, "tensorflow")]
@@ -143,15 +145,18 @@ def test_a_pinned_runs_cached_peak_never_gives_more_than_100_percent(tmp_path, m
         usable_now["cpus"] = cpus
         found = peak.peaks_for(combo, {**env, "cpu": {**env["cpu"], "usable_cpus": cpus}},
                                {"tensorflow": "2.21.0"}, tmp_path, tmp_path / "logs", say=lambda t: None)
-    yardstick = found[("cpu", "fp32", 0, "tensorflow")]
-    assert yardstick["tflops"] == pytest.approx(0.4) and not yardstick["cached"]
+    measured = found[("cpu", "fp32", 0, "tensorflow")]
+    assert measured.tflops == pytest.approx(0.4) and not measured.cached
     # a 2-CPU training run at 0.3 TFLOP/s (150 % of the 1-CPU peak)
     step = 519544320 * 64 / 0.3e12
     result = fake_result(64, [step] * 10, 2)
     planned = {"run_id": "r", "cell_id": "cpu_bs64_r0", "status": "ok", "device_id": "cpu",
                "device_type": "CPU", "device_name": "Test CPU", "batch_size": 64, "precision": "fp32",
                "system": "Test OS"}
-    ok = record.as_dict(record.ok_row(planned, result, peak=yardstick))
+    cfg = runner.RunConfig(plan=runner.matrix.Plan({"batch_size": (64,), "precision": ("fp32",)}), epochs=1,
+                           steps=6, warmup=2, data=DataSpec("synthetic"))
+    [cell] = runner.plan_cells(cfg, [cpu])
+    ok = record.as_dict(record.ok_row(planned, result, peak.for_cell(cell, result.train, found, {})))
     assert ok["efficiency_pct"] == pytest.approx(75) and ok["efficiency_pct"] <= 100
     assert not any("harness bug" in n for n in summary.describe_settings(pd.DataFrame([ok])))
 
@@ -166,9 +171,9 @@ def test_efficiency_above_100_percent_is_flagged_as_a_harness_bug_naming_the_cel
 
 
 def test_the_theoretical_peak_is_a_column_and_its_basis_a_note():
-    from bench import hardware
+    from bench import yardsticks
 
-    theoretical = hardware.cpu_peak("fp32", flags={"avx2", "fma"}, physical_cores=1, logical_cpus=2,
+    theoretical = yardsticks.cpu_peak("fp32", flags={"avx2", "fma"}, physical_cores=1, logical_cpus=2,
                                     clock_hz=3e9, usable_cpus=2)
     runs = pd.DataFrame([row("CPU", 64, 0.2, achieved_tflops=0.0166, theoretical_tflops=theoretical.tflops,
                              efficiency_theoretical_pct=100 * 0.0166 / theoretical.tflops,
