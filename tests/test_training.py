@@ -244,3 +244,19 @@ def test_numpy_pipelines_shuffle_every_epoch_and_agree_with_each_other(tiny):
     first = next(numpy_index_batches(tiny.y_train, 100, seed=0))[0]
     np.testing.assert_array_equal(images, tiny.x_train[first])
     np.testing.assert_array_equal(labels.argmax(axis=1), tiny.y_train[first])
+
+
+def test_the_workers_progress_counts_steps_from_keras_own_params(tiny, capsys):
+    """bench.worker_callbacks.Progress reads epochs and steps from Keras (no second count),
+    and counts steps, not calls, when one call runs several (steps_per_execution)."""
+    from bench.protocol import MARK, Event
+    from bench.worker_callbacks import Progress
+
+    train(tiny, settings(epochs=2, max_steps_per_epoch=6, warmup_steps=2, steps_per_execution=2, seed=0),
+          callbacks=[Progress(evaluates=False)])
+    events = [Event.parse(line[len(MARK):]) for line in capsys.readouterr().out.splitlines()
+              if line.startswith(MARK)]
+    done = [e.fields["done"] for e in events if e.kind == "step"]
+    assert {e.fields["total"] for e in events if e.kind == "step"} == {12}
+    assert done == sorted(done) and done[-1] == 12 and len(done) <= 12
+    assert [e.fields["phase"] for e in events if e.kind == "phase"] == ["training", "finishing"]
