@@ -101,8 +101,12 @@ def test_efficiency_and_sync_overhead_columns(synthetic_run):
     assert (ok["precision"] == expected).all() and (ok["xla"] == False).all()  # noqa: E712 - off on CPU
     np.testing.assert_allclose(ok["achieved_tflops"], ok["flops_per_image"] * ok["images_per_s"] / 1e12,
                                rtol=1e-9)
-    assert (ok["peak_tflops"] > 0).all()
-    np.testing.assert_allclose(ok["efficiency_pct"], 100 * ok["achieved_tflops"] / ok["peak_tflops"],
+    # a peak measured while other processes used the machine is no yardstick: the row says so
+    busy = ok["peak_note"].fillna("").str.startswith("efficiency not measured: the peak was measured while")
+    assert (busy == ("measured on a busy machine" in done.stderr)).all()
+    assert ok[busy]["efficiency_pct"].isna().all() and (ok[~busy]["peak_tflops"] > 0).all()
+    quiet = ok[~busy]
+    np.testing.assert_allclose(quiet["efficiency_pct"], 100 * quiet["achieved_tflops"] / quiet["peak_tflops"],
                                rtol=1e-9)
     assert (ok["unsynced_steps"] == 4).all() and (ok["unsynced_images_per_s"] > 0).all()
     np.testing.assert_allclose(ok["sync_overhead_pct"],
