@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from bench import matrix, process, runner
-from bench.protocol import MARK, DataSpec, Event, ProtocolError, WorkerResult
+from bench.devices import Device, Requested
+from bench.protocol import DataSpec, Event, ProtocolError, WorkerResult
 from cifar_model import StepRecord, TrainResult
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -28,10 +29,11 @@ FAKE_WORKER = [sys.executable, str(HELPERS / "fake_worker.py")]
 HOSTILE_WORKER = [sys.executable, str(HELPERS / "hostile_worker.py")]
 
 
-def spec_json(batch_size: int = 32, device_type: str = "CPU") -> str:
+def spec_json(batch_size: int = 32) -> str:
     cfg = runner.RunConfig(plan=matrix.Plan({"batch_size": (batch_size,), "precision": ("fp32",)}), epochs=1,
                            steps=6, warmup=2, data=DataSpec("synthetic"))
-    return runner.cell_spec(runner.plan_cells(cfg, [runner.Requested("cpu", None)])[0], cfg).to_json()
+    cpu = Requested("cpu", Device("cpu", "CPU", "Test CPU"))
+    return runner.cell_spec(runner.plan_cells(cfg, [cpu])[0], cfg).to_json()
 
 
 def test_the_fake_workers_result_parses_into_a_real_train_result(tmp_path):
