@@ -108,3 +108,11 @@ def test_every_malformed_worker_costs_its_cell_and_the_run_goes_on(tmp_path):
     failed = runs[runs["status"] == "failed"]
     assert failed["reason"].str.len().gt(0).all()
     assert failed[failed["batch_size"] != 1]["reason"].str.contains("bad worker result").all()
+
+
+def test_the_harness_holds_a_train_result_without_importing_a_framework():
+    code = ("import sys, cifar_model, bench.protocol, bench.record, bench.yardsticks; cifar_model.TrainResult; "
+            "print([m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
