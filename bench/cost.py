@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 _DEVICE_KEY = re.compile(r"^(cpu|gpu|gpu:\d+)$")
+_LOOKS_LIKE_DEVICE = re.compile(r"^(cpu|gpu):", re.IGNORECASE)   # "gpu:x", "cpu:0"; "gpu-box" is a label
 PRICE_EXAMPLE = "--price cpu=0.10,gpu:0=2.49 (US dollars per hour, by device or machine label)"
 
 
@@ -44,7 +45,7 @@ def parse_prices(text: str) -> Prices:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"--price entry '{entry}' needs DEVICE_OR_MACHINE=USD_PER_HOUR; use {PRICE_EXAMPLE}")
-        if key.lower().startswith(("cpu", "gpu")) and not _DEVICE_KEY.match(key.lower()):
+        if _LOOKS_LIKE_DEVICE.match(key) and not _DEVICE_KEY.match(key.lower()):
             raise ValueError(f"--price: unknown device '{key}'; use cpu, gpu (any GPU) or gpu:N")
         if len(key) > 60 or any(ord(c) < 32 for c in key) or "|" in key:
             raise ValueError(f"--price: machine label '{key[:60]}' must be 1-60 printable characters without '|'")

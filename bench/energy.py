@@ -393,12 +393,11 @@ def cpu_meter(affinity: Collection[int], usable: float, root: Path = POWERCAP_RO
     if share < 1.0:
         covers += f", {usable:g} of {total_cpus} package CPUs attributed"
     counter = RaplCounter(domains, share, read)
-    meter = CounterMeter(counter, covers, "RAPL powercap counters", RAPL_POLL_S)
     try:
         counter.joules()                  # permission and format problems show now, not mid-run
     except EnergyUnavailable as error:
         return UnavailableMeter(covers, str(error))
-    return meter
+    return CounterMeter(counter, covers, "RAPL powercap counters", RAPL_POLL_S)
 
 
 def measure_idle(meter: EnergyMeter, seconds: float = IDLE_WINDOW_S,

@@ -386,6 +386,7 @@ def test_prices_parse_and_match_the_most_specific_key():
     assert prices.lookup("cpu") == ("cpu", 0.10)
     assert cost.parse_prices("lab box=0.8").lookup("gpu:3", "lab box") == ("lab box", 0.8)
     assert cost.parse_prices("cpu=1").lookup("gpu:0", "other") is None
+    assert cost.parse_prices("gpu-box=3").lookup("gpu:0", "gpu-box") == ("gpu-box", 3.0)   # a label
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -397,6 +398,7 @@ def test_prices_parse_and_match_the_most_specific_key():
     ("gpu:0=nan", "positive, finite"),
     ("cpu=0.1,CPU=0.2", "gives cpu twice"),
     ("gpu:x=1", "unknown device 'gpu:x'"),
+    ("CPU:0=1", "unknown device 'CPU:0'"),
     ("a|b=1", "without '|'"),
 ])
 def test_price_errors_name_the_problem_and_the_fix(text, problem):
