@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import matplotlib
@@ -154,6 +157,38 @@ def test_a_counter_that_fails_mid_window_gives_no_number():
     meter.start()
     reading = meter.stop()
     assert reading.joules is None and reading.unavailable == "counter vanished"
+
+
+def test_the_poll_thread_reads_while_the_window_is_open_and_ends_with_it():
+    class Counting:
+        def __init__(self):
+            self.calls = 0
+            self.polled = threading.Event()
+
+        def joules(self):
+            self.calls += 1
+            if self.calls >= 3:               # start's read, then two polls
+                self.polled.set()
+            return 10.0 * self.calls
+
+        def close(self):
+            pass
+
+    counter = Counting()
+    meter = energy.CounterMeter(counter, "CPU package-0", "test counter", poll_s=0.001)
+    meter.start()
+    assert counter.polled.wait(timeout=120)   # bounds a hang only; normally milliseconds
+    reading = meter.stop()
+    calls = counter.calls
+    assert reading.joules == 10.0 * (calls - 1) and calls >= 4
+    assert not any(t.name == "energy-poll" for t in threading.enumerate())
+
+
+def test_the_modules_import_no_framework():
+    code = "import sys, bench.energy, bench.cost; print([m for m in ('keras', 'tensorflow', 'jax', 'torch') " \
+           "if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------- NVML
