@@ -408,6 +408,53 @@ def measure_idle(meter: EnergyMeter, seconds: float = IDLE_WINDOW_S,
     return meter.stop()
 
 
+# ---------------------------------------------------------------------------- across the boundary
+
+
+@dataclass(frozen=True)
+class EnergySpec:
+    """What the runner asks a worker to measure (in the cell spec; absent: ``--energy`` is off)."""
+
+    min_window_s: float = DEFAULT_MIN_WINDOW_S
+    nvml_indices: tuple[int, ...] = ()   # the cell's GPUs in NVML's (PCI) numbering; () for a CPU cell
+
+    def open_meter(self, root: Path = POWERCAP_ROOT, cpu_root: Path = CPU_SYSFS) -> EnergyMeter:
+        """The meter for this cell, opened inside the worker (whose CPUs and quota it reads)."""
+        if self.nvml_indices:
+            return gpu_meter(self.nvml_indices)
+        import psutil
+
+        from bench.devices import usable_cpus
+
+        try:
+            affinity = psutil.Process().cpu_affinity()
+        except (AttributeError, psutil.Error, OSError):    # macOS has no affinity
+            affinity = range(psutil.cpu_count() or 1)
+        return cpu_meter(affinity, usable_cpus().count, root, cpu_root)
+
+    def to_dict(self) -> dict:
+        return {"min_window_s": self.min_window_s, "nvml_indices": list(self.nvml_indices)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> EnergySpec:
+        return cls(float(data["min_window_s"]), tuple(int(i) for i in data["nvml_indices"]))
+
+
+@dataclass(frozen=True)
+class EnergyResult:
+    """What the worker measured: the steady window and the idle power before it."""
+
+    window: EnergyReading
+    idle: EnergyReading
+
+    def to_dict(self) -> dict:
+        return {"window": self.window.to_dict(), "idle": self.idle.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> EnergyResult:
+        return cls(EnergyReading.from_dict(data["window"]), EnergyReading.from_dict(data["idle"]))
+
+
 # ---------------------------------------------------------------------------- the window
 
 

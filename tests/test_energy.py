@@ -4,6 +4,7 @@ figures against hand-computed values, --price parsing, and the time-against-ener
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import subprocess
 import sys
@@ -313,6 +314,22 @@ def test_a_reading_crosses_the_process_boundary_and_refuses_unknown_fields():
     assert EnergyReading.from_dict(reading.to_dict()) == reading
     with pytest.raises(ValueError, match="unknown field"):
         EnergyReading.from_dict({**reading.to_dict(), "jules": 1})
+
+
+def test_the_spec_and_the_result_cross_the_process_boundary():
+    spec = energy.EnergySpec(min_window_s=45.0, nvml_indices=(2, 3))
+    assert energy.EnergySpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    result = energy.EnergyResult(EnergyReading("GPU board", 30.0, 9000.0, "NVML energy counter", steps=300),
+                                 EnergyReading("GPU board", 3.0, unavailable="lost"))
+    assert energy.EnergyResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_the_spec_opens_the_cells_meter(monkeypatch, machine):
+    FakeNvml(monkeypatch, energy_mj=iter([5, 5]))
+    assert energy.EnergySpec(nvml_indices=(1, 2)).open_meter().covers == "2 GPU boards"
+    powercap, cpus, _ = machine
+    assert energy.EnergySpec().open_meter(powercap, cpus).covers.startswith("CPU package-0")
+    assert energy.EnergySpec().open_meter(powercap / "absent", cpus).covers == "CPU package"
 
 
 def test_windows_add_up():
