@@ -474,13 +474,13 @@ def history_spec(found: History, out_dir: Path) -> dict | None:
             bands += [{"series": band.series, "date": d, "low": band.low, "high": band.high}
                       for d in (min(dates), max(dates))]
     verdicts = ["first", "within noise", "faster", "regression", "inconclusive", "not judged"]
-    x = {"field": "date", "type": "temporal", "title": "Run started (UTC)"}
+    x = {"field": "date", "type": "temporal", "title": "Run started (UTC)", "scale": {"padding": 12}}
     layers = []
     if bands:
         layers.append({"data": {"values": bands}, "mark": {"type": "area", "opacity": 0.18},
                        "encoding": {"x": x, "y": {"field": "low", "type": "quantitative"},
                                     "y2": {"field": "high"},
-                                    "color": {"field": "series", "type": "nominal", "legend": None}}})
+                                    "color": {"field": "series", "type": "nominal"}}})
     layers += [
         {"data": {"values": points}, "mark": {"type": "line", "opacity": 0.5},
          "encoding": {"x": x, "y": {"field": "images_per_s", "type": "quantitative"},
@@ -677,7 +677,7 @@ function render(){
   count.textContent = list.length + ' of ' + rows.length + ' rows';
 }
 for (const r of rows){
-  r._search = columns.map(c => shown(r[c.key], c.key)).concat(r.reason || '', r.badges.map(b => b[0])).join(' ').toLowerCase();
+  r._search = columns.map(c => shown(r[c.key], c.key)).concat(r.status, r.reason || '', r.badges.map(b => b[0])).join(' ').toLowerCase();
 }
 columns.forEach((c, i) => {
   const th = head.cells[i];
