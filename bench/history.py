@@ -251,7 +251,8 @@ def history_frame(found: History, last: int | None = None) -> pd.DataFrame:
     for p in found.last(last):
         band = bands.get(p.series)
         rows.append({
-            "Cell": p.series, "Date": (p.date or "?")[:16].replace("T", " "), "Run": p.run_id,
+            "Cell": p.series, "Date": (p.date or "?")[:16].replace("T", " "),
+            "Run": p.run_id + (" (baseline)" if p.kind == "baseline" else ""),
             "Commit": p.commit or "–", "Images/s": f"{p.images_per_s:,.1f}",
             "Change": "first" if p.change_pct is None else f"{p.change_pct:+.1f} %",
             "Verdict": (p.verdict or ("first" if p.change_pct is None else "not judged"))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import matrix, multirun, store, summary
+from bench import history, matrix, multirun, store, summary
 from bench.history import History
 from bench.record import NOTABLE_CONTENTION_PCT, NOTEBOOK_EPOCHS, NOTEBOOK_TRAIN_IMAGES
 
@@ -206,28 +206,30 @@ def headline_bars(cells: Sequence[ReportCell]) -> Headline | None:
     """The notebook's training time per row: rows at the notebook's batch size (128) when there
     are any. Each bar's ratio divides the reference row's time by its own: the slowest CPU row
     of the chart (the slowest row when no CPU row has a figure), named in the caption."""
-    measured = [c for c in cells if c.notebook_s is not None]
+    seconds = {id(c): c.notebook_s for c in cells if c.notebook_s is not None}
+    measured = [c for c in cells if id(c) in seconds]
     at_notebook_batch = [c for c in measured if c.batch_size == NOTEBOOK_BATCH]
-    shown = at_notebook_batch or measured
+    shown = sorted(at_notebook_batch or measured, key=lambda c: -seconds[id(c)])
     if not shown:
         return None
     cpus = [c for c in shown if c.device_type == "CPU"]
-    reference = max(cpus or shown, key=lambda c: c.notebook_s)
+    reference = (cpus or shown)[0]
+    slowest = seconds[id(reference)]
     several_runs = len({c.run_id for c in shown}) > len({c.machine for c in shown})
     bars = [{"label": c.label + (f" · bs{c.batch_size}" if not at_notebook_batch else "")
              + (f" ({c.run_id})" if several_runs else ""),
-             "device_type": c.device_type, "minutes": c.notebook_s / 60, "time": _duration(c.notebook_s),
-             "ratio": reference.notebook_s / c.notebook_s,
-             "text": f"{_duration(c.notebook_s)} · {reference.notebook_s / c.notebook_s:,.1f}×",
+             "device_type": c.device_type, "minutes": seconds[id(c)] / 60, "time": _duration(seconds[id(c)]),
+             "ratio": slowest / seconds[id(c)],
+             "text": f"{_duration(seconds[id(c)])} · {slowest / seconds[id(c)]:,.1f}×",
              "run": c.run_id, "batch": c.batch_size, "images_per_s": c.images_per_s}
-            for c in sorted(shown, key=lambda c: -c.notebook_s)]
+            for c in shown]
     batch_text = (f"at batch size {NOTEBOOK_BATCH}, the notebook's" if at_notebook_batch
                   else "at each row's batch size (no row at the notebook's 128)")
     caption = (f"Time the notebook's training ({NOTEBOOK_EPOCHS} epochs of {NOTEBOOK_TRAIN_IMAGES:,} images, "
                f"{batch_text}) would take, projected from each row's mean steady step time: an estimate, "
                "not a measurement. The ratio after each time divides the reference row's time by the "
                f"bar's: the reference is {reference.label}, run {reference.run_id} "
-               f"({_duration(reference.notebook_s)}), the slowest "
+               f"({_duration(slowest)}), the slowest "
                f"{'CPU ' if cpus else ''}row of the chart. Rows of different machines, backends and "
                "precisions are different settings, not one change.")
     return Headline(bars, reference, caption)
@@ -558,11 +560,30 @@ def _run_section(run: store.Run, machine: str) -> str:
             + "</details>")
 
 
-def _chart(chart_id: str, title: str, spec: dict | None, caption: str, absent: str) -> str:
+def _history_table(found: History, out_dir: Path) -> str:
+    """``bench history``'s table, each run a link to its directory, inside a closed <details>."""
+    frame = history.history_frame(found)
+    if frame.empty:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    body = []
+    for point, (_, row) in zip(found.last(None), frame.iterrows()):
+        cells = []
+        for column, value in row.items():
+            text = html.escape(str(value))
+            if column == "Run":
+                text = f'<a href="{html.escape(_href(point.path, out_dir))}">{text}</a>'
+            cells.append(f"<td>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (f'<details id="history-table"><summary>The history as a table ({len(frame)} points)</summary>'
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></details>")
+
+
+def _chart(chart_id: str, title: str, spec: dict | None, caption: str, absent: str, after: str = "") -> str:
     body = (f'<div class="chart" id="{chart_id}" data-chart="{chart_id}"></div>' if spec is not None
             else f'<p class="absent">{html.escape(absent)}</p>')
     return (f'<section id="section-{chart_id}"><h2>{html.escape(title)}</h2>{body}'
-            f'<p class="caption">{_markdown_inline(caption)}</p></section>')
+            f'<p class="caption">{_markdown_inline(caption)}</p>{after}</section>')
 
 
 #: The table's columns: key in the row data, header, shown first (True) or behind the toggle.
@@ -721,7 +742,7 @@ def render(runs: Sequence[store.Run], found: History | None = None, out_dir: Pat
               "chart-energy": energy_spec(cells),
               "chart-history": history_spec(found, out_dir) if found is not None else None}
     has_engine = any(c.engine for c in cells)
-    columns = [{"key": key, "header": header, "first": first} for key, header, first in COLUMNS
+    columns: list[dict] = [{"key": key, "header": header, "first": first} for key, header, first in COLUMNS
                if key != "engine" or has_engine]
     extra_keys = sorted({k for c in cells for k in c.extra})
     columns += [{"key": k, "header": k.replace("_", " "), "first": False} for k in extra_keys]
@@ -771,7 +792,7 @@ def render(runs: Sequence[store.Run], found: History | None = None, out_dir: Pat
             "(step times of both, busy-machine rule included). Shaded: the lowest to highest images/s of "
             "identical runs from `bench noise --repeat`, where there are some."
             + (" Not read: " + "; ".join(found.problems) if found.problems else ""),
-            "No run under the results root has a measured cell."))
+            "No run under the results root has a measured cell.", after=_history_table(found, out_dir)))
     drawn = {k: v for k, v in charts.items() if v is not None}
     scripts = "".join(f"<script>{_inline_script(name)}</script>" for name in SCRIPTS)
     return (

@@ -263,15 +263,28 @@ def test_the_published_runs_render_offline_with_every_chart(browser, tmp_path):
         assert page.page.locator("#results th.more").first.is_hidden()
         page.page.check("#all-columns")
         assert page.page.locator("#results th.more").first.is_visible()
+        first = page.page.locator("#chart-history g.mark-symbol.role-mark > path").first
+        first.scroll_into_view_if_needed()
+        box = first.bounding_box()
+        with page.page.expect_navigation():                                # a point opens its run
+            page.page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert page.page.url.endswith("/results/runs/20260101-000000/")
     finally:
         page.close()
 
 
 def test_hostile_labels_are_shown_as_text_and_never_run(browser, tmp_path):
+    import pandas as pd
+
     directory = tmp_path / "runs" / "run\"'<b>x"
     run = cpu_and_gpu_run(directory, env={**ENV, "machine_label": HOSTILE})
-    root = tmp_path
-    found = history.history(root)
+    runs_csv = pd.read_csv(directory / store.RUNS_CSV, dtype=str, keep_default_na=False)
+    runs_csv["run_id"] = HOSTILE                                     # text in a file: anything at all
+    runs_csv.to_csv(directory / store.RUNS_CSV, index=False)
+    run = store.read_run(directory)
+    write_run(tmp_path / "baselines" / "<script>alert(3)<\\script>\"'", {32: steps(0.1)},
+              env={**ENV, "machine_label": HOSTILE})
+    found = history.history(tmp_path)
     out = report.write_report([run], tmp_path / "hostile.html", history=found)
     page = Page(browser, out)
     try:
@@ -279,10 +292,14 @@ def test_hostile_labels_are_shown_as_text_and_never_run(browser, tmp_path):
         assert page.page.locator("img").count() == 0
         assert HOSTILE in page.column(1)                                     # the Machine column, as text
         assert HOSTILE in page.page.inner_text("#section-runs")
-        assert page.marks("chart-history", "symbol") == len(found.points) == 3
-        assert all(href.startswith("./") for href in page.page.evaluate(
-            "Array.from(document.querySelectorAll('#chart-history a, #chart-history [href]'))"
-            ".map(e => e.getAttribute('href') || e.getAttribute('xlink:href'))") if href)
+        assert page.marks("chart-history", "symbol") == len(found.points) == 4
+        page.page.click("#history-table summary")
+        links = page.page.locator("#history-table a")
+        assert HOSTILE in links.all_inner_texts()
+        hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+        hrefs += page.page.evaluate("Array.from(document.querySelectorAll('#chart-history [href]'))"
+                                    ".map(e => e.getAttribute('href'))")
+        assert hrefs and all(h.startswith(("./", "../")) and ":" not in h for h in hrefs)
         page.screenshot(tmp_path / "report-hostile.png")
     finally:
         page.close()
