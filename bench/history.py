@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ class HistoryPoint:
     series: str                  # machine and cell: what the points of one line share
     machine: str
     cell: str                    # device, batch size and the dimensions that vary, by value
-    run_id: str
+    run_id: str                  # the run's id, or the baseline's name
     kind: str                    # "run" or "baseline"
     path: str
     date: str | None             # when the run's first cell started (UTC, ISO 8601)
@@ -44,6 +44,7 @@ class HistoryPoint:
     change_pct: float | None = None   # images/s against the previous point, % (+ is faster)
     verdict: str | None = None        # check's verdict of this run against the previous one
     why: str = ""                     # why inconclusive, or a regression's likely cause
+    baselines: tuple[str, ...] = ()   # baselines saved from this run
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,10 @@ class History:
 class _Source:
     run: store.Run
     kind: str
+    name: str                          # the run's id, or the baseline's name
     date: str | None
     commit: str | None
+    baselines: tuple[str, ...] = ()    # a run: the baselines saved from it
 
 
 def _date(run: store.Run) -> str | None:
@@ -101,7 +104,10 @@ def _commit(run: store.Run) -> str | None:
 
 
 def read_sources(root: Path, baselines: bool = True) -> tuple[list[_Source], list[str]]:
-    """Every readable run (and baseline) under ``root``, oldest first, and the unreadable ones."""
+    """Every readable run (and baseline) under ``root``, oldest first, and the unreadable ones.
+
+    A baseline is a copy of a run: when that run is here too, it is one measurement, kept once
+    as the run, which names the baselines saved from it."""
     sources, problems = [], []
     for listing in store.list_runs(Path(root), baselines=baselines):
         if Path(listing.path).name.endswith(NOISE_SUFFIX):
@@ -114,8 +120,15 @@ def read_sources(root: Path, baselines: bool = True) -> tuple[list[_Source], lis
         except store.ResultsError as exc:             # changed since it was listed
             problems.append(f"{listing.kind} {listing.id}: {exc}")
             continue
-        sources.append(_Source(run, listing.kind, _date(run), _commit(run)))
-    sources.sort(key=lambda s: (s.date or "", s.run.run_id))
+        name = run.run_id if listing.kind == "run" else listing.id
+        sources.append(_Source(run, listing.kind, name, _date(run), _commit(run)))
+    copies: dict[str, list[str]] = {}
+    for source in sources:
+        if source.kind == "baseline" and any(s.kind == "run" and s.run.run_id == source.run.run_id for s in sources):
+            copies.setdefault(source.run.run_id, []).append(source.name)
+    sources = [replace(s, baselines=tuple(sorted(copies.get(s.run.run_id, ())))) if s.kind == "run" else s
+               for s in sources if not (s.kind == "baseline" and s.run.run_id in copies)]
+    sources.sort(key=lambda s: (s.date or "", s.name))
     return sources, problems
 
 
@@ -187,8 +200,8 @@ def build(sources: Sequence[_Source], problems: Sequence[str] = (), noise: Seque
                 else:
                     why = "check matched no steady steps of this cell in both runs"
             points.append(HistoryPoint(
-                series=f"{machine} · {label}", machine=machine, cell=label, run_id=source.run.run_id,
-                kind=source.kind, path=str(source.run.directory), date=source.date, commit=source.commit,
+                series=f"{machine} · {label}", machine=machine, cell=label, run_id=source.name,
+                kind=source.kind, baselines=source.baselines, path=str(source.run.directory), date=source.date, commit=source.commit,
                 images_per_s=images, change_pct=change, verdict=verdict, why=why))
             previous[series_key] = (index, images)
     by_series = {(p.machine, p.cell): p.series for p in points}
@@ -252,7 +265,8 @@ def history_frame(found: History, last: int | None = None) -> pd.DataFrame:
         band = bands.get(p.series)
         rows.append({
             "Cell": p.series, "Date": (p.date or "?")[:16].replace("T", " "),
-            "Run": p.run_id + (" (baseline)" if p.kind == "baseline" else ""),
+            "Run": p.run_id + (" (baseline)" if p.kind == "baseline" else "")
+                   + (f" (saved as baseline {', '.join(p.baselines)})" if p.baselines else ""),
             "Commit": p.commit or "–", "Images/s": f"{p.images_per_s:,.1f}",
             "Change": "first" if p.change_pct is None else f"{p.change_pct:+.1f} %",
             "Verdict": (p.verdict or ("first" if p.change_pct is None else "not judged"))

@@ -560,6 +560,19 @@ def _run_section(run: store.Run, machine: str) -> str:
             + "</details>")
 
 
+def _table_warnings(cells: Sequence[ReportCell]) -> str:
+    """What the table's rows cannot be compared on, said under the table (the multi-run notes)."""
+    ok = [c for c in cells if c.status == "ok"]
+    warnings = []
+    if len({c.steps for c in ok}) > 1:
+        warnings.append("**Rows trained for different numbers of steps** (Steps, under all columns): their "
+                        "Time and Accuracy do not compare; Images/s and Est. notebook run are per-step "
+                        "figures and do. Hover an accuracy for its split and steps.")
+    if len({c.data for c in ok}) > 1:
+        warnings.append("**Data differs between rows**: synthetic rows measure speed only.")
+    return "".join(f'<p class="warning">{_markdown_inline(w)}</p>' for w in warnings)
+
+
 def _history_table(found: History, out_dir: Path) -> str:
     """``bench history``'s table, each run a link to its directory, inside a closed <details>."""
     frame = history.history_frame(found)
@@ -614,7 +627,7 @@ COLUMN_HELP = {
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1180px;padding:16px 24px;color:#222}
 h1{font-size:22px;margin:8px 0} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
-.caption{color:#555;font-size:12.5px;max-width:900px} .absent{color:#777;font-style:italic}
+.caption{color:#555;font-size:12.5px;max-width:900px} .warning{font-size:12.5px;max-width:900px;background:#fff6dc;padding:3px 6px} .absent{color:#777;font-style:italic}
 table{border-collapse:collapse;font-size:12.5px;width:100%} th,td{padding:3px 6px;border-bottom:1px solid #eee;
 text-align:left;vertical-align:top} th{cursor:pointer;background:#f6f6f6;position:sticky;top:0;user-select:none}
 th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{content:" ▼"}
@@ -682,8 +695,9 @@ function render(){
       }
       if (c.key === 'accuracy_pct' && r.status === 'ok' && r.accuracy_pct === null && r.accuracy_note){
         td.replaceChildren(badge('not measured', r.accuracy_note, 'skipped'));
-      } else if (c.key === 'accuracy_pct' && r.accuracy_note && r.status === 'ok'){
-        td.title = r.accuracy_note;
+      } else if (c.key === 'accuracy_pct' && r.status === 'ok'){
+        td.title = (r.accuracy_note ? r.accuracy_note + '; ' : '') + 'trained ' + r.steps +
+          ' steps (epochs × steps per epoch), ' + r.split + ' split';
       }
       if (c.key === 'device'){
         for (const [text, title] of r.badges) td.append(' ', badge(text, title, text.startsWith('⚠') || text.startsWith('busy') ? 'warn' : ''));
@@ -758,7 +772,8 @@ def render(runs: Sequence[store.Run], found: History | None = None, out_dir: Pat
         '<input id="filter" type="search" placeholder="Filter rows (machine, device, backend, status …)"> '
         '<label><input id="all-columns" type="checkbox"> all columns</label> <span id="shown-count"></span></div>'
         f'<table id="results"><thead><tr>{table_head}</tr></thead><tbody></tbody></table>'
-        '<p class="caption">Click a header to sort, type to filter. One row per cell of a run (repeats by their '
+        + _table_warnings(cells)
+        + '<p class="caption">Click a header to sort, type to filter. One row per cell of a run (repeats by their '
         'median). Badges beside a device are notes on that row; hover one for the whole note. Failed and '
         'skipped cells show their status where images/s would be; hover it for the reason. Hover a header '
         'for what its column measures.</p></section>')

@@ -72,6 +72,19 @@ def test_an_unreadable_run_is_listed_not_fatal(tmp_path):
     assert "Not read: run 20260101-000005" in history.history_table(found)
 
 
+def test_a_baseline_saved_from_a_run_is_that_run_once_and_a_lone_baseline_is_a_point(tmp_path):
+    from bench import store
+
+    root = make_root(tmp_path, [0.10, 0.12])
+    store.save_baseline(store.read_run(root / "runs" / "20260101-000000"), "main", root)
+    write_run(tmp_path / "elsewhere" / "20251231-000000", {32: steps(0.1, seed=5)})
+    store.save_baseline(store.read_run(tmp_path / "elsewhere" / "20251231-000000"), "old", root)
+    found = history.history(root)
+    assert {(p.run_id, p.kind, p.baselines) for p in found.points} == {   # one start date: order by name
+        ("old", "baseline", ()), ("20260101-000000", "run", ("main",)), ("20260101-000001", "run", ())}
+    assert "20260101-000000 (saved as baseline main)" in history.history_table(found)
+
+
 def test_identical_noise_runs_give_the_cell_its_band(tmp_path):
     root = make_root(tmp_path, [0.10])
     for i, median in enumerate((0.095, 0.105)):

@@ -303,3 +303,21 @@ def test_hostile_labels_are_shown_as_text_and_never_run(browser, tmp_path):
         page.screenshot(tmp_path / "report-hostile.png")
     finally:
         page.close()
+
+
+def test_the_documented_report_and_history_commands_parse():
+    """docs/report.md's commands, against the drafts' parsers (until they join bench.cli's parser,
+    where tests/test_documented_commands.py takes over)."""
+    import shlex
+
+    from bench.commands_drafts import history as history_command
+
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    report_command.add_parser(subparsers)
+    history_command.add_parser(subparsers)
+    text = (Path(__file__).parent.parent / "docs" / "report.md").read_text(encoding="utf-8")
+    commands = [line.split(" #")[0].strip() for line in text.splitlines() if line.startswith("python -m bench ")]
+    assert {shlex.split(c)[3] for c in commands} == {"report", "history"}
+    for command in commands:
+        parser.parse_args(shlex.split(command)[3:])
