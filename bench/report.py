@@ -220,7 +220,8 @@ def headline_bars(cells: Sequence[ReportCell]) -> Headline | None:
              + (f" ({c.run_id})" if several_runs else ""),
              "device_type": c.device_type, "minutes": seconds[id(c)] / 60, "time": _duration(seconds[id(c)]),
              "ratio": slowest / seconds[id(c)],
-             "text": f"{_duration(seconds[id(c)])} · {slowest / seconds[id(c)]:,.1f}×",
+             "text": f"{_duration(seconds[id(c)])} · "
+                     + ("reference" if c is reference else f"{slowest / seconds[id(c)]:,.1f}×"),
              "run": c.run_id, "batch": c.batch_size, "images_per_s": c.images_per_s}
             for c in shown]
     batch_text = (f"at batch size {NOTEBOOK_BATCH}, the notebook's" if at_notebook_batch
@@ -290,7 +291,7 @@ def write_headline_png(cells: Sequence[ReportCell], path: Path) -> Path | None:
         axes.text(bar["minutes"], y, f"  {bar['text']}", va="center", fontsize=9)
     axes.set_yticks(list(positions), [b["label"] for b in bars], fontsize=9)
     axes.invert_yaxis()
-    axes.set_xlim(0, max(b["minutes"] for b in bars) * 1.3)
+    axes.set_xlim(0, max(b["minutes"] for b in bars) * 1.35)
     axes.set_xlabel(f"Est. notebook run, minutes ({NOTEBOOK_EPOCHS} epochs × {NOTEBOOK_TRAIN_IMAGES:,} images)")
     figure.suptitle("CPU vs GPU: the notebook's training, estimated per row (ratio = the reference row's time "
                     "÷ the row's)", x=0.01, ha="left", fontsize=11)
@@ -629,7 +630,8 @@ body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1180px;padding:
 h1{font-size:22px;margin:8px 0} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
 .caption{color:#555;font-size:12.5px;max-width:900px} .warning{font-size:12.5px;max-width:900px;background:#fff6dc;padding:3px 6px} .absent{color:#777;font-style:italic}
 table{border-collapse:collapse;font-size:12.5px;width:100%} th,td{padding:3px 6px;border-bottom:1px solid #eee;
-text-align:left;vertical-align:top} th{cursor:pointer;background:#f6f6f6;position:sticky;top:0;user-select:none}
+text-align:left;vertical-align:top;white-space:nowrap} .table-wrap{overflow-x:auto;max-height:80vh}
+td.wrap{white-space:normal;min-width:260px} th{cursor:pointer;background:#f6f6f6;position:sticky;top:0;user-select:none}
 th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums} .more{display:none} table.all .more{display:table-cell}
 .badge{display:inline-block;border-radius:8px;padding:0 6px;margin:1px 2px;font-size:11px;background:#eef;
@@ -688,6 +690,7 @@ function render(){
     for (const c of columns){
       const td = document.createElement('td');
       if (!c.first) td.className = 'more';
+      if (c.key === 'settings') td.classList.add('wrap');
       if (typeof r[c.key] === 'number') td.classList.add('num');
       td.textContent = shown(r[c.key], c.key);
       if (c.key === 'images_per_s' && r.status !== 'ok'){
@@ -771,7 +774,7 @@ def render(runs: Sequence[store.Run], found: History | None = None, out_dir: Pat
         '<section id="section-table"><h2>Results</h2><div class="controls">'
         '<input id="filter" type="search" placeholder="Filter rows (machine, device, backend, status …)"> '
         '<label><input id="all-columns" type="checkbox"> all columns</label> <span id="shown-count"></span></div>'
-        f'<table id="results"><thead><tr>{table_head}</tr></thead><tbody></tbody></table>'
+        f'<div class="table-wrap"><table id="results"><thead><tr>{table_head}</tr></thead><tbody></tbody></table></div>'
         + _table_warnings(cells)
         + '<p class="caption">Click a header to sort, type to filter. One row per cell of a run (repeats by their '
         'median). Badges beside a device are notes on that row; hover one for the whole note. Failed and '
