@@ -358,7 +358,11 @@ def step_spec(runs: Sequence[store.Run]) -> dict | None:
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
         "width": 420, "height": {"step": 22},
-        "layer": [
+        "layer": [  # the warm-up points first, so the steady box is drawn over them
+            {"data": {"values": warmups}, "mark": {"type": "point", "color": "#d62728", "size": 36, "opacity": 0.8},
+             "encoding": {"y": y, "x": {"field": "ms", "type": "quantitative"},
+                          "tooltip": [{"field": "cell"}, {"field": "step", "title": "warm-up step"},
+                                      {"field": "ms", "format": ".1f", "title": "ms"}]}},
             {"data": {"values": stats_rows}, "mark": {"type": "rule"},
              "encoding": {"y": y, "x": {"field": "p5", "type": "quantitative", "scale": {"type": "log"},
                                         "title": x_title, "axis": {"format": "~s", "labelOverlap": "greedy"}},
@@ -371,10 +375,6 @@ def step_spec(runs: Sequence[store.Run]) -> dict | None:
                                       {"field": "n", "title": "steady steps"}]}},
             {"data": {"values": stats_rows}, "mark": {"type": "tick", "color": "black", "thickness": 2},
              "encoding": {"y": y, "x": {"field": "median", "type": "quantitative"}}},
-            {"data": {"values": warmups}, "mark": {"type": "point", "color": "#d62728", "filled": True},
-             "encoding": {"y": y, "x": {"field": "ms", "type": "quantitative"},
-                          "tooltip": [{"field": "cell"}, {"field": "step", "title": "warm-up step"},
-                                      {"field": "ms", "format": ".1f", "title": "ms"}]}},
         ],
     }
 
@@ -792,7 +792,7 @@ def render(runs: Sequence[store.Run], found: History | None = None, out_dir: Pat
                "No measured cell."),
         _chart("chart-steps", "Step times per cell", charts["chart-steps"],
                "Per cell: thin line 5th–95th percentile, box the quartiles, black tick the median of the "
-               "steady steps (steps.csv, seconds ÷ steps of each record); red points are the warm-up steps "
+               "steady steps (steps.csv, seconds ÷ steps of each record); red rings are the warm-up steps "
                "(tracing, compilation), excluded from every steady figure.", "No steps recorded."),
         _chart("chart-curves", "Accuracy curves", charts["chart-curves"],
                "Per epoch, from each run's curves.csv.",
