@@ -88,6 +88,23 @@ def test_curves_are_drawn_when_a_run_has_them_and_garbage_is_ignored(tmp_path):
     assert report.curves_spec([run]) is None
 
 
+def test_columns_runs_may_gain_later_are_shown_when_present(tmp_path):
+    """engine, energy and time to target: absent today, shown as soon as runs.csv has them."""
+    run = cpu_and_gpu_run(tmp_path / "run")
+    assert report.energy_spec(report.report_cells([run])) is None
+    run.runs["engine"] = "native"
+    run.runs["energy_per_image_j"] = 0.25
+    run.runs["time_to_target_s"] = 60.0
+    cells = report.report_cells([run])
+    assert all(" · native · " in c.label for c in cells)
+    assert cells[0].extra == {"energy_per_image_j": 0.25, "time_to_target_s": 60.0}
+    energy = report.energy_spec(cells)
+    assert {p["measure"] for p in energy["data"]["values"]} == {"energy_per_image_j"}
+    page = report.render([run])
+    columns = json.loads(re.search(r'id="report-columns">(.*?)</script>', page).group(1))
+    assert {"engine", "energy_per_image_j", "time_to_target_s"} <= {c["key"] for c in columns}
+
+
 def test_hostile_text_is_escaped_in_the_html(tmp_path):
     run = cpu_and_gpu_run(tmp_path / "run", env={**ENV, "machine_label": HOSTILE})
     page = report.render([run])
@@ -321,3 +338,20 @@ def test_the_documented_report_and_history_commands_parse():
     assert {shlex.split(c)[3] for c in commands} == {"report", "history"}
     for command in commands:
         parser.parse_args(shlex.split(command)[3:])
+
+
+def test_curves_and_energy_render_when_runs_have_them(browser, tmp_path):
+    run = cpu_and_gpu_run(tmp_path / "run")
+    (run.directory / "curves.csv").write_text("cell_id,epoch,val_accuracy,loss\na,0,0.3,2.0\na,1,0.5,1.5\n"
+                                              "b,0,0.2,2.2\nb,1,0.4,1.7\n")
+    run.runs["energy_per_image_j"] = [0.5, 0.6, 0.05]
+    out = tmp_path / "extras.html"
+    store.write_atomically(out, report.render([run], out_dir=tmp_path))
+    page = Page(browser, out)
+    try:
+        assert page.problems == [] and page.requests == []
+        assert page.marks("chart-curves", "line") == 4                     # 2 cells × 2 measures
+        assert page.marks("chart-energy", "rect") == 3
+        page.screenshot(tmp_path / "report-extras.png")
+    finally:
+        page.close()
