@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import history, matrix, multirun, store, summary
-from bench.history import History
+from bench import matrix, multirun, store, summary
+from bench.history import History, history_frame
 from bench.record import NOTABLE_CONTENTION_PCT, NOTEBOOK_EPOCHS, NOTEBOOK_TRAIN_IMAGES
 
 VENDOR = Path(__file__).parent / "vendor"
@@ -158,10 +158,8 @@ def report_cells(runs: Sequence[store.Run]) -> list[ReportCell]:
         shown = ok if len(ok) else group
         settings = ", ".join(f"{matrix.BY_NAME[d].label} {summary.dimension_text(d, first[d], first.get('xla'))}"
                              for d in other_dims if pd.notna(first.get(d)) and first.get(d) != "")
-        accuracy = None
-        measured = ok[ok["heldout_images"].fillna(0) > 0]
-        if len(measured):
-            accuracy = _median(measured, "heldout_accuracy", 100)
+        evaluated = ok[ok["heldout_images"].fillna(0) > 0]
+        accuracy = _median(evaluated, "heldout_accuracy", 100) if len(evaluated) else None
         math_value = next((m for m in ok.get("math", []) if _text(m)), None)
         engine = _text(first.get("engine")) or None
         last = group.iloc[-1]
@@ -189,10 +187,6 @@ def report_cells(runs: Sequence[store.Run]) -> list[ReportCell]:
 
 # --------------------------------------------------------------------------- the charts
 
-def _duration(seconds: float) -> str:
-    return summary.format_duration(seconds)
-
-
 @dataclass(frozen=True)
 class Headline:
     """The headline's bars (slowest first), the row they are divided by, and what they are."""
@@ -218,9 +212,9 @@ def headline_bars(cells: Sequence[ReportCell]) -> Headline | None:
     several_runs = len({c.run_id for c in shown}) > len({c.machine for c in shown})
     bars = [{"label": c.label + (f" · bs{c.batch_size}" if not at_notebook_batch else "")
              + (f" ({c.run_id})" if several_runs else ""),
-             "device_type": c.device_type, "minutes": seconds[id(c)] / 60, "time": _duration(seconds[id(c)]),
+             "device_type": c.device_type, "minutes": seconds[id(c)] / 60, "time": summary.format_duration(seconds[id(c)]),
              "ratio": slowest / seconds[id(c)],
-             "text": f"{_duration(seconds[id(c)])} · "
+             "text": f"{summary.format_duration(seconds[id(c)])} · "
                      + ("reference" if c is reference else f"{slowest / seconds[id(c)]:,.1f}×"),
              "run": c.run_id, "batch": c.batch_size, "images_per_s": c.images_per_s}
             for c in shown]
@@ -230,7 +224,7 @@ def headline_bars(cells: Sequence[ReportCell]) -> Headline | None:
                f"{batch_text}) would take, projected from each row's mean steady step time: an estimate, "
                "not a measurement. The ratio after each time divides the reference row's time by the "
                f"bar's: the reference is {reference.label}, run {reference.run_id} "
-               f"({_duration(slowest)}), the slowest "
+               f"({summary.format_duration(slowest)}), the slowest "
                f"{'CPU ' if cpus else ''}row of the chart. Rows of different machines, backends and "
                "precisions are different settings, not one change.")
     return Headline(bars, reference, caption)
@@ -577,7 +571,7 @@ def _table_warnings(cells: Sequence[ReportCell]) -> str:
 
 def _history_table(found: History, out_dir: Path) -> str:
     """``bench history``'s table, each run a link to its directory, inside a closed <details>."""
-    frame = history.history_frame(found)
+    frame = history_frame(found)
     if frame.empty:
         return ""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
