@@ -1,0 +1,178 @@
+"""Time to a target accuracy across repeats, scored as MLPerf Training scores it.
+
+MLPerf runs a benchmark several times with different seeds, drops the fastest and the
+slowest result and averages the rest ("olympic" scoring), because a single run's time to
+target varies by whole evaluation intervals from seed to seed. With fewer than three runs
+there is nothing to drop: the figures then say they are single runs. A run that never
+reached the target has no time: it is counted as not reached, never given a number.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from cifar_model.curves import CurvePoint, first_reaching
+
+#: curves.csv: one row per held-out evaluation during training.
+CURVE_COLUMNS = ("cell_id", "repeat", *CurvePoint.column_names())
+
+#: Runs needed before the fastest and slowest are dropped.
+OLYMPIC_MIN_RUNS = 3
+
+
+def olympic_mean(values: list[float]) -> float | None:
+    """The mean after dropping one fastest and one slowest value (MLPerf's scoring), or
+    None with fewer than :data:`OLYMPIC_MIN_RUNS` values."""
+    if len(values) < OLYMPIC_MIN_RUNS:
+        return None
+    kept = sorted(values)[1:-1]
+    return sum(kept) / len(kept)
+
+
+@dataclass(frozen=True)
+class RunToTarget:
+    """One repeat of one cell: when (if ever) it reached the target."""
+
+    repeat: int
+    reached: CurvePoint | None       # the first evaluation at or above the target
+    last: CurvePoint                 # the curve's last evaluation (its final accuracy)
+    data_seconds: float              # loading before training: part of the MLPerf clock
+
+    @property
+    def mlperf_seconds(self) -> float | None:
+        """Wall clock from the first touch of the data to the end of the evaluation that
+        reached the target, evaluations included."""
+        return None if self.reached is None else self.data_seconds + self.reached.wall_seconds
+
+    @property
+    def train_seconds(self) -> float | None:
+        """Training time to the target, evaluations and data loading excluded."""
+        return None if self.reached is None else self.reached.train_seconds
+
+
+def run_to_target(repeat: int, points: list[CurvePoint], target: float, data_seconds: float) -> RunToTarget:
+    if not points:
+        raise ValueError("a run with no held-out evaluation has no time to target")
+    return RunToTarget(repeat, first_reaching(points, target), points[-1], data_seconds)
+
+
+@dataclass(frozen=True)
+class TimeToTarget:
+    """Time to target of one cell over its repeats."""
+
+    target: float
+    runs: tuple[RunToTarget, ...]
+    epochs_budget: int
+
+    @property
+    def reached(self) -> list[RunToTarget]:
+        return [r for r in self.runs if r.reached is not None]
+
+    @property
+    def score_seconds(self) -> float | None:
+        """Olympic mean of the MLPerf times, over the runs that reached the target; None
+        when fewer than three did (then :attr:`single_runs` applies)."""
+        if len(self.reached) < len(self.runs):
+            return None          # MLPerf: a run that misses the target fails the whole result
+        return olympic_mean([r.mlperf_seconds for r in self.reached])
+
+    @property
+    def spread(self) -> tuple[float, float] | None:
+        times = [r.mlperf_seconds for r in self.reached]
+        return (min(times), max(times)) if times else None
+
+    @property
+    def final_accuracy(self) -> tuple[float, float | None, int]:
+        """(mean, standard deviation or None for one run, n) of the last evaluation's accuracy."""
+        values = [r.last.heldout_accuracy for r in self.runs]
+        return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
+                len(values))
+
+    def describe(self) -> str:
+        """The time-to-target cell of a table, saying how it was scored."""
+        n, k = len(self.runs), len(self.reached)
+        if k == 0:
+            return f"not reached in {self.epochs_budget} epochs ({n} run{'s' if n != 1 else ''})"
+        low, high = self.spread
+        score = self.score_seconds
+        if score is not None:
+            return (f"{format_seconds(score)} (olympic mean of {n}: fastest and slowest dropped; "
+                    f"range {format_seconds(low)}–{format_seconds(high)}; {k}/{n} reached)")
+        if k < n:
+            return (f"{k}/{n} runs reached it ({format_seconds(low)}–{format_seconds(high)}); "
+                    f"not reached in {self.epochs_budget} epochs by {n - k}: no score")
+        if n == 1:
+            return f"{format_seconds(low)} (a single run)"
+        return f"{format_seconds(low)}–{format_seconds(high)} ({n} single runs: too few to score)"
+
+    def describe_accuracy(self) -> str:
+        mean, std, n = self.final_accuracy
+        if std is None:
+            return f"{mean:.2%} (a single run)"
+        return f"{mean:.2%} ± {std * 100:.2f} (n = {n})"
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} m {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} m"
+
+
+ACCURACY_PNG = "accuracy.png"
+
+
+def accuracy_plot(curves, labels: dict[str, str], target: float | None, path, title: str):
+    """Held-out accuracy against wall-clock seconds (evaluations included), one colour per
+    cell: each repeat faint, the median over repeats bold, the target as a dashed line.
+
+    ``curves`` is a curves.csv frame (``cell_id`` without the repeat, ``repeat`` and the
+    :class:`CurvePoint` columns); ``labels`` names each cell as a legend should. The time
+    axis is logarithmic when the cells' runs differ by more than 10× in length, so a GPU's
+    seconds and a CPU's minutes both show their shape. Returns the path, or None when no
+    cell was evaluated more than once.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = curves.groupby(["cell_id", "repeat"]).filter(lambda g: len(g) > 1)
+    if shown.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lengths = shown.groupby("cell_id")["wall_seconds"].max()
+    for i, (cell, group) in enumerate(shown.groupby("cell_id", sort=False)):
+        colour = colours[i % len(colours)]
+        for _, run in group.groupby("repeat"):
+            ax.plot(run["wall_seconds"], run["heldout_accuracy"] * 100, color=colour, alpha=0.25,
+                    linewidth=1)
+        by_step = group.groupby("step")
+        median = by_step[["wall_seconds", "heldout_accuracy"]].median().sort_values("wall_seconds")
+        runs = group["repeat"].nunique()
+        ax.plot(median["wall_seconds"], median["heldout_accuracy"] * 100, color=colour, linewidth=2.4,
+                marker="o", markersize=3,
+                label=f"{labels.get(cell, cell)} (median of {runs} run{'s' if runs != 1 else ''})")
+    if target is not None:
+        ax.axhline(target * 100, color="black", linestyle="--", linewidth=1)
+        ax.annotate(f"target {target:.0%}", xy=(0.01, target * 100), xycoords=("axes fraction", "data"),
+                    xytext=(0, 3), textcoords="offset points", fontsize=8)
+    if lengths.max() > 10 * lengths.min():
+        ax.set_xscale("log")
+    ax.set_xlabel("wall-clock seconds since training started (held-out evaluations included)")
+    ax.set_ylabel("held-out accuracy (%)\n(whole held-out split)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
