@@ -13,7 +13,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from cifar_model.curves import CurvePoint, first_reaching
+from cifar_model.curves import first_reaching
+from cifar_model.results import CurvePoint
 
 #: curves.csv: one row per held-out evaluation during training.
 CURVE_COLUMNS = ("cell_id", "repeat", *CurvePoint.column_names())

@@ -3,63 +3,18 @@
 MLPerf Training and DAWNBench ask how long a network takes to reach a held-out accuracy,
 not how fast a fixed number of steps runs: a device that needs more epochs at its larger
 batch, or a precision that converges worse, shows only that way. This module holds the
-framework-free half: what one evaluation during training measured (:class:`CurvePoint`),
-how often to evaluate, how held-out loss and accuracy follow from logits, and where a
+framework-free half: how often to evaluate during training, how held-out loss and accuracy follow from logits, and where a
 curve first reached a target. The Keras callback that produces the points is
-:class:`cifar_model.curve_callback.HeldOutCurve`.
+:class:`cifar_model.training.HeldOutCurve`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class CurvePoint:
-    """One evaluation of the whole held-out split during training (a row of curves.csv).
-
-    ``train_seconds`` counts training only (evaluations so far excluded); ``wall_seconds``
-    counts everything since training started, this evaluation included: the MLPerf clock,
-    less the data loading that comes before training (added by whoever reports it).
-    """
-
-    epoch: int                 # 1-based epoch the evaluation fell in (fractional cadences repeat it)
-    step: int                  # training steps done when it ran
-    images_seen: int           # step × global batch size
-    train_seconds: float       # training wall time so far, evaluations excluded
-    wall_seconds: float        # wall time since training started, evaluations included
-    eval_seconds: float        # this evaluation's own time
-    heldout_accuracy: float    # fraction of the held-out images classified right
-    heldout_loss: float        # mean softmax cross-entropy over them
-
-    @classmethod
-    def column_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CurvePoint:
-        """Strict: every field, nothing else, numbers finite and in range (worker output is
-        checked, not trusted)."""
-        names = set(cls.column_names())
-        if not isinstance(data, dict) or set(data) != names:
-            raise ValueError(f"a curve point needs exactly the fields {', '.join(sorted(names))}")
-        values = {}
-        for f in fields(cls):
-            value = data[f.name]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"curve point {f.name}: {value!r} is not a finite number")
-            if value < 0:
-                raise ValueError(f"curve point {f.name}: {value!r} is negative")
-            values[f.name] = int(value) if f.type == "int" else float(value)
-        if values["heldout_accuracy"] > 1:
-            raise ValueError(f"curve point heldout_accuracy: {values['heldout_accuracy']} is above 1")
-        return cls(**values)
+from cifar_model.results import CurvePoint
 
 
 def eval_interval_steps(eval_every_epochs: float, steps_per_epoch: int) -> int:

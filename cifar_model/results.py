@@ -52,6 +52,46 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class CurvePoint:
+    """One evaluation of the whole held-out split during training (a row of curves.csv).
+
+    ``train_seconds`` counts training only (evaluations so far excluded); ``wall_seconds``
+    counts everything since training started, this evaluation included: the MLPerf clock,
+    less the data loading that comes before training (added by whoever reports it).
+    """
+
+    epoch: int                 # 1-based epoch the evaluation fell in (fractional cadences repeat it)
+    step: int                  # training steps done when it ran
+    images_seen: int           # step x global batch size
+    train_seconds: float       # training wall time so far, evaluations excluded
+    wall_seconds: float        # wall time since training started, evaluations included
+    eval_seconds: float        # this evaluation's own time
+    heldout_accuracy: float    # fraction of the held-out images classified right
+    heldout_loss: float        # mean softmax cross-entropy over them
+
+    def __post_init__(self):
+        check_types(self)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"CurvePoint.{f.name}: {value!r} is not a finite number >= 0")
+        if self.heldout_accuracy > 1:
+            raise ValueError(f"CurvePoint.heldout_accuracy: {self.heldout_accuracy} is above 1")
+
+    @classmethod
+    def column_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> CurvePoint:
+        """Strict: exactly the fields, each of its type and in range."""
+        return cls(**strict_fields(cls, data))
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """Everything one training run measured. Times are wall seconds (``perf_counter``)."""
 
@@ -96,10 +136,14 @@ class TrainResult:
     math: str                       # what convolutions and matmuls ran in: ieee, tf32 (an fp32
                                     # cell on TF32 tensor cores), bf16, fp16 (backends.cell_math)
     math_note: str                  # the backend setting that decided ``math``
+    curve: tuple[CurvePoint, ...] = ()  # held-out evaluations during training (eval_every)
+    curve_eval_seconds: float = 0.0  # their time, kept out of train_seconds
+    target_accuracy: float | None = None  # training stopped at the first evaluation reaching it
 
     def __post_init__(self):
         object.__setattr__(self, "records", tuple(self.records))          # JSON gives lists
         object.__setattr__(self, "epoch_seconds", tuple(self.epoch_seconds))
+        object.__setattr__(self, "curve", tuple(self.curve))
         check_types(self)
         problems = [f"{name} must be >= 1 (got {getattr(self, name)})"
                     for name in ("batch_size", "epochs", "steps_per_epoch", "steps_per_execution",
@@ -112,6 +156,7 @@ class TrainResult:
         times = {"train_seconds": self.train_seconds, "data_seconds": self.data_seconds,
                  "build_seconds": self.build_seconds, "eval_seconds": self.eval_seconds,
                  "steady_wall_seconds": self.steady_wall_seconds, "unsynced_seconds": self.unsynced_seconds,
+                 "curve_eval_seconds": self.curve_eval_seconds,
                  **{f"epoch_seconds[{i}]": s for i, s in enumerate(self.epoch_seconds)}}
         problems += [f"{name} must be a finite number >= 0 (got {value!r})" for name, value in times.items()
                      if value is not None and not (math.isfinite(value) and value >= 0)]
@@ -155,6 +200,19 @@ class TrainResult:
             return None
         return self.unsynced_steps * self.batch_size / self.unsynced_seconds
 
+    @property
+    def reached(self) -> CurvePoint | None:
+        """The first evaluation at or above :attr:`target_accuracy` (None: not reached, or no target)."""
+        if self.target_accuracy is None:
+            return None
+        return next((p for p in self.curve if p.heldout_accuracy >= self.target_accuracy), None)
+
+    @property
+    def time_to_target_seconds(self) -> float | None:
+        """MLPerf's clock: from the first touch of the data (its loading) to the end of the
+        evaluation that reached the target, evaluations included."""
+        return None if self.reached is None else self.data_seconds + self.reached.wall_seconds
+
     def to_dict(self) -> dict:
         """Plain JSON-ready data (records as dicts); :meth:`from_dict` reverses it."""
         return asdict(self)
@@ -167,7 +225,11 @@ class TrainResult:
         records = fields_["records"]
         if not isinstance(records, list):
             raise ValueError(f"TrainResult: records must be a list (got {type(records).__name__})")
-        return cls(**{**fields_, "records": [StepRecord(**strict_fields(StepRecord, r)) for r in records]})
+        curve = fields_.get("curve", [])
+        if not isinstance(curve, list):
+            raise ValueError(f"TrainResult: curve must be a list (got {type(curve).__name__})")
+        return cls(**{**fields_, "records": [StepRecord(**strict_fields(StepRecord, r)) for r in records],
+                      "curve": [CurvePoint.from_dict(p) for p in curve]})
 
 
 def strict_fields(cls, data) -> dict:

@@ -156,6 +156,8 @@ class TrainSettings:
     cluster: tuple[str, ...] = ()
     task_index: int = 0
     connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S
+    eval_every: float | None = None          # epochs between held-out evaluations (None: at the end only)
+    target_accuracy: float | None = None     # stop at the first evaluation at or above it
 
     def __post_init__(self):
         problems = []
@@ -188,6 +190,22 @@ class TrainSettings:
                 and self.warmup_steps >= self.epochs * self.max_steps_per_epoch):
             problems.append(f"warmup_steps {self.warmup_steps} leaves no steady step out of "
                             f"{self.epochs * self.max_steps_per_epoch}")
+        if self.eval_every is not None and (isinstance(self.eval_every, bool)
+                                            or not isinstance(self.eval_every, int | float)
+                                            or not 0 < self.eval_every < float("inf")):
+            problems.append(f"eval_every must be a positive number of epochs (got {self.eval_every!r})")
+        if self.target_accuracy is not None:
+            if (isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, int | float)
+                    or not 0 < self.target_accuracy <= 1):
+                problems.append("target_accuracy must be a fraction above 0 and at most 1 "
+                                f"(got {self.target_accuracy!r}; 0.65 means 65 %)")
+            if self.eval_every is None:
+                problems.append("target_accuracy needs eval_every: the target is checked at each evaluation")
+        if self.eval_every is not None and _is_int(self.workers) and self.workers > 1:
+            problems.append("eval_every is not supported across worker processes (workers > 1): "
+                            "each process would evaluate apart")
+        if self.eval_every is not None and self.eval_images == 0:
+            problems.append("eval_every needs held-out evaluation; drop eval_images 0")
         if problems:
             raise ValueError("; ".join(problems))
 

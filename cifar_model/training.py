@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
-import numpy as np
 
 from cifar_model import backends, distribution
+from cifar_model.curves import eval_interval_steps, heldout_scores
 from cifar_model.data import Dataset
 from cifar_model.model import build_network, compile_model, training_flops_per_image
 from cifar_model.pipelines import host_batches, index_batches
-from cifar_model.results import StepRecord, TrainResult
+from cifar_model.results import CurvePoint, StepRecord, TrainResult
 from cifar_model.settings import (TrainSettings, backend_limitation, parallel_limitation,
                                   resolve_data_placement, steps_per_epoch, training_set_bytes)
 
@@ -84,6 +84,76 @@ class StepTimer(keras.callbacks.Callback):
         self._steps_done += steps
         if not warmup:
             self.steady_ended = ended
+
+
+class HeldOutCurve(keras.callbacks.Callback):
+    """Evaluates the whole held-out split every ``eval_every_epochs`` epochs of training,
+    and stops training at the first evaluation that reaches ``target`` accuracy.
+
+    ``evaluate()`` returns (accuracy, loss) on the held-out split; its time is measured here
+    and kept out of ``train_seconds``. It runs in ``on_train_batch_end``, after the step
+    timer (put it later in the callback list) has stopped that step's clock, so step times
+    never contain an evaluation. Steps per epoch come from Keras (``params["steps"]``), not
+    from the caller. A run that ends between two evaluations is evaluated once more at its
+    end, so every curve ends where training did.
+    """
+
+    def __init__(self, evaluate: Callable[[], tuple[float, float]], eval_every_epochs: float,
+                 global_batch_size: int, target: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        super().__init__()
+        self.evaluate = evaluate
+        self.eval_every_epochs = eval_every_epochs
+        self.global_batch_size = global_batch_size
+        self.target = target
+        self.clock = clock
+        self.points: list[CurvePoint] = []
+        self.reached: CurvePoint | None = None
+        self._interval = 0
+        self._next_eval = 0
+        self._steps_done = 0
+        self._first_step = 0
+        self._epoch = 0
+        self._started = 0.0
+        self._eval_total = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._interval = eval_interval_steps(self.eval_every_epochs, self.params["steps"])
+        self._next_eval = self._interval
+        self._started = self.clock()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first_step = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps_done += batch - self._first_step + 1
+        if self._steps_done >= self._next_eval:
+            self._next_eval = (self._steps_done // self._interval + 1) * self._interval
+            self._evaluate_now()
+
+    def on_train_end(self, logs=None):
+        if self._steps_done and (not self.points or self.points[-1].step != self._steps_done):
+            self._evaluate_now()
+
+    def _evaluate_now(self) -> None:
+        before = self.clock()
+        accuracy, loss = self.evaluate()
+        after = self.clock()
+        eval_seconds = after - before
+        point = CurvePoint(
+            epoch=self._epoch + 1, step=self._steps_done,
+            images_seen=self._steps_done * self.global_batch_size,
+            train_seconds=before - self._started - self._eval_total,
+            wall_seconds=after - self._started, eval_seconds=eval_seconds,
+            heldout_accuracy=float(accuracy), heldout_loss=float(loss))
+        self._eval_total += eval_seconds
+        self.points.append(point)
+        if self.target is not None and self.reached is None and point.heldout_accuracy >= self.target:
+            self.reached = point
+            self.model.stop_training = True
 
 
 class UnsyncedTimer(keras.callbacks.Callback):
@@ -229,21 +299,6 @@ def train(
                       steps_per_execution=settings.steps_per_execution)
         build_seconds = time.perf_counter() - started
 
-        timer = StepTimer(settings.warmup_steps)
-        started = time.perf_counter()
-        if multi_worker:
-            history = distribution.fit_multi_worker(
-                trainer, distribution.worker_batches(pipeline, strategy, settings.batch_size),
-                strategy, settings.epochs, steps, [timer, *callbacks], on_first_step=deadline.joined)
-        else:
-            joined = ([keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: deadline.joined())]
-                      if deadline is not None else [])
-            with _explained_compile_failure(trainer):
-                history = trainer.fit(pipeline, epochs=settings.epochs, steps_per_epoch=steps,
-                                      shuffle=False, verbose=0,
-                                      callbacks=[timer, *joined, *callbacks]).history
-        train_seconds = time.perf_counter() - started
-
         logits_of = {"multi_worker_mirrored": distribution.evaluate_logits,
                      "keras_data_parallel": (distribution.process_local_logits(
                                                  lambda: build_network(settings.precision,
@@ -251,6 +306,27 @@ def train(
                                              if jax_processes
                                              else distribution.sharded_logits(settings.replicas)),
                      }.get(settings.strategy)
+        timer = StepTimer(settings.warmup_steps)
+        # after the step timer: an evaluation runs once that step's clock has stopped
+        curve = (HeldOutCurve(lambda: _scores(model, dataset, settings, logits_of), settings.eval_every,
+                              settings.global_batch_size, settings.target_accuracy)
+                 if settings.eval_every is not None and not dataset.synthetic else None)
+        timed = [timer, *([curve] if curve is not None else [])]
+        started = time.perf_counter()
+        if multi_worker:
+            history = distribution.fit_multi_worker(
+                trainer, distribution.worker_batches(pipeline, strategy, settings.batch_size),
+                strategy, settings.epochs, steps, [*timed, *callbacks], on_first_step=deadline.joined)
+        else:
+            joined = ([keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: deadline.joined())]
+                      if deadline is not None else [])
+            with _explained_compile_failure(trainer):
+                history = trainer.fit(pipeline, epochs=settings.epochs, steps_per_epoch=steps,
+                                      shuffle=False, verbose=0,
+                                      callbacks=[*timed, *joined, *callbacks]).history
+        curve_eval_seconds = sum(p.eval_seconds for p in curve.points) if curve is not None else 0.0
+        train_seconds = time.perf_counter() - started - curve_eval_seconds
+
         evaluation = _evaluate(model, dataset, settings, logits_of)
 
         unsynced_steps, unsynced_seconds = 0, None
@@ -286,6 +362,8 @@ def train(
         data_placement=data_placement, data_device=data_device,
         replicas=settings.replicas, workers=settings.workers, task_index=settings.task_index,
         strategy=settings.strategy, math=cell_math, math_note=math_note,
+        curve=tuple(curve.points) if curve is not None else (), curve_eval_seconds=curve_eval_seconds,
+        target_accuracy=settings.target_accuracy,
     )
 
 
@@ -309,26 +387,32 @@ def _evaluate(model: keras.Model, dataset: Dataset, settings: TrainSettings,
     if note is not None:
         return dict(heldout_loss=None, heldout_accuracy=None, heldout_images=0,
                     accuracy_note=note, eval_seconds=None)
-    n = total if settings.eval_images is None else min(settings.eval_images, total)
+    n = _eval_count(dataset, settings)
     started = time.perf_counter()
-    if logits_of is None:
-        logits = model.predict(dataset.x_test[:n], batch_size=settings.batch_size, verbose=0)
-    else:
-        logits = logits_of(model, dataset.x_test[:n], settings.batch_size)
-    logits = np.asarray(logits, dtype=np.float64)
+    accuracy, loss = _scores(model, dataset, settings, logits_of)
     eval_seconds = time.perf_counter() - started
-    labels = dataset.y_test[:n]
-    top = logits.max(axis=1)
-    log_sum_exp = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-    losses = log_sum_exp - logits[np.arange(n), labels]
     if n == total:
         note = f"whole held-out split of the {dataset.split} split ({total} images)"
     else:
         note = (f"first {n} of the {total} held-out images of the {dataset.split} split "
                 f"(not the whole split)")
-    return dict(heldout_loss=float(losses.mean()),
-                heldout_accuracy=float((logits.argmax(axis=1) == labels).mean()),
+    return dict(heldout_loss=loss, heldout_accuracy=accuracy,
                 heldout_images=n, accuracy_note=note, eval_seconds=eval_seconds)
+
+
+def _eval_count(dataset: Dataset, settings: TrainSettings) -> int:
+    total = len(dataset.x_test)
+    return total if settings.eval_images is None else min(settings.eval_images, total)
+
+
+def _scores(model: keras.Model, dataset: Dataset, settings: TrainSettings, logits_of=None) -> tuple[float, float]:
+    """(accuracy, loss) of ``model`` on the held-out images ``settings.eval_images`` asks for."""
+    n = _eval_count(dataset, settings)
+    if logits_of is None:
+        logits = model.predict(dataset.x_test[:n], batch_size=settings.batch_size, verbose=0)
+    else:
+        logits = logits_of(model, dataset.x_test[:n], settings.batch_size)
+    return heldout_scores(logits, dataset.y_test[:n])
 
 
 @contextlib.contextmanager

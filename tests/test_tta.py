@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from bench import tta
-from cifar_model.curves import CurvePoint, eval_interval_steps, first_reaching, heldout_scores
+from cifar_model.curves import eval_interval_steps, first_reaching, heldout_scores
+from cifar_model.results import CurvePoint
 
 
 class FakeClock:
@@ -42,7 +43,7 @@ def drive(curve, clock, epochs: int, steps_per_epoch: int, steps_per_call: int =
 
 
 def curve_with(accuracies, clock, **kwargs):
-    from cifar_model.curve_callback import HeldOutCurve
+    from cifar_model.training import HeldOutCurve
 
     scores = iter(accuracies)
 
@@ -111,7 +112,7 @@ def test_curve_points_from_a_worker_are_checked():
                          ("step", -1), ("train_seconds", "5")]:
         with pytest.raises(ValueError, match=field):
             CurvePoint.from_dict({**good, field: value})
-    with pytest.raises(ValueError, match="exactly the fields"):
+    with pytest.raises(ValueError, match="unknown field"):
         CurvePoint.from_dict({**good, "extra": 1})
 
 
@@ -186,3 +187,40 @@ def test_accuracy_plot_draws_repeats_and_medians(tmp_path):
     assert path is not None and path.stat().st_size > 10_000
     single = frame[frame["step"] == 1]
     assert tta.accuracy_plot(single, {}, None, tmp_path / "none.png", "t") is None
+
+
+def test_settings_refuse_what_cannot_be_a_curve_or_a_target():
+    from cifar_model import TrainSettings
+
+    for kwargs, message in [({"eval_every": 0}, "eval_every must be a positive number"),
+                            ({"eval_every": float("nan")}, "eval_every must be a positive number"),
+                            ({"eval_every": 1, "target_accuracy": 1.5}, "target_accuracy must be a fraction"),
+                            ({"target_accuracy": 0.5}, "target_accuracy needs eval_every"),
+                            ({"eval_every": 1, "eval_images": 0}, "eval_every needs held-out evaluation")]:
+        with pytest.raises(ValueError, match=message):
+            TrainSettings(**kwargs)
+
+
+@pytest.mark.slow
+def test_real_training_stops_at_the_target_and_keeps_evaluation_out_of_training_time(real_cifar_dir):
+    """A short real run on a subset: curve at the cadence asked, stopped at the first
+    evaluation at or above a low target, the result's clocks consistent."""
+    from dataclasses import replace
+
+    from cifar_model import TrainSettings, load_dataset, train
+
+    full = load_dataset(real_cifar_dir, split="seed", download=False)
+    data = replace(full, x_train=full.x_train[:2048], y_train=full.y_train[:2048],
+                   x_test=full.x_test[:500], y_test=full.y_test[:500])
+    result = train(data, TrainSettings(batch_size=64, epochs=6, warmup_steps=2, seed=3, eval_every=0.25,
+                                       target_accuracy=0.18), device="cpu:0")
+    assert result.curve, "no evaluation during training"
+    steps = [p.step for p in result.curve]
+    assert steps[0] == 8 and all(b - a == 8 for a, b in zip(steps, steps[1:], strict=False))
+    reached = result.reached
+    assert reached is not None and reached is result.curve[-1]        # training stopped there
+    assert all(p.heldout_accuracy < 0.18 for p in result.curve[:-1])
+    assert result.total_steps == reached.step
+    assert result.curve_eval_seconds == pytest.approx(sum(p.eval_seconds for p in result.curve))
+    assert result.time_to_target_seconds == pytest.approx(result.data_seconds + reached.wall_seconds)
+    assert reached.wall_seconds > reached.train_seconds
