@@ -322,10 +322,35 @@ def _validate_runs(path: Path, runs: pd.DataFrame) -> None:
 #: Named upgrade steps: version -> the function that brings a run of that version to the
 #: next. Version 1: files written before env.json had a schema version.
 def _upgrade_1_to_2(runs: pd.DataFrame, env: dict) -> None:
-    """Dimensions added since version 1 read as what those runs did (host data, TensorFlow)."""
+    """Version 1 runs, read as what they did: every dimension added since (backend, data
+    placement, replicas, workers) gets its legacy value where the file lacks the column or left
+    it empty (read back, a missing column is an empty one: text "", a number NaN), so their
+    cells match today's; and the whole-cell columns of one replica are filled from the
+    per-replica ones, which were the same thing then."""
     for column, value in matrix.legacy_values().items():
-        if column in runs and (runs[column] == "").all():
+        if column in runs and _all_empty(runs[column]):
             runs[column] = value
+    ok = runs["status"] == "ok"
+    total = (runs["replicas"] * runs["workers"]).where(ok)
+    _fill(runs, "total_replicas", total)
+    _fill(runs, "global_batch_size", runs["batch_size"] * total)
+    _fill(runs, "global_images_per_s", runs["images_per_s"] * total)
+    _fill(runs, "strategy", pd.Series("none", index=runs.index).where(ok, ""))
+    if "framework_version" in runs and "tensorflow_version" in runs:
+        tensorflow = (runs["backend"] == "tensorflow") & ok
+        _fill(runs, "framework_version", runs["tensorflow_version"].where(tensorflow, ""))
+
+
+def _all_empty(column: pd.Series) -> bool:
+    return bool((column.isna() | (column.astype(str) == "")).all())
+
+
+def _fill(runs: pd.DataFrame, column: str, values: pd.Series) -> None:
+    """``column`` where it is empty, from ``values`` (a column the schema no longer has: left alone)."""
+    if column not in runs:
+        return
+    empty = runs[column].isna() | (runs[column].astype(str) == "")
+    runs.loc[empty, column] = values[empty]
 
 
 UPGRADES: dict[int, Callable[[pd.DataFrame, dict], None]] = {1: _upgrade_1_to_2}
