@@ -316,12 +316,12 @@ def matchable(baseline: Run, planned_cells) -> list[str]:
     name = baseline.directory.name
     ok = baseline.runs[baseline.runs["status"] == "ok"]
     if ok.empty:
-        return [f"baseline '{name}' has no successful cell to compare with; save one from a run "
-                "whose cells succeeded"]
+        return [(f"baseline '{name}' has no successful cell to compare with; save one from a run "
+                 "whose cells succeeded")]
     measurable = [c for c in planned_cells if c.device.device is not None and c.device.device.usable]
     if not measurable:
-        return ["no planned cell can run on this machine (every requested device is missing), "
-                f"so nothing can be compared with baseline '{name}'"]
+        return [("no planned cell can run on this machine (every requested device is missing), "
+                 f"so nothing can be compared with baseline '{name}'")]
     base_keys = {cell_key(row) for row in ok.to_dict(orient="records")}
     planned_keys = {cell_key(c.columns()) for c in measurable}
     if base_keys & planned_keys:
@@ -330,10 +330,10 @@ def matchable(baseline: Run, planned_cells) -> list[str]:
     here = {(k[0], k[1]) for k in planned_keys}
     shared = devices & here
     if not shared:
-        return [f"baseline '{name}' was measured on {_devices_text(devices)}, this run plans "
-                f"{_devices_text(here)}: another machine's baseline matches nothing here; save a "
-                "baseline from a run on this machine ('python -m bench baseline save --run DIR "
-                "--name NAME')"]
+        return [(f"baseline '{name}' was measured on {_devices_text(devices)}, this run plans "
+                 f"{_devices_text(here)}: another machine's baseline matches nothing here; save a "
+                 "baseline from a run on this machine ('python -m bench baseline save --run DIR "
+                 "--name NAME')")]
     # same device: say which settings the baseline has that the plan lacks
     on_device = [k for k in base_keys if (k[0], k[1]) in shared]
     planned_on = [k for k in planned_keys if (k[0], k[1]) in shared]
@@ -411,7 +411,8 @@ def _difference(label: str, before, after) -> str:
                          and k not in SPEED_NEUTRAL_VARIABLES)
         return f"{label}: {', '.join(_short(k) for k in changed)} changed" if changed else ""
     if label == "CPU instruction sets" and isinstance(before, list) and isinstance(after, list):
-        lost, gained = sorted(set(map(str, before)) - set(map(str, after))), sorted(set(map(str, after)) - set(map(str, before)))
+        had, has = set(map(str, before)), set(map(str, after))
+        lost, gained = sorted(had - has), sorted(has - had)
         parts = ([f"lost {', '.join(map(_short, lost))}"] if lost else []) + (
             [f"gained {', '.join(map(_short, gained))}"] if gained else [])
         return f"{label}: {'; '.join(parts)}" if parts else ""
