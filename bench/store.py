@@ -455,15 +455,46 @@ def list_runs(root: Path, baselines: bool = True) -> list[RunListing]:
     found = []
     places = [("run", runs_dir(root))] + ([("baseline", baselines_dir(root))] if baselines else [])
     for kind, base in places:
-        for directory in sorted(base.iterdir()) if base.is_dir() else []:
-            if directory.name.startswith(".") or not directory.is_dir():
-                continue
-            found.append(_listing(kind, directory))
-    return sorted(found, key=lambda r: (r.date or "", r.id), reverse=True)
+        found += _listings_under(kind, base)
+    return _newest_first(found)
 
 
-def _listing(kind: str, directory: Path) -> RunListing:
-    listing = RunListing(kind, directory.name, str(directory))
+def list_directory(directory: str | os.PathLike) -> list[RunListing]:
+    """``bench runs DIR``: the runs of any directory, newest first -- a results root (its
+    ``runs/`` and ``baselines/``), a run itself, or a folder of runs such as
+    ``results/published``."""
+    directory = Path(directory)
+    if _holds_a_run(directory):
+        return [_listing("run", directory)]
+    if runs_dir(directory).is_dir() or baselines_dir(directory).is_dir():
+        return list_runs(directory)
+    return _newest_first(_listings_under("run", directory))
+
+
+def _holds_a_run(directory: Path) -> bool:
+    return (directory / RUNS_CSV).is_file() or (directory / ENV_JSON).is_file()
+
+
+def _listings_under(kind: str, base: Path, prefix: str = "", depth: int = 2) -> list[RunListing]:
+    """Each run directory under ``base``. A folder that holds no run but holds runs (``bench
+    noise``'s ``<id>-noise/run-1``, ...) lists those, named ``<folder>/run-1``, not itself as a
+    damaged run; an empty or foreign folder is listed with its error."""
+    found = []
+    for directory in sorted(base.iterdir()) if base.is_dir() else []:
+        if directory.name.startswith(".") or not directory.is_dir():
+            continue
+        nested = ([] if _holds_a_run(directory) or depth <= 1
+                  else _listings_under(kind, directory, f"{prefix}{directory.name}/", depth - 1))
+        found += nested or [_listing(kind, directory, f"{prefix}{directory.name}")]
+    return found
+
+
+def _newest_first(listings: list[RunListing]) -> list[RunListing]:
+    return sorted(listings, key=lambda r: (r.date or "", r.id), reverse=True)
+
+
+def _listing(kind: str, directory: Path, name: str | None = None) -> RunListing:
+    listing = RunListing(kind, name or directory.name, str(directory))
     try:
         run = read_run(directory)
     except ResultsError as exc:

@@ -367,3 +367,33 @@ def test_a_comparison_that_fails_after_the_run_keeps_the_summary(tmp_path):
                           capture_output=True, timeout=300, env=broken)
     assert done.returncode == 4 and "nothing to compare" in done.stderr, done.stderr
     assert (tmp_path / "run" / store.SUMMARY_MD).is_file()
+
+
+# --------------------------------------------------------------------------- 10. runs of any directory
+
+def test_runs_lists_any_directory_of_runs():
+    listed = store.list_directory(PUBLISHED)
+    published = sorted(p.name for p in PUBLISHED.iterdir() if (p / store.RUNS_CSV).is_file())
+    assert sorted(r.id for r in listed) == published
+    assert not [r.error for r in listed if r.error] and all(r.ok for r in listed)
+    (itself,) = store.list_directory(PUBLISHED / "2026-11-24-quick")
+    assert itself.id == "2026-11-24-quick" and itself.ok == 3
+
+
+def test_a_noise_folder_lists_its_runs_not_itself_as_damaged(tmp_path):
+    noise = store.runs_dir(tmp_path) / "20260101-000000-noise"
+    for name in ("run-1", "run-2"):
+        write_run(noise / name, {32: steps(0.1)})
+    (store.runs_dir(tmp_path) / "empty").mkdir()
+    listed = {r.id: r for r in store.list_runs(tmp_path)}
+    assert set(listed) == {"20260101-000000-noise/run-1", "20260101-000000-noise/run-2", "empty"}
+    assert listed["20260101-000000-noise/run-1"].ok == 1 and listed["20260101-000000-noise/run-1"].error is None
+    assert "missing" in listed["empty"].error            # a folder with no run is still shown, as damaged
+    assert [r.id for r in store.list_directory(tmp_path)] == [r.id for r in store.list_runs(tmp_path)]
+
+
+@NEEDS_SESSION_CALL
+def test_runs_command_lists_the_published_runs(tmp_path):
+    done = bench("runs", PUBLISHED, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert {r["id"] for r in json.loads(done.stdout)} >= {"2026-11-24-quick", "gpu-quick"}
