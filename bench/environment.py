@@ -20,7 +20,8 @@ import psutil
 
 from bench.devices import Inventory, cpu_info, usable_cpus
 
-PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench", "jax", "jaxlib", "torch")
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench", "jax", "jaxlib",
+            "torch")
 
 # The environment variables that change what a framework computes or how fast, by exact
 # name: a prefix such as "TF_" also caught Terraform's TF_VAR_* (and, with them, secrets).

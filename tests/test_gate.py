@@ -417,3 +417,52 @@ def test_the_methods_generated_blocks_regenerate_byte_for_byte(tmp_path):
         done = bench("readme", "--readme", copy, "--marker", marker, "--run", run, cwd=REPO)
         assert done.returncode == 0, done.stderr
     assert copy.read_bytes() == (REPO / "docs" / "method.md").read_bytes()
+
+
+# --------------------------------------------------------------------------- 8. the CI recipe's first run
+
+def recipe_step(name_starts: str) -> dict:
+    import yaml
+
+    workflow = yaml.safe_load((REPO / "docs" / "ci" / "github-actions.yml").read_text())
+    return next(step for step in workflow["jobs"]["benchmark"]["steps"] if step.get("name", "").startswith(name_starts))
+
+
+def test_the_recipe_makes_gh_pages_once_on_a_push_and_never_on_a_pull_request(tmp_path):
+    """The step's own shell, against a local bare repository standing in for GitHub."""
+    step = recipe_step("Make the gh-pages branch")
+    remote, clone = tmp_path / "remote.git", tmp_path / "clone"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q", "--bare", str(remote)], check=True)
+    subprocess.run([*git, "clone", "-q", str(remote), str(clone)], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "main"], cwd=clone, check=True)
+    subprocess.run([*git, "push", "-q", "origin", "HEAD:main"], cwd=clone, check=True)
+
+    def run_step(event: str) -> str:
+        output = tmp_path / "output"
+        output.unlink(missing_ok=True)
+        done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=clone, text=True, capture_output=True,
+                              env={**os.environ, **step["env"], "GITHUB_EVENT_NAME": event,
+                                   "GITHUB_OUTPUT": str(output)})
+        assert done.returncode == 0, done.stderr
+        return output.read_text()
+
+    def branches() -> str:
+        return subprocess.run(["git", "ls-remote", "--heads", "origin"], cwd=clone, text=True,
+                              capture_output=True, check=True).stdout
+
+    assert run_step("pull_request") == "exists=false\n" and "gh-pages" not in branches()
+    assert run_step("push") == "exists=true\n" and "refs/heads/gh-pages" in branches()
+    made = branches()
+    assert run_step("push") == "exists=true\n" and branches() == made      # made once, then left alone
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=clone, text=True, capture_output=True).stdout == ""
+    # what github-action-benchmark does first, which failed before the branch existed
+    subprocess.run(["git", "fetch", "-q", "origin", "gh-pages:gh-pages"], cwd=clone, check=True)
+
+
+def test_the_chart_never_fails_the_job_and_writes_only_on_push():
+    chart = recipe_step("Chart the history")
+    assert chart["continue-on-error"] is True and chart["with"]["fail-on-alert"] is False
+    assert chart["with"]["auto-push"] == "${{ github.event_name == 'push' }}"
+    assert "head.repo.full_name == github.repository" in chart["with"]["comment-on-alert"]
+    assert "steps.pages.outputs.exists == 'true'" in chart["if"]
