@@ -60,7 +60,7 @@ class EnvField:
 #: directory, hostname or a few KiB of reported memory are not causes. A fact one side did
 #: not record (an older env.json) is unknown, not a difference.
 ENV_FIELDS = (
-    EnvField("CPU model", ("cpu", "model"), resource=True),
+    EnvField("OS", ("system",)), EnvField("CPU model", ("cpu", "model"), resource=True),
     EnvField("CPU family", ("cpu", "family"), resource=True),
     EnvField("CPU model number", ("cpu", "model_number"), resource=True),
     EnvField("CPU stepping", ("cpu", "stepping"), resource=True),
