@@ -287,6 +287,13 @@ def summary_json(runs: pd.DataFrame, env: dict) -> dict:
             "cells": rows, "notes": summary.describe_settings(runs, env)}
 
 
+def summary_json_of_runs(runs: list[Run]) -> dict:
+    """``summary --json`` of several runs (``--run A --run B``): each run's :func:`summary_json`,
+    with its run directory, in the order given."""
+    return {"schema": SUMMARY_SCHEMA,
+            "runs": [{"run": str(run.directory), **summary_json(run.runs, run.env)} for run in runs]}
+
+
 def _number(value) -> float | int | None:
     if value is None or isinstance(value, str) or _is_nan(value):
         return None

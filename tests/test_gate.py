@@ -267,6 +267,16 @@ def test_summary_json_has_numbers_with_units_and_every_flag(tmp_path):
     json.dumps(out, allow_nan=False)            # strict JSON: no NaN anywhere
 
 
+def test_summary_json_of_several_runs_keeps_each_runs_cells_and_machine(tmp_path):
+    first = store.read_run(write_run(tmp_path / "a", {32: steps(0.1)}, env={**ENV, "machine_label": "laptop"}))
+    second = store.read_run(write_run(tmp_path / "b", {32: steps(0.2), 64: steps(0.3)}))
+    out = export.summary_json_of_runs([first, second])
+    assert [r["run"] for r in out["runs"]] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert [len(r["cells"]) for r in out["runs"]] == [1, 2]
+    assert out["runs"][0]["cells"][0]["name"] == "laptop: CPU Test CPU, bs32, precision fp32"
+    assert out["runs"][1]["cells"][1]["median_step_s"] == pytest.approx(second.runs["step_median_s"].iloc[1])
+
+
 @NEEDS_SESSION_CALL
 def test_summary_json_command_prints_numbers(tmp_path):
     done = bench("summary", "--run", write_run(tmp_path / "run", {32: steps(0.1)}), "--json", cwd=tmp_path)
