@@ -170,8 +170,9 @@ class NotMeasured:
 def not_measured(run: Run) -> list[NotMeasured]:
     label = machine_label(run)
     rows = run.runs[run.runs["status"] != "ok"]
-    return [NotMeasured(cell_name(row, label), str(row["cell_id"]), str(row["status"]),
-                        str(row["reason"] or "no reason recorded"))
+    # a device that is not there has no name: its id says which one was asked for
+    return [NotMeasured(cell_name({**row, "device_name": row["device_name"] or row["device_id"]}, label),
+                        str(row["cell_id"]), str(row["status"]), str(row["reason"] or "no reason recorded"))
             for row in rows.to_dict(orient="records")]
 
 

@@ -134,7 +134,9 @@ def test_the_ci_recipe_runs_end_to_end_except_the_run_and_the_upload(tmp_path):
     run = store.read_run(write_run(tmp_path / "results" / "ci-run", {64: steps(0.1), 128: steps(0.2)},
                                    env=labelled("github-ubuntu")))
     store.save_baseline(run, "github-ubuntu", tmp_path / "benchmarks")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # `python` in the recipe is this interpreter, as it is the job's after setup-python
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for command in commands[1:]:
         done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, text=True,
                               capture_output=True, timeout=120)
