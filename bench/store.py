@@ -462,8 +462,10 @@ def list_runs(root: Path, baselines: bool = True) -> list[RunListing]:
 def list_directory(directory: str | os.PathLike) -> list[RunListing]:
     """``bench runs DIR``: the runs of any directory, newest first -- a results root (its
     ``runs/`` and ``baselines/``), a run itself, or a folder of runs such as
-    ``results/published``."""
+    ``results/published``. ResultsError when it is not a directory."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise ResultsError(f"{directory}: no such directory; give a results root, a folder of runs or a run")
     if _holds_a_run(directory):
         return [_listing("run", directory)]
     if runs_dir(directory).is_dir() or baselines_dir(directory).is_dir():

@@ -400,6 +400,8 @@ def test_a_noise_folder_lists_its_runs_not_itself_as_damaged(tmp_path):
     assert listed["20260101-000000-noise/run-1"].ok == 1 and listed["20260101-000000-noise/run-1"].error is None
     assert "missing" in listed["empty"].error            # a folder with no run is still shown, as damaged
     assert [r.id for r in store.list_directory(tmp_path)] == [r.id for r in store.list_runs(tmp_path)]
+    with pytest.raises(store.ResultsError, match="no such directory"):
+        store.list_directory(tmp_path / "nowhere")
 
 
 @NEEDS_SESSION_CALL
