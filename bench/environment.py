@@ -18,9 +18,10 @@ from pathlib import Path
 
 import psutil
 
-from bench.devices import Inventory, usable_cpus
+from bench.devices import Inventory, cpu_info, usable_cpus
 
-PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench", "jax", "jaxlib", "torch")
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench", "jax", "jaxlib",
+            "torch")
 
 # The environment variables that change what a framework computes or how fast, by exact
 # name: a prefix such as "TF_" also caught Terraform's TF_VAR_* (and, with them, secrets).
@@ -110,6 +111,42 @@ def backend_versions() -> dict:
     return out
 
 
+#: What tells two CPUs that report one name apart (VMs often say just "AMD EPYC"): CPUID's
+#: family, model number and stepping, and the microcode revision (which can change speed:
+#: mitigations). env.json's ``cpu`` keys; files written before them read as unknown.
+CPU_IDENTITY = ("family", "model_number", "stepping", "microcode")
+PROC_CPUINFO = Path("/proc/cpuinfo")
+_PROC_CPUINFO_LIMIT = 1 << 20     # read at most this much: only the first CPU's lines are needed
+
+
+def cpu_identity(info: dict | None = None, proc_cpuinfo: str | None = None) -> dict:
+    """The CPU's family, model number, stepping (py-cpuinfo, else /proc/cpuinfo) and microcode
+    (/proc/cpuinfo; Linux only); None where unknown."""
+    info = cpu_info() if info is None else info
+    if proc_cpuinfo is None:
+        try:
+            with PROC_CPUINFO.open(encoding="utf-8", errors="replace") as handle:
+                proc_cpuinfo = handle.read(_PROC_CPUINFO_LIMIT)
+        except OSError:
+            proc_cpuinfo = ""
+    first = {}
+    for line in proc_cpuinfo.split("\n\n", 1)[0].splitlines():   # the first CPU's block
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+
+    def whole(value) -> int | None:
+        try:
+            return None if isinstance(value, bool) else int(value) if isinstance(value, int) else int(str(value))
+        except (TypeError, ValueError):
+            return None
+
+    microcode = first.get("microcode") or None
+    return {"family": whole(info.get("family", first.get("cpu family"))),
+            "model_number": whole(info.get("model", first.get("model"))),
+            "stepping": whole(info.get("stepping", first.get("stepping"))),
+            "microcode": microcode[:32] if microcode else None}
+
+
 def fingerprint(inventory: Inventory) -> dict:
     """Everything about this machine and stack that can change a measurement."""
     cpu = inventory.get("cpu")
@@ -132,6 +169,7 @@ def fingerprint(inventory: Inventory) -> dict:
         "backends": backend_versions(),
         "cpu": {
             "model": cpu.name if cpu else None,
+            **cpu_identity(),
             "physical_cores": psutil.cpu_count(logical=False),
             "logical_cpus": psutil.cpu_count(logical=True),
             "usable_cpus": usable.count,              # affinity and cgroup quota applied
@@ -154,14 +192,19 @@ def machine_id(env: dict) -> str:
     """A readable, stable name for the hardware: ``amd-epyc-2cpu-23gib-2f9c1a``.
 
     Only hardware and OS go in (not library versions), so a TensorFlow upgrade on the
-    same machine keeps its name and can be compared against its old baseline.
+    same machine keeps its name and can be compared against its old baseline. The CPU's
+    family, model number and stepping go into the digest where env.json has them, so two
+    CPUs that report one name are two machines; an env.json written before they were
+    recorded keeps the id it had. (Microcode is left out: an update is the same machine,
+    which a comparison names as a difference.)
     """
     cpu = env.get("cpu") or {}
     gpus = "+".join(str(g.get("name")) for g in env.get("gpus") or []) or "nogpu"
     memory = round((env.get("memory_bytes") or 0) / 2**30)
+    identity = [f"{key}={cpu[key]}" for key in CPU_IDENTITY[:3] if cpu.get(key) is not None]
     stable = "|".join(str(part) for part in (
         cpu.get("model"), cpu.get("logical_cpus"), memory,
-        gpus, env.get("machine"), env.get("system")))
+        gpus, env.get("machine"), env.get("system"), *identity))
     digest = hashlib.sha256(stable.encode()).hexdigest()[:6]
     model = re.sub(r"[^a-z0-9]+", "-", str(cpu.get("model", "cpu")).lower()).strip("-")[:32]
     gpu_part = re.sub(r"[^a-z0-9]+", "-", gpus.lower()).strip("-")[:32]

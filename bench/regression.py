@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bench import matrix, stats
+from bench.environment import FRAMEWORK_VARIABLES
 from bench.matrix import MATCH_KEYS
 from bench.store import BaselineError, Run
 
@@ -42,19 +43,46 @@ DISTURBED_PCT = 10.0
 #: (59 % vs 67 %) was 35 % slower. Such a side cannot show a regression or a speed-up.
 SATURATED_PCT = 50.0
 
-#: The ENV_FIELDS that are the hardware a worker may use, not its software.
-RESOURCE_FIELDS = ("CPU model", "logical CPUs", "CPUs usable by the process", "memory", "GPUs")
-#: (label, where in env.json) of what can change a measurement between two runs.
+@dataclass(frozen=True)
+class EnvField:
+    """One fact of env.json that can change training speed, and how a change of it is named.
+
+    ``resource``: the hardware a worker may use (not its software): a change of it is a
+    known cause of its own, and contention shares are not comparable across it.
+    """
+
+    label: str
+    path: tuple[str, ...]
+    resource: bool = False
+
+
+#: What can change a measurement between two runs, and nothing else: a changed data
+#: directory, hostname or a few KiB of reported memory are not causes. A fact one side did
+#: not record (an older env.json) is unknown, not a difference.
 ENV_FIELDS = (
-    ("OS", ("system",)), ("CPU model", ("cpu", "model")), ("logical CPUs", ("cpu", "logical_cpus")),
-    ("CPUs usable by the process", ("cpu", "usable_cpus")), ("memory", ("memory_bytes",)),
-    ("GPUs", ("gpus",)), ("Python", ("python",)), ("TensorFlow", ("tensorflow", "version")),
-    ("Keras", ("tensorflow", "keras")), ("JAX", ("backends", "jax", "version")),
-    ("PyTorch", ("backends", "torch", "version")), ("NumPy", ("packages", "numpy")),
-    ("oneDNN", ("tensorflow", "onednn_enabled")), ("NVIDIA driver", ("driver_version",)),
-    ("CUDA", ("tensorflow", "cuda_version")), ("cuDNN", ("tensorflow", "cudnn_version")),
-    ("environment variables", ("environment",)),
+    EnvField("OS", ("system",)), EnvField("CPU model", ("cpu", "model"), resource=True),
+    EnvField("CPU family", ("cpu", "family"), resource=True),
+    EnvField("CPU model number", ("cpu", "model_number"), resource=True),
+    EnvField("CPU stepping", ("cpu", "stepping"), resource=True),
+    EnvField("CPU microcode", ("cpu", "microcode"), resource=True),
+    EnvField("CPU instruction sets", ("cpu", "flags"), resource=True),
+    EnvField("CPUs usable by the process", ("cpu", "usable_cpus"), resource=True),
+    EnvField("memory", ("memory_bytes",), resource=True),
+    EnvField("GPUs", ("gpus",), resource=True),
+    EnvField("NVIDIA driver", ("driver_version",)), EnvField("CUDA", ("tensorflow", "cuda_version")),
+    EnvField("cuDNN", ("tensorflow", "cudnn_version")), EnvField("Python", ("python",)),
+    EnvField("TensorFlow", ("tensorflow", "version")), EnvField("Keras", ("tensorflow", "keras")),
+    EnvField("JAX", ("backends", "jax", "version")), EnvField("PyTorch", ("backends", "torch", "version")),
+    EnvField("NumPy", ("packages", "numpy")), EnvField("oneDNN", ("tensorflow", "onednn_enabled")),
+    EnvField("environment variables", ("environment",)),
 )
+#: Total memory is a difference only beyond this (the kernel's reservations move it by a few
+#: hundred KiB from boot to boot); a machine with another amount of RAM is well past it.
+MEMORY_TOLERANCE_PCT = 2.0
+#: Recorded variables that cannot change speed: where the data is read from, where Keras keeps
+#: its files, how much TensorFlow logs. (Variables outside FRAMEWORK_VARIABLES, which older
+#: env.json recorded by prefix, are not compared either.)
+SPEED_NEUTRAL_VARIABLES = frozenset({"CIFAR10_DIR", "KERAS_HOME", "TF_CPP_MIN_LOG_LEVEL"})
 
 
 # --------------------------------------------------------------------------- the decision
@@ -276,6 +304,70 @@ def cell_key(spec: dict) -> tuple:
     return tuple(str(matrix.plain(spec[k])) for k in MATCH_KEYS)
 
 
+def matchable(baseline: Run, planned_cells) -> list[str]:
+    """Why no planned cell (:class:`bench.matrix.Cell`) can match a cell of ``baseline``, one
+    line a problem; empty when at least one can. A run checked against a baseline asks this
+    before measuring anything, so a baseline from another machine or of other settings costs
+    a one-line error, not a whole run's time.
+
+    Cells on a device that is not there (they will be skipped) cannot match; the match is
+    :func:`compare`'s own (device type and name, every dimension's concrete value).
+    """
+    name = baseline.directory.name
+    ok = baseline.runs[baseline.runs["status"] == "ok"]
+    if ok.empty:
+        return [(f"baseline '{name}' has no successful cell to compare with; save one from a run "
+                 "whose cells succeeded")]
+    measurable = [c for c in planned_cells if c.device.device is not None and c.device.device.usable]
+    if not measurable:
+        return [("no planned cell can run on this machine (every requested device is missing), "
+                 f"so nothing can be compared with baseline '{name}'")]
+    base_keys = {cell_key(row) for row in ok.to_dict(orient="records")}
+    planned_keys = {cell_key(c.columns()) for c in measurable}
+    if base_keys & planned_keys:
+        return []
+    devices = {(k[0], k[1]) for k in base_keys}
+    here = {(k[0], k[1]) for k in planned_keys}
+    shared = devices & here
+    if not shared:
+        return [(f"baseline '{name}' was measured on {_devices_text(devices)}, this run plans "
+                 f"{_devices_text(here)}: another machine's baseline matches nothing here; save a "
+                 "baseline from a run on this machine ('python -m bench baseline save --run DIR "
+                 "--name NAME')")]
+    # same device: say which settings the baseline has that the plan lacks
+    on_device = [k for k in base_keys if (k[0], k[1]) in shared]
+    planned_on = [k for k in planned_keys if (k[0], k[1]) in shared]
+    lines = []
+    for index, key_name in enumerate(MATCH_KEYS[2:], start=2):
+        theirs = sorted({k[index] for k in on_device})
+        ours = sorted({k[index] for k in planned_on})
+        if not set(theirs) & set(ours):
+            lines.append(f"{key_name}: baseline {', '.join(theirs)}; planned {', '.join(ours)}")
+    return [f"no planned cell matches a cell of baseline '{name}' on {_devices_text(shared)} ("
+            + ("; ".join(lines) or "no combination of the settings is in both")
+            + "); plan the baseline's settings, or save a baseline of these"]
+
+
+def nothing_measured(rows: pd.DataFrame) -> str | None:
+    """Why a run measured nothing, when it did not: no cell ok and none failed (a failed cell
+    has its own status), e.g. ``--devices gpu`` without a GPU or ``--backend jax`` without
+    JAX. A CI job must not pass on such a run. None when something was measured or failed."""
+    if (rows["status"] == "ok").any() or (rows["status"] == "failed").any():
+        return None
+    if rows.empty:
+        return "nothing measured: the run planned no cell"
+    reasons = rows["reason"].fillna("").astype(str).replace("", "no reason recorded")
+    devices = rows.groupby(reasons, sort=False)["device_id"].agg(lambda ids: ", ".join(dict.fromkeys(ids)))
+    counts = reasons.value_counts(sort=False)
+    why = "; ".join(f"{_short(devices[reason])}: {_short(reason, 120)} ({counts[reason]} cell(s))"
+                    for reason in devices.index)
+    return f"nothing measured: all {len(rows)} cell(s) were skipped ({why})"
+
+
+def _devices_text(devices) -> str:
+    return ", ".join(f"{kind} {_short(device)!r}" for kind, device in sorted(devices))
+
+
 def _contention_text(side: SideContention | None) -> str:
     if side is None:
         return ""
@@ -292,19 +384,51 @@ def _lookup(env: dict, path: tuple[str, ...]):
 
 
 def environment_differences(baseline_env: dict, current_env: dict) -> list[str]:
+    """Each difference between two env.json that can change speed (:data:`ENV_FIELDS`), named."""
     differences = []
-    for label, path in ENV_FIELDS:
-        before, after = _lookup(baseline_env, path), _lookup(current_env, path)
-        if before != after and before is not None and after is not None:
-            if isinstance(before, dict):
-                changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-                differences.append(f"{label}: {', '.join(changed)} changed")
-            elif label == "GPUs":
-                differences.append(f"{label}: {[g.get('name') for g in before]} -> "
-                                   f"{[g.get('name') for g in after]}")
-            else:
-                differences.append(f"{label}: {before} -> {after}")
+    for item in ENV_FIELDS:
+        before, after = _lookup(baseline_env, item.path), _lookup(current_env, item.path)
+        if before is None or after is None or before == after:
+            continue
+        text = _difference(item.label, before, after)
+        if text:
+            differences.append(text)
     return differences
+
+
+def _difference(label: str, before, after) -> str:
+    """How one changed fact reads in a report ('' when the change cannot matter)."""
+    if label == "memory":
+        if not all(isinstance(v, (int, float)) and v > 0 for v in (before, after)):
+            return ""
+        change = 100 * abs(after - before) / before
+        if change <= MEMORY_TOLERANCE_PCT:
+            return ""
+        return f"memory: {before / 2**30:.1f} GiB -> {after / 2**30:.1f} GiB"
+    if label == "environment variables" and isinstance(before, dict) and isinstance(after, dict):
+        changed = sorted(k for k in set(before) | set(after)
+                         if before.get(k) != after.get(k) and k in FRAMEWORK_VARIABLES
+                         and k not in SPEED_NEUTRAL_VARIABLES)
+        return f"{label}: {', '.join(_short(k) for k in changed)} changed" if changed else ""
+    if label == "CPU instruction sets" and isinstance(before, list) and isinstance(after, list):
+        had, has = set(map(str, before)), set(map(str, after))
+        lost, gained = sorted(had - has), sorted(has - had)
+        parts = ([f"lost {', '.join(map(_short, lost))}"] if lost else []) + (
+            [f"gained {', '.join(map(_short, gained))}"] if gained else [])
+        return f"{label}: {'; '.join(parts)}" if parts else ""
+    if label == "GPUs" and isinstance(before, list) and isinstance(after, list):
+        names = [[_short(g.get("name")) for g in side if isinstance(g, dict)] for side in (before, after)]
+        return f"{label}: {names[0]} -> {names[1]}" if names[0] != names[1] else ""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        return f"{label}: {', '.join(map(_short, changed))} changed"
+    return f"{label}: {_short(before)} -> {_short(after)}"
+
+
+def _short(value, limit: int = 60) -> str:
+    """A value from an untrusted env.json, bounded for a one-line report."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
@@ -334,15 +458,17 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             f"nothing to compare: no cell of {current.directory} matches one of {baseline.directory} "
             f"(by {', '.join(match_keys)}); baseline has {len(base_cells)} cell(s), run has "
             f"{len(cur_cells)}")
-    resources_changed = any(d.startswith(f"{label}:") for d in comparison.environment_differences
-                            for label in RESOURCE_FIELDS)
+    resources_changed = any(d.startswith(f"{item.label}:") for d in comparison.environment_differences
+                            for item in ENV_FIELDS if item.resource)
+    base_maths, cur_maths = _maths(baseline, match_keys), _maths(current, match_keys)
     for key in matched:
         spec, base, base_load = base_cells[key]
         _, cur, cur_load = cur_cells[key]
         verdict = decide(base, cur, max_slowdown, confidence)
         final, why, busy_side = contention_verdict(verdict.verdict, base_load, cur_load, max_slowdown,
                                                    resources_changed=resources_changed)
-        changed = "; ".join(comparison.environment_differences)
+        changed = "; ".join(comparison.environment_differences + _math_difference(
+            base_maths.get(key), cur_maths.get(key)))
         if final == REGRESSION and changed:
             why = f"likely cause: {changed}"
         elif final == INCONCLUSIVE and changed and verdict.verdict == REGRESSION:
@@ -362,6 +488,19 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             baseline_pressure_pct=base_load.pressure_pct if base_load else None,
             current_pressure_pct=cur_load.pressure_pct if cur_load else None))
     return comparison
+
+
+def _maths(run: Run, keys: tuple[str, ...]) -> dict[tuple, str]:
+    """Each ok cell's key -> what its convolutions computed in (``math``), where recorded."""
+    ok = run.runs[(run.runs["status"] == "ok") & (run.runs["math"].fillna("").astype(str) != "")]
+    return {tuple(str(matrix.plain(v)) for v in key): ",".join(sorted(set(map(str, group["math"]))))
+            for key, group in ok.groupby(list(keys), sort=False, dropna=False)}
+
+
+def _math_difference(before: str | None, after: str | None) -> list[str]:
+    """A cell's math as a cause (an fp32 cell now in TF32 is another computation), when both
+    sides recorded it and it changed."""
+    return [f"math: {before} -> {after}"] if before and after and before != after else []
 
 
 MATCHES = ("device", "settings")

@@ -323,10 +323,35 @@ def _validate_runs(path: Path, runs: pd.DataFrame) -> None:
 #: Named upgrade steps: version -> the function that brings a run of that version to the
 #: next. Version 1: files written before env.json had a schema version.
 def _upgrade_1_to_2(runs: pd.DataFrame, env: dict) -> None:
-    """Dimensions added since version 1 read as what those runs did (host data, TensorFlow)."""
+    """Version 1 runs, read as what they did: every dimension added since (backend, data
+    placement, replicas, workers) gets its legacy value where the file lacks the column or left
+    it empty (read back, a missing column is an empty one: text "", a number NaN), so their
+    cells match today's; and the whole-cell columns of one replica are filled from the
+    per-replica ones, which were the same thing then."""
     for column, value in matrix.legacy_values().items():
-        if column in runs and (runs[column] == "").all():
+        if column in runs and _all_empty(runs[column]):
             runs[column] = value
+    ok = runs["status"] == "ok"
+    total = (runs["replicas"] * runs["workers"]).where(ok)
+    _fill(runs, "total_replicas", total)
+    _fill(runs, "global_batch_size", runs["batch_size"] * total)
+    _fill(runs, "global_images_per_s", runs["images_per_s"] * total)
+    _fill(runs, "strategy", pd.Series("none", index=runs.index).where(ok, ""))
+    if "framework_version" in runs and "tensorflow_version" in runs:
+        tensorflow = (runs["backend"] == "tensorflow") & ok
+        _fill(runs, "framework_version", runs["tensorflow_version"].where(tensorflow, ""))
+
+
+def _all_empty(column: pd.Series) -> bool:
+    return bool((column.isna() | (column.astype(str) == "")).all())
+
+
+def _fill(runs: pd.DataFrame, column: str, values: pd.Series) -> None:
+    """``column`` where it is empty, from ``values`` (a column the schema no longer has: left alone)."""
+    if column not in runs:
+        return
+    empty = runs[column].isna() | (runs[column].astype(str) == "")
+    runs.loc[empty, column] = values[empty]
 
 
 UPGRADES: dict[int, Callable[[pd.DataFrame, dict], None]] = {1: _upgrade_1_to_2}
@@ -431,15 +456,48 @@ def list_runs(root: Path, baselines: bool = True) -> list[RunListing]:
     found = []
     places = [("run", runs_dir(root))] + ([("baseline", baselines_dir(root))] if baselines else [])
     for kind, base in places:
-        for directory in sorted(base.iterdir()) if base.is_dir() else []:
-            if directory.name.startswith(".") or not directory.is_dir():
-                continue
-            found.append(_listing(kind, directory))
-    return sorted(found, key=lambda r: (r.date or "", r.id), reverse=True)
+        found += _listings_under(kind, base)
+    return _newest_first(found)
 
 
-def _listing(kind: str, directory: Path) -> RunListing:
-    listing = RunListing(kind, directory.name, str(directory))
+def list_directory(directory: str | os.PathLike) -> list[RunListing]:
+    """``bench runs DIR``: the runs of any directory, newest first -- a results root (its
+    ``runs/`` and ``baselines/``), a run itself, or a folder of runs such as
+    ``results/published``. ResultsError when it is not a directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ResultsError(f"{directory}: no such directory; give a results root, a folder of runs or a run")
+    if _holds_a_run(directory):
+        return [_listing("run", directory)]
+    if runs_dir(directory).is_dir() or baselines_dir(directory).is_dir():
+        return list_runs(directory)
+    return _newest_first(_listings_under("run", directory))
+
+
+def _holds_a_run(directory: Path) -> bool:
+    return (directory / RUNS_CSV).is_file() or (directory / ENV_JSON).is_file()
+
+
+def _listings_under(kind: str, base: Path, prefix: str = "", depth: int = 2) -> list[RunListing]:
+    """Each run directory under ``base``. A folder that holds no run but holds runs (``bench
+    noise``'s ``<id>-noise/run-1``, ...) lists those, named ``<folder>/run-1``, not itself as a
+    damaged run; an empty or foreign folder is listed with its error."""
+    found = []
+    for directory in sorted(base.iterdir()) if base.is_dir() else []:
+        if directory.name.startswith(".") or not directory.is_dir():
+            continue
+        nested = ([] if _holds_a_run(directory) or depth <= 1
+                  else _listings_under(kind, directory, f"{prefix}{directory.name}/", depth - 1))
+        found += nested or [_listing(kind, directory, f"{prefix}{directory.name}")]
+    return found
+
+
+def _newest_first(listings: list[RunListing]) -> list[RunListing]:
+    return sorted(listings, key=lambda r: (r.date or "", r.id), reverse=True)
+
+
+def _listing(kind: str, directory: Path, name: str | None = None) -> RunListing:
+    listing = RunListing(kind, name or directory.name, str(directory))
     try:
         run = read_run(directory)
     except ResultsError as exc:

@@ -33,3 +33,37 @@ def test_machine_id_is_stable_and_readable():
            "gpus": [], "machine": "x86_64", "system": "Ubuntu 24.04"}
     assert environment.machine_id(env) == environment.machine_id(dict(env))
     assert environment.machine_id(env).startswith("amd-epyc-9r14-2cpu-23gib-nogpu-")
+
+
+PROC_CPUINFO = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                "model name\t: AMD EPYC\nstepping\t: 1\nmicrocode\t: 0xa10113e\n\n"
+                "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 99\n")
+
+
+def test_cpu_identity_reads_family_model_stepping_and_microcode():
+    from_proc = environment.cpu_identity(info={}, proc_cpuinfo=PROC_CPUINFO)
+    assert from_proc == {"family": 25, "model_number": 17, "stepping": 1, "microcode": "0xa10113e"}
+    # py-cpuinfo's CPUID answer wins where it has one; microcode only /proc/cpuinfo knows
+    both = environment.cpu_identity(info={"family": 23, "model": 49, "stepping": 0}, proc_cpuinfo=PROC_CPUINFO)
+    assert both == {"family": 23, "model_number": 49, "stepping": 0, "microcode": "0xa10113e"}
+    assert environment.cpu_identity(info={}, proc_cpuinfo="") == dict.fromkeys(environment.CPU_IDENTITY)
+
+
+def test_fingerprint_records_the_cpu_identity(monkeypatch):
+    monkeypatch.setattr(environment, "cpu_identity", lambda: {"family": 6, "model_number": 143, "stepping": 8,
+                                                              "microcode": "0x2b000590"})
+    cpu = environment.fingerprint(devices.detect(probe=NO_TF, nvml=NO_NVML))["cpu"]
+    assert (cpu["family"], cpu["model_number"], cpu["stepping"], cpu["microcode"]) == (6, 143, 8, "0x2b000590")
+
+
+def test_two_cpus_of_one_name_are_two_machines_and_an_old_env_keeps_its_id():
+    old = {"cpu": {"model": "AMD EPYC", "logical_cpus": 2}, "memory_bytes": 23 * 2**30, "gpus": [],
+           "machine": "x86_64", "system": "Ubuntu 24.04"}
+    rome = {**old, "cpu": {**old["cpu"], "family": 23, "model_number": 49, "stepping": 0}}
+    milan = {**old, "cpu": {**old["cpu"], "family": 25, "model_number": 1, "stepping": 1}}
+    assert environment.machine_id(rome) != environment.machine_id(milan)
+    assert environment.machine_id(rome).startswith("amd-epyc-2cpu-23gib-nogpu-")
+    unknown = {**old, "cpu": {**old["cpu"], **dict.fromkeys(environment.CPU_IDENTITY)}}
+    assert environment.machine_id(unknown) == environment.machine_id(old)     # unknown is not a new machine
+    updated = {**rome, "cpu": {**rome["cpu"], "microcode": "0x830107b"}}
+    assert environment.machine_id(updated) == environment.machine_id(rome)   # a microcode update: same machine

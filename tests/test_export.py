@@ -57,22 +57,22 @@ def test_bencher_export_follows_the_published_schema_with_the_bootstrap_interval
                                    env=labelled(), train=CIFAR))
     bmf = export.bencher(run)
     jsonschema.validate(bmf, BMF_SCHEMA)
-    assert list(bmf) == ["ci: CPU Test CPU, bs64", "ci: CPU Test CPU, bs128"]
+    assert list(bmf) == ["ci: CPU Test CPU, bs64, precision fp32", "ci: CPU Test CPU, bs128, precision fp32"]
     row = run.runs.iloc[0]
-    latency = bmf["ci: CPU Test CPU, bs64"]["latency"]
+    latency = bmf["ci: CPU Test CPU, bs64, precision fp32"]["latency"]
     assert latency["value"] == pytest.approx(row["step_median_s"] * 1e9)
     assert (latency["lower_value"], latency["upper_value"]) == pytest.approx(
         (row["step_median_ci_low_s"] * 1e9, row["step_median_ci_high_s"] * 1e9))
     assert latency["lower_value"] < latency["value"] < latency["upper_value"]
-    throughput = bmf["ci: CPU Test CPU, bs64"]["throughput"]
+    throughput = bmf["ci: CPU Test CPU, bs64, precision fp32"]["throughput"]
     assert throughput["value"] == pytest.approx(row["images_per_s"])
     assert throughput["lower_value"] < throughput["value"] < throughput["upper_value"]
-    assert bmf["ci: CPU Test CPU, bs64"]["accuracy"] == {"value": pytest.approx(42.0)}
+    assert bmf["ci: CPU Test CPU, bs64, precision fp32"]["accuracy"] == {"value": pytest.approx(42.0)}
 
 
 def test_no_accuracy_measure_where_accuracy_was_not_measured(tmp_path):
     run = store.read_run(write_run(tmp_path / "run", {64: steps(0.1)}))   # synthetic
-    assert set(export.bencher(run)["CPU Test CPU, bs64"]) == {"latency", "throughput"}
+    assert set(export.bencher(run)["CPU Test CPU, bs64, precision fp32"]) == {"latency", "throughput"}
 
 
 def test_github_action_benchmark_export_is_smaller_is_better_step_time(tmp_path):
@@ -80,9 +80,9 @@ def test_github_action_benchmark_export_is_smaller_is_better_step_time(tmp_path)
     entries = export.github_action_benchmark(run)
     jsonschema.validate(entries, GAB_SCHEMA)
     (entry,) = entries
-    assert entry["name"] == "ci: CPU Test CPU, bs64 - median step" and entry["unit"] == "ms"
+    assert entry["name"] == "ci: CPU Test CPU, bs64, precision fp32 - median step" and entry["unit"] == "ms"
     assert entry["value"] == pytest.approx(run.runs["step_median_s"].iloc[0] * 1000, rel=1e-4)
-    assert "held-out accuracy: 42.00 %" in entry["extra"] and "images/s:" in entry["extra"]
+    assert "held-out accuracy: 42.00 %" in entry["extra"] and "images/s (every replica): " in entry["extra"]
 
 
 def test_names_are_stable_across_runs_and_name_every_varying_dimension(tmp_path):
@@ -134,7 +134,9 @@ def test_the_ci_recipe_runs_end_to_end_except_the_run_and_the_upload(tmp_path):
     run = store.read_run(write_run(tmp_path / "results" / "ci-run", {64: steps(0.1), 128: steps(0.2)},
                                    env=labelled("github-ubuntu")))
     store.save_baseline(run, "github-ubuntu", tmp_path / "benchmarks")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # `python` in the recipe is this interpreter, as it is the job's after setup-python
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for command in commands[1:]:
         done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, text=True,
                               capture_output=True, timeout=120)
@@ -142,8 +144,8 @@ def test_the_ci_recipe_runs_end_to_end_except_the_run_and_the_upload(tmp_path):
     assert "0 regression(s), 0 inconclusive in 2 matched cell(s)" in (tmp_path / "results" / "check.md").read_text()
     uploaded = json.loads((tmp_path / "results" / "benchmark.json").read_text())
     jsonschema.validate(uploaded, GAB_SCHEMA)
-    assert [e["name"] for e in uploaded] == ["github-ubuntu: CPU Test CPU, bs64 - median step",
-                                             "github-ubuntu: CPU Test CPU, bs128 - median step"]
+    assert [e["name"] for e in uploaded] == ["github-ubuntu: CPU Test CPU, bs64, precision fp32 - median step",
+                                             "github-ubuntu: CPU Test CPU, bs128, precision fp32 - median step"]
     upload = [step for step in yaml.safe_load(CI_RECIPE.read_text())["jobs"]["benchmark"]["steps"]
               if str(step.get("uses", "")).startswith("benchmark-action/github-action-benchmark")]
     assert upload[0]["with"]["tool"] == "customSmallerIsBetter"

@@ -222,14 +222,15 @@ FAKE_WORKER = Path(__file__).parent / "helpers" / "fake_worker.py"
 
 
 def fake_python(directory: Path, name: str, slowdown: float = 1.0) -> Path:
-    """A stand-in for an environment's python: ``-m bench.worker`` starts the fake worker with
-    a deterministic slowdown (its steps report ``slowdown`` times longer), anything else is
-    the real interpreter (``bench ab`` asks it for its package versions)."""
+    """A stand-in for an environment's python: a command that starts ``bench.worker`` (``-m
+    bench.worker``, or :func:`bench.isolation.worker_command`'s bootstrap) starts the fake
+    worker with a deterministic slowdown (its steps report ``slowdown`` times longer), anything
+    else is the real interpreter (``bench ab`` asks it for its package versions)."""
     script = directory / name
     script.write_text(f"""#!/bin/sh
-if [ "$1" = "-m" ]; then
-    FAKE_WORKER_SLOWDOWN={slowdown} exec {sys.executable} {FAKE_WORKER}
-fi
+case "$*" in
+    *bench.worker*) FAKE_WORKER_SLOWDOWN={slowdown} exec {sys.executable} {FAKE_WORKER} ;;
+esac
 exec {sys.executable} "$@"
 """)
     script.chmod(0o755)

@@ -9,15 +9,24 @@ Save a baseline and fail on a slowdown with pytest-benchmark's own options::
 
     tox -e benchmark -- --benchmark-autosave
     tox -e benchmark -- --benchmark-compare --benchmark-compare-fail=median:10%
+
+pytest-benchmark compares single numbers and knows nothing of a busy machine, so this
+suite's conftest measures what else used the CPUs while it ran, saves it with the results
+(``machine_info["contention"]``) and prints a warning when it was busy: then a failed
+``--benchmark-compare-fail`` may be the machine, not the code.
 """
 
 from __future__ import annotations
+
+import time
+import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from bench.contention import measure_call
 from cifar_model import build_model, synthetic_dataset
 from cifar_model.pipelines import tf_host_pipeline
 from cifar_model.training import StepTimer
@@ -72,42 +81,62 @@ def test_input_pipeline_first_batch(benchmark):
 
 
 OVERHEAD_BLOCK_STEPS = 10
-_overhead_medians: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module")
-def overhead_model():
-    dataset = synthetic_dataset(n_train=4096, n_test=1)
-    with keras.device("cpu:0"):
-        model = build_model(seed=0)
-    return model, tf_host_pipeline(dataset.x_train, dataset.y_train, 64, seed=0)
+OVERHEAD_ROUNDS = 8
+OVERHEAD_LIMIT = 1.02
+#: Other processes' CPU (+ steal) from which a 2 % difference cannot be judged: at 10 % of the
+#: usable CPUs a loaded 2-core machine measured 62.8 % "overhead" between two blocks.
+OVERHEAD_BUSY_PCT = 10.0
 
 
 @pytest.mark.benchmark(group="step-timing-overhead")
-@pytest.mark.parametrize("mode", ["synced", "unsynced"])
-def test_step_timing_overhead(benchmark, overhead_model, mode):
-    """A block of training steps through ``model.fit``, with and without per-step syncing.
+def test_step_timing_overhead(benchmark):
+    """Per-step syncing's cost: blocks of training steps through ``model.fit`` with and without it.
 
     ``synced`` carries the harness's StepTimer (each step's loss fetched to the host);
-    ``unsynced`` carries no per-step callback, so Keras dispatches the steps without
-    waiting and syncs once at the end. Both run in this session, so their ratio is the
-    timing overhead measured in one run; it must stay within 2 % on a CPU.
+    ``unsynced`` carries no per-step callback, so Keras dispatches the steps without waiting
+    and syncs once at the end. Each round times one block of each, in alternating order, and
+    the ratio is the median of the rounds' ratios: drift and load that last longer than a
+    round hit both alike. It must stay within 2 % on a CPU -- judged only on a quiet machine:
+    when other processes took 10 % of the CPUs or more, the ratio is recorded and a warning
+    printed instead.
     """
-    model, pipeline = overhead_model
-    callbacks = [StepTimer(warmup_steps=0)] if mode == "synced" else []
+    dataset = synthetic_dataset(n_train=4096, n_test=1)
+    with keras.device("cpu:0"):
+        model = build_model(seed=0)
+    pipeline = tf_host_pipeline(dataset.x_train, dataset.y_train, 64, seed=0)
+    seconds: dict[str, list[float]] = {"synced": [], "unsynced": []}
 
-    def block():
+    def block(mode: str) -> None:
+        callbacks = [StepTimer(warmup_steps=0)] if mode == "synced" else []
+        started = time.perf_counter()
         with keras.device("cpu:0"):
             model.fit(pipeline, epochs=1, steps_per_epoch=OVERHEAD_BLOCK_STEPS, shuffle=False,
                       verbose=0, callbacks=callbacks)
+        seconds[mode].append(time.perf_counter() - started)
 
-    benchmark.extra_info.update(mode=mode, steps=OVERHEAD_BLOCK_STEPS, batch_size=64,
-                                unit="seconds per block of steps")
-    benchmark.pedantic(block, rounds=8, iterations=1, warmup_rounds=1)
-    if benchmark.stats is None:  # --benchmark-disable: the block ran once, nothing was timed
+    order = iter([("synced", "unsynced"), ("unsynced", "synced")] * OVERHEAD_ROUNDS)
+
+    def one_round() -> None:
+        for mode in next(order):
+            block(mode)
+
+    for mode in seconds:                          # warm-up: tracing, both callback paths
+        block(mode)
+    for times in seconds.values():
+        times.clear()
+    benchmark.extra_info.update(steps=OVERHEAD_BLOCK_STEPS, batch_size=64,
+                                unit="seconds per round (one synced and one unsynced block)")
+    _, contention = measure_call(benchmark.pedantic, one_round, rounds=OVERHEAD_ROUNDS, iterations=1)
+    if benchmark.stats is None:  # --benchmark-disable: one round ran, nothing was timed
         pytest.skip("timing disabled (--benchmark-disable): the synced/unsynced ratio needs timing")
-    _overhead_medians[mode] = benchmark.stats.stats.median
-    if len(_overhead_medians) == 2:
-        ratio = _overhead_medians["synced"] / _overhead_medians["unsynced"]
-        benchmark.extra_info["synced_over_unsynced"] = ratio
-        assert ratio < 1.02, f"per-step syncing costs {100 * (ratio - 1):.1f} % (limit 2 %)"
+    ratio = float(np.median(np.array(seconds["synced"]) / np.array(seconds["unsynced"])))
+    busy = (contention.other_cpu_pct or 0.0) + (contention.steal_pct or 0.0)
+    benchmark.extra_info.update(synced_over_unsynced=ratio, other_cpu_pct=busy)
+    if busy >= OVERHEAD_BUSY_PCT:
+        message = (f"machine busy ({contention.describe()}): per-step syncing measured "
+                   f"{100 * (ratio - 1):+.1f} %, not judged against the {100 * (OVERHEAD_LIMIT - 1):.0f} % limit")
+        print(f"WARNING: {message}")
+        warnings.warn(message, stacklevel=1)
+        return
+    assert ratio < OVERHEAD_LIMIT, (f"per-step syncing costs {100 * (ratio - 1):.1f} % "
+                                    f"(limit {100 * (OVERHEAD_LIMIT - 1):.0f} %; {contention.describe()})")
