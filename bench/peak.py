@@ -25,10 +25,10 @@ from bench import process
 from bench.contention import ContentionSampler
 from bench.devices import Requested
 from bench.environment import machine_id
+from bench.files import read_json_object, update_json
 from bench.protocol import PeakSpec
 from bench.runner import worker_environment
 from bench.stats import finite_positive
-from bench.store import read_json_object, update_json
 
 MATMUL_SIZE = {"CPU": 2048, "GPU": 8192}   # large enough to reach the plateau (2048 ~ 4096 on a CPU)
 PEAK_TIMEOUT_S = 600
