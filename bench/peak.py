@@ -133,3 +133,19 @@ def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, vers
             say(f"warning: peak cache {path} not updated ({exc.strerror or exc}); "
                 "the peaks measured now are used for this run only")
     return found
+
+
+def peak_table(found: dict[tuple[str, str, int, str], dict]) -> str:
+    """The measured peaks as a Markdown table, each saying how it was measured."""
+    import pandas as pd
+
+    def math_text(value: dict) -> str:
+        return f" ({value['math']})" if isinstance(value.get("math"), str) and value["math"] else ""
+
+    rows = [{"Device": device_id, "Backend": backend, "Precision": precision,
+             "Threads": threads or "default",
+             "Matmul": f"{v['size']}×{v['size']} {v['dtype']}{math_text(v)}",
+             "Peak TFLOP/s (best)": f"{v['tflops']:.3f}", "Median TFLOP/s": f"{v['median_tflops']:.3f}",
+             "Repeats": v["repeats"], "Cached": "yes" if v["cached"] else "no"}
+            for (device_id, precision, threads, backend), v in found.items()]
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
