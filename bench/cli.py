@@ -1,7 +1,7 @@
 """``python -m bench``: build the parser from the command list, dispatch, map failures to exit statuses.
 
 Each command lives in :mod:`bench.commands`; what a run does lives in :mod:`bench.session`.
-Everything is imported inside :func:`main`'s handlers, so a Ctrl-C while the harness is still
+Everything but the small :mod:`bench.errors` is imported inside :func:`main`'s handlers, so a Ctrl-C while the harness is still
 importing is the same quiet exit 130 as one later on, never a traceback.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 import sys
+
+from bench.errors import Stopped, UsageError, WriteError
 
 EXIT_USAGE, EXIT_WRITE = 2, 5
 
@@ -32,8 +34,6 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from bench.errors import Stopped, UsageError, WriteError
-
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(argv)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from bench import matrix
@@ -94,8 +95,6 @@ MAX_PATH_BYTES = 4096     # Linux's PATH_MAX; longer paths fail every system cal
 
 def path_text(text: str) -> str:
     """A path a system call can take: valid UTF-8, names of at most 255 bytes, under PATH_MAX."""
-    from pathlib import Path
-
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -131,11 +130,14 @@ class Setting:
 
     ``profile`` says the ``--profile`` supplies the default; ``zero_is_none`` stores 0 as
     None (``--steps 0``: full epochs). The value lands in :class:`RunConfig` under ``name``.
+    ``example`` is a valid value other than the default (None for a flag), for messages and
+    the test that walks every setting through a resume.
     """
 
     name: str
     flag: str
     help: str
+    example: str | None
     parse: Callable[[str], Any] | None = None
     default: Any = None
     profile: bool = False
@@ -148,6 +150,8 @@ class Setting:
             if not isinstance(raw, bool):
                 raise ValueError(f"{raw!r} is not true or false")
             return raw
+        if raw == [] and self.default == ():
+            return ()
         if raw is None:
             if self.default is None or self.profile or self.zero_is_none:
                 return None
@@ -168,59 +172,60 @@ class Setting:
 _SECONDS = seconds(MAX_TIMEOUT_S)
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting(name="profile", flag="--profile", parse=choice(*PROFILES), default="quick",
+    Setting(name="profile", example="seed", flag="--profile", parse=choice(*PROFILES), default="quick",
             help="quick: a few minutes on a 2-core CPU (batch sizes 64,128,256, 1 epoch of 50 steps, "
                  "precision auto); seed: the notebook's full run (seed split, batch 128, 26 full "
                  "epochs, fp32) (default: quick)"),
-    Setting(name="devices", flag="--devices", parse=devices, metavar="DEVICES",
+    Setting(name="devices", example="cpu", flag="--devices", parse=devices, metavar="DEVICES",
             help="cpu, gpu (the first GPU), gpu:N, all; comma-separated (default: every device found)"),
-    Setting(name="epochs", flag="--epochs", parse=integer(1, MAX_EPOCHS), profile=True,
+    Setting(name="epochs", example="2", flag="--epochs", parse=integer(1, MAX_EPOCHS), profile=True,
             help=f"epochs per cell, at most {MAX_EPOCHS:,} (default: quick 1; seed 26)"),
-    Setting(name="max_steps_per_epoch", flag="--steps", parse=integer(0, MAX_STEPS), profile=True,
+    Setting(name="max_steps_per_epoch", example="3", flag="--steps", parse=integer(0, MAX_STEPS), profile=True,
             zero_is_none=True,
             help=f"cap on steps per epoch, at most {MAX_STEPS:,}; 0 = full epochs (default: quick 50; seed 0)"),
-    Setting(name="warmup_steps", flag="--warmup", parse=integer(0, MAX_STEPS), profile=True,
+    Setting(name="warmup_steps", example="1", flag="--warmup", parse=integer(0, MAX_STEPS), profile=True,
             help="first steps of each cell left out of the steady statistics (default: 5)"),
-    Setting(name="repeats", flag="--repeats", parse=integer(1, MAX_REPEATS), default=1,
+    Setting(name="repeats", example="2", flag="--repeats", parse=integer(1, MAX_REPEATS), default=1,
             help=f"run each cell N times, each in a fresh process, at most {MAX_REPEATS:,} (default: 1)"),
-    Setting(name="data", flag="--data", parse=choice("cifar10", "synthetic"), default="cifar10",
+    Setting(name="data", example="synthetic", flag="--data", parse=choice("cifar10", "synthetic"), default="cifar10",
             help="cifar10 (falls back to labelled synthetic data when no copy can be found or "
                  "downloaded) or synthetic (speed only) (default: cifar10)"),
-    Setting(name="data_dir", flag="--data-dir", parse=path_text,
+    Setting(name="data_dir", example="cifar-10-batches-py", flag="--data-dir", parse=path_text,
             help="CIFAR-10 directory or .tar.gz archive (default: $CIFAR10_DIR, the Keras cache, "
                  "./data/cifar-10-batches-py, then a download)"),
-    Setting(name="no_download", flag="--no-download", default=False,
+    Setting(name="no_download", example=None, flag="--no-download", default=False,
             help="never try to download CIFAR-10"),
-    Setting(name="split", flag="--split", parse=choice(*SPLITS), profile=True,
+    Setting(name="split", example="seed", flag="--split", parse=choice(*SPLITS), profile=True,
             help="standard: 50,000 train / 10,000 official test; seed: the notebook's 40,000 / "
                  "10,000 (default: quick standard; seed seed)"),
-    Setting(name="synthetic_images", flag="--synthetic-images", parse=integer(1, MAX_IMAGES),
+    Setting(name="synthetic_images", example="4096", flag="--synthetic-images", parse=integer(1, MAX_IMAGES),
             help=f"training images of synthetic data, at most {MAX_IMAGES:,} (default: as many as "
                  "the split has)"),
-    Setting(name="eval_images", flag="--eval-images", parse=integer(0, MAX_IMAGES),
+    Setting(name="eval_images", example="100", flag="--eval-images", parse=integer(0, MAX_IMAGES),
             help="evaluate accuracy on the first N held-out images only; 0 = not at all (default: "
                  "the whole held-out split, 10,000 images)"),
-    Setting(name="seed", flag="--seed", parse=integer(0, MAX_SEED), default=0,
+    Setting(name="seed", example="7", flag="--seed", parse=integer(0, MAX_SEED), default=0,
             help="random seed; repeat r uses seed + r (default: 0)"),
-    Setting(name="unsynced_steps", flag="--unsynced-steps", parse=integer(0, MAX_STEPS), default=0,
+    Setting(name="unsynced_steps", example="2", flag="--unsynced-steps", parse=integer(0, MAX_STEPS), default=0,
             help="after training, also time N more steps with a single sync at the end, to show "
                  "what per-step timing costs (default: 0, off)"),
-    Setting(name="cell_timeout", flag="--cell-timeout", parse=_SECONDS,
+    Setting(name="cell_timeout", example="30", flag="--cell-timeout", parse=_SECONDS,
             help=f"seconds, at most {MAX_TIMEOUT_S:,}; a cell running longer is killed and recorded "
                  "as failed (default: no limit)"),
-    Setting(name="connect_timeout", flag="--connect-timeout", parse=integer(1, MAX_CONNECT_TIMEOUT_S),
+    Setting(name="connect_timeout", example="30", flag="--connect-timeout", parse=integer(1, MAX_CONNECT_TIMEOUT_S),
             default=DEFAULT_CONNECT_TIMEOUT_S,
             help=f"seconds a multi-worker cell waits for every worker to join before it fails, at "
                  f"most {MAX_CONNECT_TIMEOUT_S:,} (default: {DEFAULT_CONNECT_TIMEOUT_S})"),
-    Setting(name="machine_label", flag="--machine-label", parse=label,
+    Setting(name="machine_label", example="lab", flag="--machine-label", parse=label,
             help="a short name for this machine in tables (e.g. 'lab workstation')"),
-    Setting(name="no_peak", flag="--no-peak", default=False,
+    Setting(name="no_peak", example=None, flag="--no-peak", default=False,
             help="skip measuring the devices' peak (no efficiency columns)"),
-    Setting(name="cluster", flag="--cluster", parse=cluster, metavar="HOST:PORT,...",
+    Setting(name="cluster", example="127.0.0.1:2001,127.0.0.1:2002", flag="--cluster", parse=cluster,
+            metavar="HOST:PORT,...", default=(),
             help="every worker of a multi-host run, chief first, the same on every host (default: "
                  "$TF_CONFIG's cluster when set; else --workers start local workers on 127.0.0.1); "
                  "--workers then defaults to the host count"),
-    Setting(name="task_index", flag="--task-index", parse=integer(0, MAX_TASK_INDEX),
+    Setting(name="task_index", example="1", flag="--task-index", parse=integer(0, MAX_TASK_INDEX), default=0,
             help="this host's place in --cluster; 0, the chief, writes the rows that count "
                  "(default: $TF_CONFIG's task, else 0)"),
 )
@@ -408,10 +413,6 @@ def _decode_source(raw: object) -> DataSpec:
     if source.path is not None:
         path_text(source.path)
     return source
-
-
-def with_source(config: RunConfig, source: DataSpec) -> RunConfig:
-    return replace(config, source=source)
 
 
 # --------------------------------------------------------------------------- the plan's size
