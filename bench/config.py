@@ -204,7 +204,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="eval_images", example="100", flag="--eval-images", parse=integer(0, MAX_IMAGES),
             help="evaluate accuracy on the first N held-out images only; 0 = not at all (default: "
                  "the whole held-out split, 10,000 images)"),
-    Setting(name="seed", example="7", flag="--seed", parse=integer(0, MAX_SEED), default=0,
+    Setting(name="seed", example="7", flag="--seed", parse=integer(0, 2**64), default=0,
             help="random seed; repeat r uses seed + r (default: 0)"),
     Setting(name="unsynced_steps", example="2", flag="--unsynced-steps", parse=integer(0, MAX_STEPS), default=0,
             help="after training, also time N more steps with a single sync at the end, to show "
