@@ -68,6 +68,7 @@ def choice(*choices: str) -> Callable[[str], str]:
         if text not in choices:
             raise ValueError(f"unknown value '{text}'; choose from {', '.join(choices)}")
         return text
+    parse.choices = choices  # type: ignore[attr-defined] - the CLI lists them as argparse choices
     return parse
 
 

@@ -96,6 +96,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     for s in SETTINGS:
         if s.parse is None:
             parser.add_argument(s.flag, dest=s.name, action="store_const", const=True, default=None, help=s.help)
+        elif hasattr(s.parse, "choices"):
+            parser.add_argument(s.flag, dest=s.name, choices=s.parse.choices, help=s.help)
         else:
             parser.add_argument(s.flag, dest=s.name, type=typed(s.parse, s.name), metavar=s.metavar, help=s.help)
         if s.name == "devices":
