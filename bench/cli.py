@@ -1,8 +1,8 @@
 """``python -m bench``: build the parser from the command list, dispatch, map failures to exit statuses.
 
 Each command lives in :mod:`bench.commands`; what a run does lives in :mod:`bench.session`.
-Everything but the small :mod:`bench.errors` is imported inside :func:`main`'s handlers, so a Ctrl-C while the harness is still
-importing is the same quiet exit 130 as one later on, never a traceback.
+Everything but the small :mod:`bench.errors` is imported inside :func:`main`'s handlers, so a
+Ctrl-C while the harness is still importing is the same quiet exit 130 as one later on, never a traceback.
 """
 
 from __future__ import annotations

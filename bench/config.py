@@ -440,7 +440,7 @@ class Estimate:
 
 def estimate(config: RunConfig, cells: list[matrix.Cell]) -> Estimate:
     """The steps and images of the cells to run, and a duration from :data:`ESTIMATE_IMAGES_PER_S`."""
-    runnable = [c for c in cells if c.device.device is not None and c.device.device.usable]
+    runnable = [c for c in cells if c.device.found is not None and c.device.found.usable]
     steps = images = 0
     for cell in runnable:
         cell_steps = config.total_steps(cell)

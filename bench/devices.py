@@ -86,7 +86,7 @@ class Requested:
     """A device the user asked for, and either the device or why it is not available."""
 
     id: str
-    device: Device | None
+    found: Device | None                  # None: not on this machine (``reason`` says why)
     reason: str = ""
 
 

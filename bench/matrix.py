@@ -231,7 +231,7 @@ class Cell:
         return f"{self.key}_r{self.repeat}"
 
     def columns(self) -> dict:
-        device = self.device.device
+        device = self.device.found
         out = {"device_id": self.device.id, "device_name": device.name if device else "",
                "device_type": self.device_type}
         requested = dict(self.requested)
@@ -248,7 +248,7 @@ class Cell:
 
     def label(self, varying: Iterable[str] = ()) -> str:
         """The device, then every dimension in ``varying`` by label and value."""
-        device = self.device.device
+        device = self.device.found
         return describe({"device_type": self.device_type,
                          "device_name": device.name if device else self.device.id,
                          **dict(self.values)}, varying)
@@ -316,8 +316,8 @@ def _add_cell(cells: dict, combo: tuple, device: Requested, repeat: int, context
     asked = dict(zip((d.name for d in DIMENSIONS), combo))
     context = replace(context, total_replicas=asked["replicas"] * asked["workers"])
     resolved = tuple(
-        (d.name, d.resolve(value, device.device, context)
-         if d.resolve is not None and device.device is not None else value)
+        (d.name, d.resolve(value, device.found, context)
+         if d.resolve is not None and device.found is not None else value)
         for d, value in zip(DIMENSIONS, combo))
     cell = Cell(device, repeat, resolved, tuple((d.name, v) for d, v in zip(DIMENSIONS, combo)))
     cells.setdefault(cell.cell_id, cell)

@@ -57,8 +57,8 @@ def reusable(entry, device_type: str) -> bool:
 def measure(device: Requested, precisions: list[str], cpu_threads: int, backend: str,
             log_path: Path, timeout_s: float = PEAK_TIMEOUT_S, command=PEAK_COMMAND) -> dict[str, dict]:
     """Time the matrix multiply on ``device`` in each precision (one worker process)."""
-    spec = PeakSpec(tuple(precisions), MATMUL_SIZE[device.device.type], cpu_threads, backend)
-    gpu = device.device.index if device.device.type == "GPU" else None
+    spec = PeakSpec(tuple(precisions), MATMUL_SIZE[device.found.type], cpu_threads, backend)
+    gpu = device.found.index if device.found.type == "GPU" else None
     outcome = process.run_worker(
         spec.to_json(), worker_environment(device, backend), log_path, timeout_s, command=command,
         parse_result=_peak_result,
@@ -94,7 +94,7 @@ def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, vers
     for device, precision, threads, backend in combos:
         key = cache_key(device.id, precision, threads, backend, versions.get(backend), usable)
         keys[(device.id, precision, threads, backend)] = key
-        if not refresh and reusable(cached.get(key), device.device.type):
+        if not refresh and reusable(cached.get(key), device.found.type):
             found[(device.id, precision, threads, backend)] = {**cached[key], "cached": True}
         else:
             entry = wanted.setdefault((device.id, threads, backend), (device, []))

@@ -84,7 +84,7 @@ def peak_combinations(cells: list[matrix.Cell]) -> list[tuple[Requested, str, in
     """Each (usable device, precision, threads, backend) the cells need a peak for, in plan order."""
     combos = {}
     for cell in cells:
-        if cell.device.device is not None and cell.device.device.usable and backend_missing(cell["backend"]) is None:
+        if cell.device.found is not None and cell.device.found.usable and backend_missing(cell["backend"]) is None:
             key = (cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"])
             combos.setdefault(key, (cell.device, *key[1:]))
     return list(combos.values())
@@ -105,7 +105,7 @@ def worker_environment(device: Requested, backend: str = "tensorflow", base: dic
     env = dict(os.environ if base is None else base)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"          # the same numbering as nvidia-smi
     env["CUDA_VISIBLE_DEVICES"] = "-1" if device.id == "cpu" else ",".join(
-        str(device.device.index + i) for i in range(replicas))
+        str(device.found.index + i) for i in range(replicas))
     env.pop("TF_CONFIG", None)                       # the cluster comes in the cell spec
     env["KERAS_BACKEND"] = backend
     if device.id == "cpu":
@@ -137,8 +137,8 @@ def theoretical_peaks(cells: list[matrix.Cell]) -> dict:
     (:func:`theoretical_for` picks when the row is made)."""
     from bench import hardware
 
-    wanted = {(c.device.id, c["precision"]): c.device.device for c in cells
-              if c.device.device is not None and c.device.device.usable}
+    wanted = {(c.device.id, c["precision"]): c.device.found for c in cells
+              if c.device.found is not None and c.device.found.usable}
     wanted.update({(device_id, "tf32"): device for (device_id, precision), device
                    in list(wanted.items()) if precision == "fp32" and device.type == "GPU"})
     return {(device_id, precision): hardware.peak(device, precision)
@@ -167,7 +167,7 @@ def contention_sampler(usable_cpus: float | None, interval_s: float = 0.5):
     from bench.contention import ContentionSampler
 
     def watch(pid: int, cell: matrix.Cell, cell_pids: tuple[int, ...] = ()):
-        gpu = cell.device.device.index if cell.device_type == "GPU" and cell.device.device else None
+        gpu = cell.device.found.index if cell.device_type == "GPU" and cell.device.found else None
         return ContentionSampler(pid, usable_cpus=usable_cpus, gpu_index=gpu, interval_s=interval_s,
                                  cell_pids=cell_pids).start()
 
@@ -230,13 +230,13 @@ def skip_reason(cell: matrix.Cell, config: RunConfig | None = None,
     ``gpu_count``: GPUs on the machine (None: not checked). On a non-chief host of a
     ``--cluster`` run, the single-worker yardstick cells are the chief's to measure.
     """
-    if cell.device.device is None or not cell.device.device.usable:
+    if cell.device.found is None or not cell.device.found.usable:
         return cell.device.reason
     if config is not None and config.task_index > 0 and cell["workers"] == 1:
         return "single-worker cells run on the chief (--task-index 0) only"
     available = None
     if gpu_count is not None and cell.device_type == "GPU":
-        available = gpu_count - cell.device.device.index
+        available = gpu_count - cell.device.found.index
     return backend_missing(cell["backend"]) or backend_limitation(
         cell["backend"], cell["jit_compile"], cell["cpu_threads"], cell["replicas"], cell["workers"],
         cell["steps_per_execution"]

@@ -138,7 +138,7 @@ class Session:
             self.config = replace(self.config, source=resolve_source(self.config))
         self.inventory = devices.detect()
         requested = devices.resolve(self.config.device_ids, self.inventory)
-        self.missing = [r for r in requested if r.device is None or not r.device.usable]
+        self.missing = [r for r in requested if r.found is None or not r.found.usable]
         if self.request.require_devices and self.missing:
             raise UsageError("--require-devices: " + "; ".join(f"{r.id}: {r.reason}" for r in self.missing))
         problems = self.config.problems(len(requested))
@@ -223,7 +223,7 @@ class Session:
             self.say(f"data: CIFAR-10 from {source.path} ({source.split} split)")
         for r in self.missing:
             self.say(f"{r.id}: skipped: {r.reason}")
-        for warning in dict.fromkeys(matrix.precision_warning(c["precision"], c.device.device) for c in self.todo):
+        for warning in dict.fromkeys(matrix.precision_warning(c["precision"], c.device.found) for c in self.todo):
             if warning:
                 self.say(f"WARNING: {warning}")
         if estimate.large:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import peak, record, store
+from bench import files, peak, record
 from bench.devices import Device, Requested
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
@@ -72,7 +72,7 @@ def test_a_damaged_cache_is_ignored_entry_by_entry(tmp_path, monkeypatch):
 
 def _add_entry(args):
     path, i = args
-    store.update_json(path, lambda current: {**current, f"key{i}": {"tflops": float(i + 1)}})
+    files.update_json(path, lambda current: {**current, f"key{i}": {"tflops": float(i + 1)}})
 
 
 def test_concurrent_cache_updates_lose_nothing(tmp_path):

@@ -65,7 +65,8 @@ def make_runs(args, root: Path) -> list[store.Run] | int:
         out = base / f"run-{i + 1}"
         request = session.RunRequest(config=config, command=session.display_command(run_argv(config, out)),
                                      results_root=root, out=out, require_devices=args.require_devices,
-                                     dry_run=args.dry_run, describe_env=lambda env: {**env, "noise_command": noise_command})
+                                     dry_run=args.dry_run,
+                                     describe_env=lambda env: {**env, "noise_command": noise_command})
         stderr(f"noise: run {i + 1} of {args.repeat}")
         outcome = session.run(request, stderr, reporter_for(sys.stderr))
         if args.dry_run:

@@ -34,11 +34,11 @@ def run(args) -> int:
     inventory = devices.detect()
     requested = devices.resolve(args.devices or ["all"], inventory)
     for r in requested:
-        if r.device is None or not r.device.usable:
+        if r.found is None or not r.found.usable:
             stderr(f"{r.id}: skipped: {r.reason}")
     env = environment.fingerprint(inventory)
     combos = [(r, precision, threads, backend) for r in requested
-              if r.device is not None and r.device.usable
+              if r.found is not None and r.found.usable
               for backend in args.backend if runner.backend_missing(backend) is None
               for precision in args.precision for threads in args.cpu_threads]
     found = session.measured_peaks(combos, env, root, store.peaks_dir(root) / "logs", args.refresh, say=stderr)
