@@ -147,6 +147,11 @@ class Session:
         self.here = environment.fingerprint(self.inventory)
         self.planned = runner.plan_cells(self.config, requested)
         self.todo = list(self.planned)
+        for cell in self.planned:   # each cell's TrainSettings validates what no check above knew
+            try:
+                runner.cell_spec(cell, self.config)
+            except ValueError as exc:
+                raise UsageError(f"{cell.cell_id}: {exc}") from None
         return config_module.estimate(self.config, self.planned)
 
     def open(self) -> None:

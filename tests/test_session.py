@@ -339,3 +339,29 @@ def test_18_ctrl_c_while_importing_is_exit_130_without_a_traceback(tmp_path, com
     done = bench(tmp_path, *command, script=INTERRUPTED_IMPORT)
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.strip() == "bench: interrupted"
+
+
+# --------------------------------------------------------------------------- the data source, decided once
+
+def test_resolve_source_checks_a_copy_without_reading_every_batch(tmp_path, monkeypatch):
+    from conftest import write_python_layout
+
+    from cifar_model import DataError, load_dataset, resolve_source
+
+    copy = write_python_layout(tmp_path / "cifar-10-batches-py")
+    (copy / "data_batch_3").write_bytes(b"not a pickle")          # a later batch: the worker's to read
+    assert resolve_source(copy).kind == "cifar10" and resolve_source(copy).path == str(copy)
+    (copy / "data_batch_1").write_bytes(b"not a pickle")          # the first: read in full, refused
+    with pytest.raises(DataError, match="data_batch_1"):
+        resolve_source(copy)
+    (copy / "data_batch_4").unlink()
+    with pytest.raises(DataError, match="data_batch_4: missing"):
+        resolve_source(copy)
+    # no copy anywhere: the one fallback, said as such, by the source and by load_dataset alike
+    monkeypatch.delenv("CIFAR10_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    monkeypatch.chdir(tmp_path)
+    fallback = resolve_source(download=False)
+    assert fallback.kind == "synthetic" and fallback.note.startswith("synthetic fallback: no CIFAR-10 copy")
+    loaded = load_dataset(download=False, synthetic_size=(64, 16))
+    assert loaded.synthetic and loaded.note.startswith(fallback.note)
