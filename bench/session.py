@@ -317,6 +317,7 @@ def run(request: RunRequest, say: Callable[[str], None], reporter_class: type[Re
             return RunOutcome(out=request.out or request.resume or store.runs_dir(request.results_root),
                               planned=len(session.planned), estimate=estimate)
         session.open()
+        estimate = config_module.estimate(session.config, session.todo)   # a resume runs only what is missing
         session.warn(estimate)
         say(f"{len(session.todo)} cell(s) -> {session.out}: {estimate.describe()}")
         comparison = None
