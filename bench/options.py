@@ -32,9 +32,6 @@ REFERENCE_HELP = ("what Speed-up divides by: cpu (each machine's own CPU row) or
                   "e.g. laptop:gpu:0 (a machine label, or the name in the Machine column) "
                   "(default: cpu)")
 
-__all__ = ["UsageError", "WriteError"]  # raised by the commands, defined where the session can raise them too
-
-
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message} (see '{self.prog} --help')")

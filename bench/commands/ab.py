@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import regression, runner, session, store
-from bench.options import (EXIT_CELL_FAILED, EXIT_STATUSES, UsageError, add_compare_options, add_run_options,
+from bench.options import (EXIT_CELL_FAILED, EXIT_OK, EXIT_STATUSES, UsageError, add_compare_options, add_run_options,
                            check_report_path, gate_status, path_arg, results_dir_parent, run_config_from,
                            show, stderr, stopped_or_write_status, write_report)
 from bench.progress import reporter_for
@@ -113,7 +113,7 @@ def run(args) -> int:
         estimate = sessions["a"].plan()
         if args.dry_run:
             show(f"plan: {estimate.describe()}, in each of 2 arms; nothing run, nothing written (--dry-run)")
-            return 0
+            return EXIT_OK
         for arm in ARMS[1:]:      # the same machine, data and plan: decided once, for arm A
             other = sessions[arm]
             other.config, other.inventory, other.missing, other.here = (
