@@ -86,7 +86,7 @@ class Requested:
     """A device the user asked for, and either the device or why it is not available."""
 
     id: str
-    device: Device | None
+    found: Device | None                  # None: not on this machine (``reason`` says why)
     reason: str = ""
 
 
@@ -404,3 +404,47 @@ def resolve(ids: list[str], inventory: Inventory) -> list[Requested]:
         else:
             requested.append(Requested(device_id, device))
     return requested
+
+
+def render_devices(inventory: Inventory, probes: dict | None = None) -> str:
+    """The device table, then each backend: not installed, or what its probe sees (``probes``
+    holds answers already had; the others are asked now)."""
+    import pandas as pd
+
+    from bench.runner import backend_missing  # below devices in the import graph: asked here
+    from cifar_model.settings import BACKENDS
+
+    rows = []
+    for d in inventory.devices:
+        rows.append({
+            "ID": d.id, "Type": d.type, "Name": d.name,
+            "Cores/threads": f"{d.cores}/{d.threads}" if d.type == "CPU" else "–",
+            "Memory": f"{d.memory_bytes / 2**30:.1f} GiB" if d.memory_bytes else "?",
+            "Compute capability": d.compute_capability or "–",
+            "Usable": "yes" if d.usable else f"no: {d.note}",
+        })
+    lines = [pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+    cuda = inventory.built_with_cuda
+    build = ("built with CUDA" + (f" {inventory.cuda_version}, cuDNN {inventory.cudnn_version}"
+                                  if inventory.cuda_version else "")
+             if cuda else "built without CUDA" if cuda is False else "build unknown")
+    lines.append(f"TensorFlow {inventory.tensorflow_version or 'not installed'} ({build}), "
+                 f"Keras {inventory.keras_version or '?'}"
+                 + (f", NVIDIA driver {inventory.driver_version}" if inventory.driver_version else ""))
+    for backend in BACKENDS:
+        missing = backend_missing(backend)
+        if missing:
+            lines.append(f"backend {backend}: {missing}")
+            continue
+        probe = (probes or {}).get(backend) or backend_probe(backend)
+        if "error" in probe:
+            lines.append(f"backend {backend}: installed, but {probe['error']}")
+            continue
+        version = (probe.get("versions") or {}).get(backend, "?")
+        gpus = [g.get("name") for g in probe.get("gpus") or []]
+        lines.append(f"backend {backend} {version}: sees the CPU"
+                     + (f" and {len(gpus)} GPU(s): {', '.join(map(str, gpus))}" if gpus else ", no GPU"))
+    if not inventory.gpus:
+        lines.append("No GPU found (NVML and TensorFlow see none).")
+    lines += [f"note: {n}" for n in inventory.notes]
+    return "\n".join(lines)

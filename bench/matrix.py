@@ -1,7 +1,8 @@
 """THE table of the benchmark matrix's dimensions, and the cells planned from it.
 
 A cell is one device and one value of every other dimension, in one repeat. Everything
-that describes a cell derives from :data:`DIMENSIONS`: the ``bench run`` options, planning,
+that describes a cell derives from :data:`DIMENSIONS`: the ``bench run`` options
+(:func:`bench.options.add_matrix_options`), planning,
 cell ids, the runs.csv columns (with their docs and dtypes), the settings a worker trains
 with, baseline matching, and the labels in summaries, ``check`` reports and plot legends.
 Adding a lever is one :class:`Dimension` here, plus the training code that honours it.
@@ -9,13 +10,12 @@ Adding a lever is one :class:`Dimension` here, plus the training code that honou
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bench.devices import Device, Requested, auto_precision, parse_device_ids
+from bench.devices import Device, Requested, auto_precision
 from cifar_model.settings import (BACKENDS, DATA_PLACEMENTS, DEFAULT_BACKEND, JIT_COMPILE,
                                   PRECISIONS, TrainSettings, resolve_data_placement,
                                   training_set_bytes)
@@ -33,7 +33,9 @@ def _choice(choices: Iterable[str]) -> Callable[[str], str]:
     return parse
 
 
-def integer(minimum: int) -> Callable[[str], int]:
+def integer(minimum: int, maximum: int = 10**9) -> Callable[[str], int]:
+    """An integer from ``minimum`` to ``maximum``: each count has a documented bound, so a typo
+    (``--repeats 1000000000``) is refused before it is multiplied into a plan."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -41,21 +43,26 @@ def integer(minimum: int) -> Callable[[str], int]:
             value = None
         if value is None or value < minimum:
             raise ValueError(f"'{text}' is not {'a positive' if minimum else 'a non-negative'} integer")
+        if value > maximum:
+            raise ValueError(f"'{text}' is more than {maximum:,}, the most it may be")
         return value
     return parse
 
 
 def comma_list(parse: Callable[[str], Any], example: str) -> Callable[[str], tuple]:
-    """An argparse ``type=``: comma-separated values, each parsed, duplicates dropped."""
+    """Comma-separated values, each parsed, duplicates dropped; ValueError names the bad one."""
     def parse_list(text: str) -> tuple:
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if not parts:
-            raise argparse.ArgumentTypeError(f"give at least one value, e.g. {example}")
-        try:
-            return tuple(dict.fromkeys(parse(p) for p in parts))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            raise ValueError(f"give at least one value, e.g. {example}")
+        if len(parts) > MAX_VALUES:
+            raise ValueError(f"{len(parts):,} values; at most {MAX_VALUES} per dimension")
+        return tuple(dict.fromkeys(parse(p) for p in parts))
     return parse_list
+
+
+#: The most values one dimension may take in a run.
+MAX_VALUES = 64
 
 
 # --------------------------------------------------------------------------- the table
@@ -108,7 +115,7 @@ def _show_threads(value) -> str:
 
 
 DIMENSIONS: tuple[Dimension, ...] = (
-    Dimension("batch_size", "Batch size", "--batch-sizes", integer(1), (64, 128, 256), "64,128,256",
+    Dimension("batch_size", "Batch size", "--batch-sizes", integer(1, 1_000_000), (64, 128, 256), "64,128,256",
               "images per training step, comma-separated", "images per training step", "int",
               "batch_size", lambda v: f"bs{v}"),
     Dimension("backend", "Backend", "--backend", _choice(BACKENDS), (DEFAULT_BACKEND,),
@@ -126,11 +133,11 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("jit_compile", "XLA", "--jit-compile", _choice(JIT_COMPILE), ("auto",), "auto,off",
               "XLA, comma-separated: auto, on, off", "XLA as asked: auto, on or off", "text",
               "jit_compile", lambda v: f"xla-{v}"),
-    Dimension("cpu_threads", "CPU threads", "--cpu-threads", integer(0), (0,), "0,1,2",
+    Dimension("cpu_threads", "CPU threads", "--cpu-threads", integer(0, 1024), (0,), "0,1,2",
               "intra-op threads, comma-separated; 0 = the framework's default",
               "intra-op threads (0: the framework's default)", "int", "cpu_threads",
               lambda v: f"thr{v}", show=_show_threads),
-    Dimension("steps_per_execution", "Steps/execution", "--steps-per-execution", integer(1), (1,),
+    Dimension("steps_per_execution", "Steps/execution", "--steps-per-execution", integer(1, 1_000_000), (1,),
               "1,8", "training steps per call of the compiled train function, comma-separated",
               "training steps per call into the compiled train function", "int",
               "steps_per_execution", lambda v: f"spe{v}"),
@@ -146,13 +153,13 @@ DIMENSIONS: tuple[Dimension, ...] = (
                   value, device.type, device.memory_bytes, training_set_bytes(ctx.train_images),
                   ctx.total_replicas),
               legacy="host"),
-    Dimension("replicas", "Replicas", "--replicas", integer(1), (1,), "1,2,4",
+    Dimension("replicas", "Replicas", "--replicas", integer(1, 64), (1,), "1,2,4",
               "data-parallel devices of the cell's type per worker, comma-separated (TensorFlow: "
               "MirroredStrategy; on a CPU, logical devices sharing its cores); --batch-sizes stays "
               "per replica; a 1-replica cell is planned beside N > 1 for the speed-up",
               "devices training in sync in each worker process (batch_size is per replica)", "int",
               "replicas", _one_is_silent("rep"), legacy=1, yardstick=1),
-    Dimension("workers", "Workers", "--workers", integer(1), (1,), "1,2",
+    Dimension("workers", "Workers", "--workers", integer(1, 1024), (1,), "1,2",
               "worker processes training in sync, comma-separated (TensorFlow "
               "MultiWorkerMirroredStrategy): the hosts of --cluster, else local processes on "
               "127.0.0.1; a 1-worker cell is planned beside N > 1 for the speed-up",
@@ -224,7 +231,7 @@ class Cell:
         return f"{self.key}_r{self.repeat}"
 
     def columns(self) -> dict:
-        device = self.device.device
+        device = self.device.found
         out = {"device_id": self.device.id, "device_name": device.name if device else "",
                "device_type": self.device_type}
         requested = dict(self.requested)
@@ -241,7 +248,7 @@ class Cell:
 
     def label(self, varying: Iterable[str] = ()) -> str:
         """The device, then every dimension in ``varying`` by label and value."""
-        device = self.device.device
+        device = self.device.found
         return describe({"device_type": self.device_type,
                          "device_name": device.name if device else self.device.id,
                          **dict(self.values)}, varying)
@@ -309,37 +316,11 @@ def _add_cell(cells: dict, combo: tuple, device: Requested, repeat: int, context
     asked = dict(zip((d.name for d in DIMENSIONS), combo))
     context = replace(context, total_replicas=asked["replicas"] * asked["workers"])
     resolved = tuple(
-        (d.name, d.resolve(value, device.device, context)
-         if d.resolve is not None and device.device is not None else value)
+        (d.name, d.resolve(value, device.found, context)
+         if d.resolve is not None and device.found is not None else value)
         for d, value in zip(DIMENSIONS, combo))
     cell = Cell(device, repeat, resolved, tuple((d.name, v) for d, v in zip(DIMENSIONS, combo)))
     cells.setdefault(cell.cell_id, cell)
-
-
-# --------------------------------------------------------------------------- the CLI
-
-def add_options(parser: argparse.ArgumentParser, defaults_note: Mapping[str, str] = {}) -> None:
-    """One ``bench run`` option per dimension (and ``--devices``)."""
-    parser.add_argument("--devices", type=device_list,
-                        help="cpu, gpu (the first GPU), gpu:N, all; comma-separated "
-                             "(default: every device found)")
-    for d in DIMENSIONS:
-        default = defaults_note.get(d.name) or ",".join(str(v) for v in d.default)
-        parser.add_argument(d.flag, dest=d.name, type=comma_list(d.parse, d.example),
-                            metavar=d.name.upper(), help=f"{d.help} (default: {default})")
-
-
-def device_list(text: str) -> list[str]:
-    try:
-        return parse_device_ids(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def plan_from_args(args: argparse.Namespace, overrides: Mapping[str, tuple] = {}) -> Plan:
-    """Each dimension's values: the option if given, else ``overrides`` (a profile), else the default."""
-    return Plan({d.name: getattr(args, d.name, None) or overrides.get(d.name) or d.default
-                 for d in DIMENSIONS})
 
 
 FLOAT16_CPU_FEATURES = {"avx512_fp16", "amx_fp16"}

@@ -19,7 +19,7 @@ import os
 import stat
 from pathlib import Path
 
-from bench import store
+from bench import files
 
 DEFAULT_MARKER = "table"
 
@@ -90,7 +90,7 @@ def update_readme(readme: str | Path, table: str, marker: str = DEFAULT_MARKER) 
         return False
     try:
         _refuse_read_only(path, shown)
-        store.write_atomically(path, bom + updated.encode("utf-8"))
+        files.write_atomically(path, bom + updated.encode("utf-8"))
     except OSError as exc:
         raise ReadmeError(f"{shown}: cannot be written ({_reason(exc)})") from None
     return True

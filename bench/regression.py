@@ -318,7 +318,7 @@ def matchable(baseline: Run, planned_cells) -> list[str]:
     if ok.empty:
         return [(f"baseline '{name}' has no successful cell to compare with; save one from a run "
                  "whose cells succeeded")]
-    measurable = [c for c in planned_cells if c.device.device is not None and c.device.device.usable]
+    measurable = [c for c in planned_cells if c.device.found is not None and c.device.found.usable]
     if not measurable:
         return [("no planned cell can run on this machine (every requested device is missing), "
                  f"so nothing can be compared with baseline '{name}'")]

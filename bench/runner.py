@@ -14,28 +14,21 @@ import contextlib
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import matrix, process, record, yardsticks
+from bench.config import RunConfig
 from bench.devices import Requested
 from bench.launch import backend_missing, worker_environment
-from bench.protocol import MARK, CellSpec, DataSpec, Event, ProtocolError, WorkerResult
+from bench.errors import Stopped
+from bench.progress import Reporter
+from bench.protocol import MARK, CellSpec, Event, ProtocolError, WorkerResult
 from bench.store import RunWriter
-from cifar_model.settings import (
-    DEFAULT_CONNECT_TIMEOUT_S,
-    MAX_SEED,
-    backend_limitation,
-    parallel_limitation,
-    split_sizes,
-    steps_per_epoch,
-)
+from cifar_model.settings import backend_limitation, parallel_limitation
 
-#: Local worker processes a ``--workers`` cell may start on 127.0.0.1 without ``--cluster``.
-MAX_LOCAL_WORKERS = 8
 #: A multi-worker cell's time limit when ``--cell-timeout`` is not given: its peers can hang.
 DEFAULT_MULTI_WORKER_TIMEOUT_S = 3600
 #: How long the other local workers may take to finish after the chief has.
@@ -43,14 +36,6 @@ PEER_GRACE_S = 60
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
-
-
-class Stopped(BaseException):
-    """The run was asked to stop by a signal; ``signum`` says which (SIGINT for Ctrl-C)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class StopSignals:
@@ -90,82 +75,6 @@ def stop_on_signals():
             signal.signal(s, old)
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything ``bench run`` was asked to do, validated: the matrix and the run-wide values."""
-
-    plan: matrix.Plan
-    epochs: int
-    steps: int | None                     # cap on steps per epoch; None: full epochs
-    warmup: int
-    repeats: int = 1
-    data: DataSpec = DataSpec()
-    cell_timeout: float | None = None
-    seed: int = 0
-    unsynced_steps: int = 0               # > 0: also time that many steps with one sync at the end
-    eval_images: int | None = None        # None: the whole held-out split; 0: no evaluation
-    cluster: tuple[str, ...] = ()         # host:port of every worker (--cluster); () : local workers
-    task_index: int = 0                   # this host's place in ``cluster`` (0: the chief)
-    connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S
-
-    @property
-    def train_images(self) -> int:
-        if self.data.kind == "synthetic" and self.data.synthetic_images:
-            return self.data.synthetic_images
-        return split_sizes(self.data.split)[0]
-
-    def problems(self) -> list[str]:
-        """What can be known to fail before any cell runs (each a one-line message)."""
-        out = []
-        workers = self.plan.of("workers")
-        if self.cluster and set(workers) - {1, len(self.cluster)}:
-            return [f"--workers {max(workers)} does not match the {len(self.cluster)} hosts of "
-                    f"--cluster; give --workers {len(self.cluster)} (or leave it out)"]
-        if not self.cluster and max(workers) > MAX_LOCAL_WORKERS:
-            return [f"--workers {max(workers)}: at most {MAX_LOCAL_WORKERS} local workers; "
-                    "give --cluster for more hosts"]
-        if self.task_index >= max(1, len(self.cluster)):
-            return [f"--task-index {self.task_index} is outside the cluster of {len(self.cluster)} host(s)"]
-        most = max(self.plan.of("replicas")) * max(workers)
-        batch_sizes = [b * most for b in self.plan.of("batch_size")]   # global batches
-        if max(batch_sizes) > self.train_images:
-            out.append(f"global batch {max(batch_sizes)} (--batch-sizes is per replica) is larger "
-                       f"than the {self.train_images:,} training images; lower it"
-                       + (" or raise --synthetic-images" if self.data.kind == "synthetic" else ""))
-            return out
-        fewest = min(self.epochs * steps_per_epoch(self.train_images, b, self.steps) for b in batch_sizes)
-        if self.warmup >= fewest:
-            out.append(f"--warmup {self.warmup} leaves no steady steps: a cell runs as few as "
-                       f"{fewest} step(s); lower --warmup or raise --steps/--epochs")
-        if self.seed + self.repeats - 1 > MAX_SEED:
-            out.append(f"--seed {self.seed} with {self.repeats} repeat(s) passes {MAX_SEED}; lower it")
-        return out
-
-    def run_wide(self, repeat: int) -> dict:
-        """The TrainSettings values every cell of this run shares (repeat r uses seed + r)."""
-        return {"epochs": self.epochs, "max_steps_per_epoch": self.steps, "warmup_steps": self.warmup,
-                "seed": self.seed + repeat, "unsynced_steps": self.unsynced_steps,
-                "eval_images": self.eval_images, "connect_timeout_s": self.connect_timeout_s}
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["plan"] = {name: list(self.plan.of(name)) for name in matrix.BY_NAME}
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "RunConfig":
-        """From env.json's ``config`` (a run to resume); ValueError when it does not fit."""
-        try:
-            plan = matrix.Plan({name: tuple(raw["plan"][name]) for name in matrix.BY_NAME})
-            data = DataSpec(**raw["data"])
-            fields_ = {k: raw[k] for k in ("epochs", "steps", "warmup", "repeats", "cell_timeout",
-                                           "seed", "unsynced_steps", "eval_images")}
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"the run's recorded settings are incomplete ({exc})") from None
-        optional = {k: raw[k] for k in ("task_index", "connect_timeout_s") if k in raw}
-        return cls(plan=plan, data=data, cluster=tuple(raw.get("cluster") or ()), **optional, **fields_)
-
-
 def plan_cells(config: RunConfig, devices: list[Requested]) -> list[matrix.Cell]:
     return matrix.plan(config.plan, devices, config.repeats, config.train_images)
 
@@ -177,112 +86,20 @@ def cell_spec(cell: matrix.Cell, config: RunConfig, cluster: tuple[str, ...] = (
                     settings=cell.settings(**config.run_wide(cell.repeat),
                                            cluster=cluster if cell["workers"] > 1 else (),
                                            task_index=task_index if cell["workers"] > 1 else 0),
-                    data=config.data)
+                    data=config.source)
 
 
-class Reporter:
-    """What the user sees while a run goes on: plain log lines (not a terminal, CI logs)."""
-
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def cell_started(self, index: int, total: int, cell: matrix.Cell) -> None:
-        self._say(f"[{index + 1}/{total}] {cell.cell_id}: starting")
-
-    def cell_event(self, cell: matrix.Cell, event: Event) -> None:
-        if event.kind == "phase":
-            self._say(f"    {cell.cell_id}: {event.fields.get('phase')}")
-        elif event.kind == "step":
-            self._say(f"    {cell.cell_id}: step {event.fields['done']}/{event.fields['total']}")
-
-    def cell_finished(self, index: int, total: int, cell: matrix.Cell, row: dict) -> None:
-        self._say(f"[{index + 1}/{total}] {cell.cell_id}: {finished_text(cell, row)}")
-
-    def say(self, text: str) -> None:
-        self._say(text)
-
-    def _say(self, text: str) -> None:
-        try:
-            print(text, file=self.stream, flush=True)
-        except (BrokenPipeError, OSError):
-            pass  # a closed terminal or pipe must not cost the run
-
-
-def finished_text(cell: matrix.Cell, row: dict) -> str:
-    """One line per finished cell, saying what each figure is."""
-    if row["status"] != "ok":
-        return f"{row['status']}: {row['reason']}"
-    if row.get("images_per_s") is None:
-        return f"ok, {row['reason']}"
-    return (f"ok, {row['images_per_s']:.0f} images/s (batch {cell['batch_size']} / median step "
-            f"{row['step_median_s'] * 1000:.1f} ms, {row['steady_steps']} steady steps, warm-up "
-            f"excluded, {cell['backend']}); full training {row['train_s']:.1f} s")
-
-
-class RichReporter(Reporter):
-    """Progress bars on a terminal: cells overall, and the current cell's phase and steps."""
-
-    def __enter__(self):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(file=self.stream))
-        self.progress.__enter__()
-        self.cells = self.progress.add_task("cells", total=None)
-        self.steps = self.progress.add_task("steps", total=None, visible=False)
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-        return False
-
-    def cell_started(self, index, total, cell):
-        self.progress.update(self.cells, total=total, completed=index)
-        self.progress.reset(self.steps, total=None, visible=True,
-                            description=f"{cell.cell_id}: starting the worker")
-
-    def cell_event(self, cell, event):
-        if event.kind == "phase":
-            self.progress.update(self.steps, description=f"{cell.cell_id}: {event.fields.get('phase')}")
-        elif event.kind == "step":
-            self.progress.update(self.steps, total=event.fields["total"], completed=event.fields["done"],
-                                 description=f"{cell.cell_id}: training")
-
-    def cell_finished(self, index, total, cell, row):
-        self.progress.update(self.cells, completed=index + 1)
-        self.progress.update(self.steps, visible=False)
-        super().cell_finished(index, total, cell, row)
-
-    def _say(self, text):
-        try:
-            self.progress.console.print(text, markup=False, highlight=False)
-        except (BrokenPipeError, OSError):
-            pass
-
-
-def contention_hooks(usable_cpus: float | None, interval_s: float = 0.5) -> dict:
-    """``execute``'s hooks that sample what else used the machine while each worker ran."""
+def contention_sampler(usable_cpus: float | None, interval_s: float = 0.5):
+    """A factory ``watch(pid, cell, cell_pids)`` that samples what else used the machine
+    while a worker ran (see :class:`RunContext`)."""
     from bench.contention import ContentionSampler
 
     def watch(pid: int, cell: matrix.Cell, cell_pids: tuple[int, ...] = ()):
-        gpu = cell.device.device.index if cell.device_type == "GPU" and cell.device.device else None
+        gpu = cell.device.found.index if cell.device_type == "GPU" and cell.device.found else None
         return ContentionSampler(pid, usable_cpus=usable_cpus, gpu_index=gpu, interval_s=interval_s,
                                  cell_pids=cell_pids).start()
 
-    return {"watch": watch, "contention_columns": contention_columns}
+    return watch
 
 
 def contention_columns(contention) -> dict:
@@ -294,6 +111,35 @@ def contention_columns(contention) -> dict:
             "gpu_sm_clock_min_mhz": contention.gpu_sm_clock_min_mhz,
             "gpu_throttle_reasons": ", ".join(contention.gpu_throttle_reasons or ()) or None,
             "contention_note": contention.describe()}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every cell of one run shares besides its config: the row values that name the
+    run, where logs go, which worker to start, the yardsticks, what the machine has, and how
+    contention is sampled. Built once by the session; the runner only reads it."""
+
+    config: RunConfig
+    run_id: str
+    log_dir: Path
+    system: str | None = None
+    git_commit: str | None = None
+    machine_label: str | None = None
+    worker_command: tuple[str, ...] = process.WORKER_COMMAND
+    #: measured peak of each (device id, precision, threads, backend), for the efficiency columns
+    measured_peaks: Mapping[tuple, yardsticks.MeasuredPeak] = field(default_factory=dict)
+    #: theoretical peak of each (device id, precision), see yardsticks.theoretical_peaks
+    theoretical: Mapping[tuple, yardsticks.TheoreticalPeak] = field(default_factory=dict)
+    gpu_count: int | None = None          # GPUs on the machine (None: not checked)
+    usable_cpus: float | None = None
+    #: ``watch(pid, cell, cell_pids)`` starts a contention sampler for a worker (None: none)
+    watch: Callable[..., object] | None = None
+    contention_columns: Callable[[object], dict] = contention_columns
+
+    def row_values(self) -> dict:
+        """The run-wide values of every row: which run, machine and commit."""
+        return {"run_id": self.run_id, "system": self.system, "git_commit": self.git_commit,
+                "machine_label": self.machine_label}
 
 
 @dataclass
@@ -312,13 +158,13 @@ def skip_reason(cell: matrix.Cell, config: RunConfig | None = None,
     ``gpu_count``: GPUs on the machine (None: not checked). On a non-chief host of a
     ``--cluster`` run, the single-worker yardstick cells are the chief's to measure.
     """
-    if cell.device.device is None or not cell.device.device.usable:
+    if cell.device.found is None or not cell.device.found.usable:
         return cell.device.reason
     if config is not None and config.task_index > 0 and cell["workers"] == 1:
         return "single-worker cells run on the chief (--task-index 0) only"
     available = None
     if gpu_count is not None and cell.device_type == "GPU":
-        available = gpu_count - cell.device.device.index
+        available = gpu_count - cell.device.found.index
     return backend_missing(cell["backend"]) or backend_limitation(
         cell["backend"], cell["jit_compile"], cell["cpu_threads"], cell["replicas"], cell["workers"],
         cell["steps_per_execution"]
@@ -418,74 +264,32 @@ def _result_in_log(log_path: Path) -> WorkerResult | None:
     return None
 
 
-def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, context: dict,
-            reporter: Reporter, log_dir: Path, worker_command=process.WORKER_COMMAND,
-            peaks: dict | None = None, watch: Callable[[int, matrix.Cell], object] | None = None,
-            contention_columns: Callable[[object], dict] = lambda watched: {},
-            theoretical: dict | None = None, gpu_count: int | None = None,
-            usable_cpus: float | None = None) -> Outcome:
+def execute(cells: list[matrix.Cell], writer: RunWriter, context: RunContext, reporter: Reporter) -> Outcome:
     """Run every cell; each outcome becomes a row on disk before the next cell starts.
 
-    ``context`` holds the run-wide row values (run id, system, git commit, machine label);
-    ``peaks`` the measured peak (:class:`bench.yardsticks.MeasuredPeak`) of each (device,
-    precision, threads, backend), for the efficiency columns; ``theoretical`` the theoretical
-    peak of each (device, precision), as :func:`bench.yardsticks.theoretical_peaks` gives them
-    (:func:`bench.yardsticks.for_cell` picks each row's yardsticks); ``watch(pid, cell)`` starts a contention sampler for a
-    worker and ``contention_columns`` turns what it saw into row values. A :class:`Stopped` ends the
-    loop after the running worker is killed; every finished row is already on disk.
+    A :class:`Stopped` ends the loop after the running worker is killed; every finished row
+    is already on disk. A row that cannot be built from what a worker returned is that cell's
+    failed row, with the reason; the run goes on.
 
     A multi-worker cell (``workers`` > 1) runs this host's worker of ``config.cluster``, or,
     without a cluster, all its workers here on free 127.0.0.1 ports: worker 0 (the chief)
     is followed as any cell's worker and writes the row; the others' logs (each ending
     with its full result, step times included) stay beside the chief's.
     """
-    peaks = peaks or {}
+    config = context.config
     outcome = Outcome(rows=writer.rows)
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        context.log_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        outcome.write_error = f"cannot create {log_dir}: {exc.strerror or exc}"
+        outcome.write_error = f"cannot create {context.log_dir}: {exc.strerror or exc}"
         return outcome
-    run_wide = {"data": config.data.kind, "split": config.data.split, "epochs": config.epochs,
-                "warmup_steps": config.warmup}
+    run_wide = {"data": config.source.kind, "split": config.source.split, "epochs": config.epochs,
+                "warmup_steps": config.warmup_steps}
     for index, cell in enumerate(cells):
         reporter.cell_started(index, len(cells), cell)
-        planned = record.planned(cell, run_wide, context)
-        steps: list[dict] = []
+        planned = record.planned(cell, run_wide, context.row_values())
         try:
-            reason = skip_reason(cell, config, gpu_count)
-            if reason:
-                row = record.skipped_row(planned, reason)
-            else:
-                env = worker_environment(cell.device, cell["backend"], replicas=cell["replicas"])
-                cluster, task, peers, timeout, result = (), 0, [], config.cell_timeout, None
-                if cell["workers"] > 1:
-                    cluster = config.cluster or free_loopback_ports(cell["workers"])
-                    task = config.task_index if config.cluster else 0
-                    timeout = timeout or DEFAULT_MULTI_WORKER_TIMEOUT_S
-                try:
-                    if cell["workers"] > 1 and not config.cluster:
-                        peers = start_peers(cell, config, cluster, log_dir, env, worker_command)
-                    result = process.run_worker(
-                        cell_spec(cell, config, cluster, task).to_json(), env,
-                        log_dir / f"{cell.cell_id}.log", timeout,
-                        on_event=lambda event, cell=cell: reporter.cell_event(cell, event),
-                        command=worker_command,
-                        watch=_watcher(watch, cell, peers))
-                finally:
-                    chief_done = result is not None and result.result is not None
-                    peer_results = finish_peers(peers, PEER_GRACE_S if chief_done else 0)
-                contention = contention_columns(result.watched) if result.watched is not None else None
-                if result.result is None:
-                    row = record.failed_row(planned, result.reason, contention)
-                else:
-                    yardstick = yardsticks.for_cell(cell, result.result.train, peaks, theoretical or {})
-                    row = record.ok_row(planned, result.result, yardstick, contention=contention,
-                                        peers=peer_results)
-                    row = record.with_scaling(row, writer.rows, scaling_note(cell, config, usable_cpus))
-                    steps = record.step_rows(context["run_id"], cell.cell_id, result.result.train.records)
-                if result.log_error:
-                    reporter.say(f"warning: {result.log_error}")
+            row, steps = _run_cell(cell, planned, writer, context, reporter)
         except Stopped as stop:
             outcome.stopped_by = stop.signum
             return outcome
@@ -498,3 +302,43 @@ def execute(config: RunConfig, cells: list[matrix.Cell], writer: RunWriter, cont
             return outcome
         reporter.cell_finished(index, len(cells), cell, writer.rows[-1])
     return outcome
+
+
+def _run_cell(cell: matrix.Cell, planned, writer: RunWriter, context: RunContext,
+              reporter: Reporter) -> tuple[object, list[dict]]:
+    """One cell's row and step rows: skipped, failed (with why) or measured."""
+    config = context.config
+    reason = skip_reason(cell, config, context.gpu_count)
+    if reason:
+        return record.skipped_row(planned, reason), []
+    env = worker_environment(cell.device, cell["backend"], replicas=cell["replicas"])
+    cluster, task, peers, timeout, result = (), 0, [], config.cell_timeout, None
+    if cell["workers"] > 1:
+        cluster = config.cluster or free_loopback_ports(cell["workers"])
+        task = config.task_index if config.cluster else 0
+        timeout = timeout or DEFAULT_MULTI_WORKER_TIMEOUT_S
+    try:
+        if cell["workers"] > 1 and not config.cluster:
+            peers = start_peers(cell, config, cluster, context.log_dir, env, context.worker_command)
+        result = process.run_worker(
+            cell_spec(cell, config, cluster, task).to_json(), env,
+            context.log_dir / f"{cell.cell_id}.log", timeout,
+            on_event=lambda event: reporter.cell_event(cell, event),
+            command=context.worker_command, watch=_watcher(context.watch, cell, peers))
+    finally:
+        chief_done = result is not None and result.result is not None
+        peer_results = finish_peers(peers, PEER_GRACE_S if chief_done else 0)
+    if result.log_error:
+        reporter.say(f"warning: {result.log_error}")
+    contention = None
+    try:
+        contention = context.contention_columns(result.watched) if result.watched is not None else None
+        if result.result is None:
+            return record.failed_row(planned, result.reason, contention), []
+        yardstick = yardsticks.for_cell(cell, result.result.train, context.measured_peaks, context.theoretical)
+        row = record.ok_row(planned, result.result, yardstick, contention=contention, peers=peer_results)
+        row = record.with_scaling(row, writer.rows, scaling_note(cell, config, context.usable_cpus))
+        return row, record.step_rows(context.run_id, cell.cell_id, result.result.train.records)
+    except Exception as exc:  # noqa: BLE001 - whatever the worker sent, the cell is a row and the run goes on
+        return record.failed_row(planned, f"the worker's result could not be recorded "
+                                          f"({type(exc).__name__}: {str(exc)[:200]})", contention), []

@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from filelock import FileLock, Timeout
 
 from bench import matrix
 from bench.environment import machine_id
+from bench.files import LOCK_TIMEOUT_S, write_atomically
 from bench.record import RUN_COLUMNS, STATUSES, STEP_COLUMNS, as_dict, columns_of
 from cifar_model.results import seconds_per_step
 
@@ -49,7 +49,6 @@ DEFAULT_RESULTS_ROOT = Path("results")
 MAX_NAME_LENGTH = 100
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_RESULTS_FILE_BYTES = 512 * 2**20      # a results CSV larger than this is refused unread
-LOCK_TIMEOUT_S = 60
 
 
 class ResultsError(Exception):
@@ -139,56 +138,6 @@ def _mark_claimed(directory: Path) -> None:
 
 
 # --------------------------------------------------------------------------- writing
-
-def write_atomically(path: Path, content: str | bytes) -> None:
-    """Write ``content`` (text as UTF-8) to ``path`` via a temporary file beside it and a
-    rename: readers never see half.
-
-    The temporary file is created with the umask's mode or, when ``path`` exists, with its
-    mode (and owner, where allowed) while still empty, so a private file is never readable
-    by others, not even for a moment. It is flushed to disk before the rename, and the
-    rename after it. A failure (a full disk) leaves the old file as it was and no temporary
-    behind.
-    """
-    path = Path(path)
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    try:
-        before = path.stat()
-    except FileNotFoundError:
-        before = None
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as file:                    # honours the umask
-            if before is not None:
-                os.chmod(file.fileno(), stat.S_IMODE(before.st_mode))
-                if (before.st_uid, before.st_gid) != (os.getuid(), os.getgid()):
-                    try:
-                        os.chown(file.fileno(), before.st_uid, before.st_gid)
-                    except PermissionError:  # not ours to give away: the writer owns the new file
-                        pass
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Flush a rename itself to disk (where the platform can open a directory)."""
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
 
 def _schema_frame(rows: list[dict], schema: dict) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(schema))
@@ -625,39 +574,3 @@ def list_baselines(root: Path) -> list[dict]:
         except (OSError, ValueError):
             found.append({"name": meta_file.parent.name, "error": "unreadable baseline.json"})
     return found
-
-
-# --------------------------------------------------------------------------- a locked JSON cache
-
-def update_json(path: Path, update: Callable[[dict], dict]) -> dict:
-    """Read-modify-write a JSON object file under a lock: concurrent updates lose nothing.
-
-    An unreadable or non-object file reads as empty (it is a cache); ``update`` gets the
-    current content and returns the new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        raise OSError(errno.EISDIR, f"{path} is a directory")
-    try:
-        with _lock(path.with_name(f".{path.name}.lock")):
-            current = read_json_object(path)
-            new = update(current)
-            write_atomically(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
-            return new
-    except Timeout:
-        raise OSError(errno.EBUSY, f"{path}: locked by another process for {LOCK_TIMEOUT_S} s") from None
-
-
-def read_json_object(path: Path, limit: int = 16 * 2**20) -> dict:
-    """A JSON object file, bounded; anything else (not a regular file, over ``limit`` bytes,
-    not JSON, nested too deep, not an object) reads as empty."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):      # a link to /dev/zero never ends
-            return {}
-        with open(path, "rb") as file:
-            raw = file.read(limit + 1)
-        loaded = json.loads(raw) if len(raw) <= limit else None
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import devices, matrix, process, store
+from bench import devices, files, matrix, process, store
 from bench.contention import ContentionSampler
 from bench.devices import Requested
 from bench.environment import machine_id
@@ -165,8 +165,8 @@ def measure(device: Requested, precisions: list[str], cpu_threads: int, backend:
             log_path: Path, timeout_s: float = PEAK_TIMEOUT_S, command=PEAK_COMMAND) -> dict[str, MeasuredPeak]:
     """Time the matrix multiply on ``device`` in each precision (one worker process); each peak
     says, in ``busy``, whether other processes competed for the device meanwhile."""
-    spec = PeakSpec(tuple(precisions), MATMUL_SIZE[device.device.type], cpu_threads, backend)
-    gpu = device.device.index if device.device.type == "GPU" else None
+    spec = PeakSpec(tuple(precisions), MATMUL_SIZE[device.found.type], cpu_threads, backend)
+    gpu = device.found.index if device.found.type == "GPU" else None
     outcome = process.run_worker(
         spec.to_json(), worker_environment(device, backend), log_path, timeout_s, command=command,
         parse_result=lambda raw: _peak_result(raw, precisions),
@@ -206,7 +206,7 @@ def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, vers
         key = cache_key(device.id, precision, threads, backend, versions.get(backend), usable)
         keys[(device.id, precision, threads, backend)] = key
         entry = cached.get(key)
-        if not refresh and entry is not None and entry.reusable_on(device.device.type):
+        if not refresh and entry is not None and entry.reusable_on(device.found.type):
             found[(device.id, precision, threads, backend)] = dataclasses.replace(entry, cached=True)
         else:
             todo = wanted.setdefault((device.id, threads, backend), (device, []))
@@ -237,7 +237,7 @@ def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, vers
             found[(device_id, precision, threads, backend)] = value
     if measured_now:
         try:
-            store.update_json(path, lambda current: {
+            files.update_json(path, lambda current: {
                 **{k: v.as_dict() for k, v in read_cache(path)[0].items()},
                 **{k: v.as_dict() for k, v in measured_now.items()}})
         except OSError as exc:
@@ -256,11 +256,24 @@ def measured_peaks(combos, env: dict, root: Path, log_dir: Path, refresh: bool, 
     return found
 
 
+def peak_table(found: dict[PeakKey, MeasuredPeak]) -> str:
+    """The measured peaks as a Markdown table, each saying how it was measured."""
+    import pandas as pd
+
+    rows = [{"Device": device_id, "Backend": backend, "Precision": precision,
+             "Threads": threads or "default",
+             "Matmul": f"{v.size}×{v.size} {v.dtype}{f' ({v.math})' if v.math else ''}",
+             "Peak TFLOP/s (best)": f"{v.tflops:.3f}", "Median TFLOP/s": f"{v.median_tflops:.3f}",
+             "Repeats": v.repeats, "Cached": "yes" if v.cached else "no"}
+            for (device_id, precision, threads, backend), v in found.items()]
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
 def peak_combinations(cells: list[matrix.Cell]) -> list[tuple[Requested, str, int, str]]:
     """Each (usable device, precision, threads, backend) the cells need a peak for, in plan order."""
     combos = {}
     for cell in cells:
-        if cell.device.device is not None and cell.device.device.usable and backend_missing(cell["backend"]) is None:
+        if cell.device.found is not None and cell.device.found.usable and backend_missing(cell["backend"]) is None:
             key = (cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"])
             combos.setdefault(key, (cell.device, *key[1:]))
     return list(combos.values())
@@ -400,8 +413,8 @@ def theoretical_peaks(cells: list[matrix.Cell]) -> dict[tuple[str, str], Theoret
     for a GPU with fp32 cells also its TF32 figure, as (device, "tf32"): whether an fp32 cell
     runs in TF32 is the backend's setting, which only its worker can read
     (:func:`for_cell` picks when the row is made)."""
-    wanted = {(c.device.id, c["precision"]): c.device.device for c in cells
-              if c.device.device is not None and c.device.device.usable}
+    wanted = {(c.device.id, c["precision"]): c.device.found for c in cells
+              if c.device.found is not None and c.device.found.usable}
     wanted.update({(device_id, "tf32"): device for (device_id, precision), device
                    in list(wanted.items()) if precision == "fp32" and device.type == "GPU"})
     return {(device_id, precision): theoretical_peak(device, precision)

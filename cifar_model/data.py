@@ -529,11 +529,8 @@ def _detect_layout(files: _Files) -> str | None:
     return None
 
 
-def read_cifar10(path: str | os.PathLike) -> RawCifar10:
-    """Read CIFAR-10 from ``path``: a python/binary layout directory, its parent, or an archive.
-
-    Raises :class:`DataError` naming the file when anything is missing or malformed.
-    """
+def _open_copy(path: str | os.PathLike) -> tuple[Path, _Files, str]:
+    """Where a copy's files are (a layout directory, its parent, or an archive) and its layout."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
@@ -546,6 +543,32 @@ def read_cifar10(path: str | os.PathLike) -> RawCifar10:
     if layout is None:
         raise DataError(f"{path}: no CIFAR-10 files here (expected data_batch_1..5 and "
                         "test_batch, or their .bin versions, or cifar-10-python.tar.gz)")
+    return path, files, layout
+
+
+def check_cifar10(path: str | os.PathLike) -> Path:
+    """Check a copy without reading all of it: every file there and within its size bound,
+    the first training batch and the class names parsed in full. Returns where its files are;
+    raises :class:`DataError` naming the file. (Each cell's worker reads the rest, and a
+    problem there is that cell's failed row.)"""
+    path, files, layout = _open_copy(path)
+    suffix, meta_file, parse = _LAYOUTS[layout]
+    for name in (*TRAIN_BATCHES, TEST_BATCH):
+        if not files.has(name + suffix):
+            raise DataError(f"{files.shown(name + suffix)}: missing; a CIFAR-10 copy needs "
+                            "data_batch_1..5 and test_batch (python or .bin layout)")
+    parse(files.read(TRAIN_BATCHES[0] + suffix), files.shown(TRAIN_BATCHES[0] + suffix))
+    if files.has(meta_file):
+        _parse_meta(files.read(meta_file), files.shown(meta_file), layout == "binary")
+    return path
+
+
+def read_cifar10(path: str | os.PathLike) -> RawCifar10:
+    """Read CIFAR-10 from ``path``: a python/binary layout directory, its parent, or an archive.
+
+    Raises :class:`DataError` naming the file when anything is missing or malformed.
+    """
+    path, files, layout = _open_copy(path)
     suffix, meta_file, parse = _LAYOUTS[layout]
     train = [parse(files.read(b + suffix), files.shown(b + suffix)) for b in TRAIN_BATCHES]
     x_test, y_test = parse(files.read(TEST_BATCH + suffix), files.shown(TEST_BATCH + suffix))
@@ -704,20 +727,42 @@ def synthetic_dataset(split: str = "standard", n_train: int | None = None,
                                 "accuracy is meaningless")
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """What a run trains on, decided once: ``cifar10`` at ``path``, or ``synthetic`` with why."""
+
+    kind: str
+    path: str | None = None
+    note: str = ""
+
+
+def resolve_source(data_dir: str | os.PathLike | None = None, synthetic: bool = False,
+                   download: bool = True, check: bool = True) -> DataSource:
+    """Real CIFAR-10 when it can be had, else clearly labelled synthetic data: the one place
+    the fallback is decided.
+
+    Falls back only when *no copy exists anywhere*; a copy that exists but is broken
+    (:func:`check_cifar10`, with ``check``), or an explicit directory that does not exist, is a
+    :class:`DataError`: silently benchmarking on noise when the user pointed at real data
+    would be a lie.
+    """
+    if synthetic:
+        return DataSource(SYNTHETIC_SOURCE, None, "synthetic data requested: speed only")
+    try:
+        path = locate_cifar10(data_dir, download=download)
+    except DatasetNotFound as exc:
+        return DataSource(SYNTHETIC_SOURCE, None, f"synthetic fallback: {exc}")
+    return DataSource("cifar10", str(check_cifar10(path) if check else path))
+
+
 def load_dataset(data_dir: str | os.PathLike | None = None, split: str = "standard",
                  synthetic: bool = False, download: bool = True,
                  synthetic_size: tuple[int, int] | None = None) -> Dataset:
-    """Real CIFAR-10 when it can be had, else clearly labelled synthetic data.
-
-    Falls back only when *no copy exists anywhere*; a copy that exists but is broken, or
-    an explicit directory that does not exist, is a :class:`DataError`: silently
-    benchmarking on noise when the user pointed at real data would be a lie.
-    """
+    """The data :func:`resolve_source` decides on, loaded: CIFAR-10 split and standardised,
+    or synthetic data that says why it is."""
     n_train, n_test = synthetic_size or (None, None)
-    if synthetic:
-        return synthetic_dataset(split, n_train, n_test)
-    try:
-        return load_cifar10(data_dir, split, download=download)
-    except DatasetNotFound as exc:
-        return synthetic_dataset(split, n_train, n_test,
-                                 note=f"synthetic fallback: {exc}; accuracy is meaningless")
+    source = resolve_source(data_dir, synthetic, download, check=False)
+    if source.kind == SYNTHETIC_SOURCE:
+        note = f"{source.note}; accuracy is meaningless" if not synthetic else ""
+        return synthetic_dataset(split, n_train, n_test, note=note)
+    return load_cifar10(source.path, split, download=False)

@@ -37,8 +37,8 @@ def test_cpu_only_machine_skips_the_gpu_with_a_reason():
     inventory = devices.detect(probe=CPU_ONLY, nvml=NO_NVML)
     resolved = devices.resolve(["cpu", "gpu"], inventory)
     assert [r.id for r in resolved] == ["cpu", "gpu:0"]
-    assert resolved[0].device.type == "CPU" and resolved[0].device.usable
-    assert resolved[1].device is None and "no GPU detected" in resolved[1].reason
+    assert resolved[0].found.type == "CPU" and resolved[0].found.usable
+    assert resolved[1].found is None and "no GPU detected" in resolved[1].reason
 
 
 def test_two_gpus_merge_tensorflow_and_nvml():
@@ -50,7 +50,7 @@ def test_two_gpus_merge_tensorflow_and_nvml():
     assert [r.id for r in devices.resolve(["all"], inventory)] == ["cpu", "gpu:0", "gpu:1"]
     assert [r.id for r in devices.resolve(["gpu", "gpu:0", "cpu"], inventory)] == ["gpu:0", "cpu"]
     missing = devices.resolve(["gpu:5"], inventory)[0]
-    assert missing.device is None and "2 GPU(s)" in missing.reason
+    assert missing.found is None and "2 GPU(s)" in missing.reason
 
 
 def test_gpu_that_tensorflow_cannot_use_is_listed_but_unusable():
@@ -58,7 +58,7 @@ def test_gpu_that_tensorflow_cannot_use_is_listed_but_unusable():
     gpu = inventory.get("gpu:0")
     assert gpu is not None and not gpu.usable and "CUDA libraries" in gpu.note
     resolved = devices.resolve(["gpu"], inventory)[0]
-    assert resolved.device is gpu and "TensorFlow cannot use" in resolved.reason
+    assert resolved.found is gpu and "TensorFlow cannot use" in resolved.reason
 
 
 def test_probe_failure_is_a_note_not_a_crash():

@@ -293,7 +293,7 @@ def test_a_killed_harness_leaves_no_orphan_and_its_run_can_be_resumed(tmp_path, 
     run.wait(timeout=10)
     wait_for(lambda: not alive(worker), 3, "the orphaned worker to notice and exit")
     # killed during its first cell: the run directory is still a run that can be finished
-    done = bench("run", "--resume", "run", "--no-peak", cwd=tmp_path,
+    done = bench("run", "--resume", "run", cwd=tmp_path,      # the run keeps its --no-peak
                  env=environment(tmp_path, FAKE_SLOW_SECONDS="0.2"))
     assert done.returncode == 0, done.stderr
     assert sorted(store.read_run(tmp_path / "run").runs["batch_size"]) == [SLOW_BATCH, 32]
@@ -636,16 +636,16 @@ def test_resume_runs_only_the_missing_cells_into_the_same_files(tmp_path, starte
     first_line = (run_dir / "runs.csv").read_text().splitlines()[1]
     steps_before = (run_dir / "steps.csv").read_text()
     # a resume stopped in its turn (the slow cell is slow again) is a run that can be resumed
-    stopped = started("run", "--resume", "run", "--no-peak", name="resume")
+    stopped = started("run", "--resume", "run", name="resume")
     wait_for(lambda: list(worker_pids(tmp_path).values()).count(SLOW_BATCH) == 2, 20, "the rerun slow cell")
-    assert_usage_error(resume(tmp_path, "--no-peak"), "in use by another bench run")  # one at a time
+    assert_usage_error(resume(tmp_path), "in use by another bench run")  # one at a time
     os.kill(stopped.pid, signal.SIGINT)
     assert stopped.wait(timeout=20) == 130, stopped.stderr
     assert "1 of 4 cell(s) finished" in stopped.stderr and "--resume run" in stopped.stderr
 
-    done = resume(tmp_path, "--no-peak")
+    done = resume(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "1 of 4 cell(s) kept, 3 to run" in done.stderr
+    assert "1 of 4 cell(s) kept, 3 to run" in done.stderr and "peak" not in done.stderr   # --no-peak kept
     assert sorted(worker_pids(tmp_path).values()) == [19, 19, 19, 32, 64, 128]      # 32 ran once
     kept = store.read_run(run_dir)
     assert list(kept.runs["batch_size"]) == [32, SLOW_BATCH, 64, 128]
@@ -655,12 +655,12 @@ def test_resume_runs_only_the_missing_cells_into_the_same_files(tmp_path, starte
     assert kept.steps.groupby("cell_id").size().to_dict() == dict.fromkeys(kept.runs["cell_id"], 4)
     env_after = json.loads((run_dir / "env.json").read_text())
     assert env_after["command"] == env_before["command"] and env_after["config"] == env_before["config"]
-    assert [r["command"] for r in env_after["resumed"]] == ["python -m bench run --resume run --no-peak"] * 2
+    assert [r["command"] for r in env_after["resumed"]] == ["python -m bench run --resume run"] * 2
     summary = (run_dir / store.SUMMARY_MD).read_text()
     assert all(f"| {b} " in summary for b in (32, SLOW_BATCH, 64, 128))
 
     files = {p: p.read_bytes() for p in (run_dir / "runs.csv", run_dir / "steps.csv", run_dir / "env.json")}
-    again = resume(tmp_path, "--no-peak")
+    again = resume(tmp_path)
     assert again.returncode == 0, again.stderr
     assert "nothing to run" in again.stderr
     assert files == {p: p.read_bytes() for p in files}
@@ -690,15 +690,15 @@ def test_resume_refuses_another_run_and_reruns_failed_cells_only_when_asked(tmp_
     for field, value, difference in ((("cpu", "model"), "Another CPU", "CPU model"),
                                      (("tensorflow", "version"), "2.0.0", "TensorFlow: 2.0.0 ->")):
         _edit_run_env(run_dir, field, value)
-        assert_usage_error(cli("run", "--resume", "run", "--no-peak"), "not the machine or software", difference)
+        assert_usage_error(cli("run", "--resume", "run"), "not the machine or software", difference)
         (run_dir / "env.json").write_bytes(files[run_dir / "env.json"])
     assert files == {p: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == []
 
-    kept = resume(tmp_path, "--no-peak")
+    kept = resume(tmp_path)
     assert kept.returncode == 4 and "nothing to run" in kept.stderr and "--rerun-failed" in kept.stderr, kept.stderr
     assert sorted(worker_pids(tmp_path).values()) == [13, 32]
-    rerun = resume(tmp_path, "--no-peak", "--rerun-failed")
+    rerun = resume(tmp_path, "--rerun-failed")
     assert rerun.returncode == 4, rerun.stderr
     assert "1 of 2 cell(s) kept, 1 to run" in rerun.stderr
     assert sorted(worker_pids(tmp_path).values()) == [13, 13, 32]

@@ -70,7 +70,7 @@ def test_auto_precision_is_resolved_per_device_and_deduplicated():
     assert planned == {("cpu", "mixed_bfloat16"), ("cpu", "fp32"), ("gpu:0", "mixed_bfloat16"),
                        ("gpu:0", "fp32"), ("gpu:1", "fp32"), ("gpu:1", "mixed_bfloat16")}
     cells = matrix.plan(matrix.Plan({"batch_size": (64,)}), [BF16_CPU, CPU, NO_GPU], 1, 50_000)
-    assert [(c.device.device.name if c.device.device else None, c["precision"]) for c in cells] == [
+    assert [(c.device.found.name if c.device.found else None, c["precision"]) for c in cells] == [
         ("BF16 CPU", "mixed_bfloat16"), ("Test CPU", "fp32"), (None, "auto")]
     assert cells[0].columns()["precision_requested"] == "auto"
 
@@ -101,6 +101,6 @@ def test_bad_values_are_refused_by_the_parser(text):
 
 
 def test_float16_on_a_cpu_without_it_is_warned_about():
-    assert "emulated" in matrix.precision_warning("mixed_float16", CPU.device)
+    assert "emulated" in matrix.precision_warning("mixed_float16", CPU.found)
     assert matrix.precision_warning("mixed_float16", Device("cpu", "CPU", "SPR", features=("avx512_fp16",))) is None
-    assert matrix.precision_warning("fp32", CPU.device) is None
+    assert matrix.precision_warning("fp32", CPU.found) is None

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import record, runner, store
+from bench import files, matrix, record, runner
+from bench.config import RunConfig
 from bench import yardsticks as peak
 from bench.devices import Device, Requested
 from bench.protocol import DataSpec
@@ -115,7 +116,7 @@ def test_a_peak_result_of_the_wrong_shape_fails_the_measurement_not_the_run():
 
 def _add_entry(args):
     path, i = args
-    store.update_json(path, lambda current: {**current, f"key{i}": entry(float(i + 1)).as_dict()})
+    files.update_json(path, lambda current: {**current, f"key{i}": entry(float(i + 1)).as_dict()})
 
 
 def test_concurrent_cache_updates_lose_nothing(tmp_path):
@@ -195,8 +196,8 @@ def test_a_peak_measured_on_a_busy_machine_is_never_cached(tmp_path, monkeypatch
 
 
 def _cell(precision: str = "fp32", device: Requested = CPU):
-    cfg = runner.RunConfig(plan=runner.matrix.Plan({"batch_size": (64,), "precision": (precision,)}), epochs=1,
-                           steps=6, warmup=2, data=DataSpec("synthetic"))
+    cfg = RunConfig(plan=matrix.Plan({"batch_size": (64,), "precision": (precision,)}), epochs=1,
+                    max_steps_per_epoch=6, warmup_steps=2, source=DataSpec("synthetic"))
     [cell] = runner.plan_cells(cfg, [device])
     return cell
 

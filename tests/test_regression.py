@@ -460,9 +460,9 @@ def comparison_of(*verdicts) -> regression.Comparison:
     ((regression.INCONCLUSIVE,), ["cpu_bs13_r0"], 4),
 ])
 def test_one_exit_status_names_everything(verdicts, failed, status, capsys):
-    from bench import cli
+    from bench import options
 
-    assert cli.gate_status(comparison_of(*verdicts), failed) == status
+    assert options.gate_status(comparison_of(*verdicts), failed) == status
     said = capsys.readouterr().err
     assert ("regression: cell" in said) == (regression.REGRESSION in verdicts)
     assert ("inconclusive: cell" in said) == (regression.INCONCLUSIVE in verdicts)
@@ -478,12 +478,14 @@ def test_exit_statuses_are_documented_in_help(tmp_path):
 
 
 def test_retry_judges_a_cell_on_its_latest_attempt_and_keeps_the_earlier_one(tmp_path, monkeypatch):
-    from bench import cli, matrix, runner
+    from bench import matrix, runner, session
+    from bench.config import RunConfig
+    from bench.progress import Reporter
     from bench.protocol import DataSpec
 
     # baseline: the fake worker's bs32 steps (0.032 s), measured on a quiet machine
-    config = runner.RunConfig(plan=matrix.Plan({"batch_size": (32,), "precision": ("fp32",)}), epochs=1,
-                              steps=12, warmup=2, data=DataSpec("synthetic"), cell_timeout=60)
+    config = RunConfig(plan=matrix.Plan({"batch_size": (32,), "precision": ("fp32",)}), epochs=1,
+                       max_steps_per_epoch=12, warmup_steps=2, source=DataSpec("synthetic"), cell_timeout=60)
     cells = runner.plan_cells(config, [TEST_CPU])
 
     def measure(out, todo, contention, slowdown):
@@ -494,11 +496,15 @@ def test_retry_judges_a_cell_on_its_latest_attempt_and_keeps_the_earlier_one(tmp
                 return contention
 
         writer = writers.setdefault(out, store.RunWriter(out, out.name))
-        return runner.execute(config, todo, writer, {"run_id": out.name, "system": "Test OS",
-                                                      "git_commit": None},
-                              runner.Reporter(open("/dev/null", "w")), out / "logs",
-                              worker_command=[sys.executable, str(FAKE_WORKER)],
-                              watch=lambda pid, cell: Watched(), contention_columns=lambda c: c)
+        context = runner.RunContext(config=config, run_id=out.name, log_dir=out / "logs", system="Test OS",
+                                    worker_command=(sys.executable, str(FAKE_WORKER)),
+                                    watch=lambda pid, cell: Watched(), contention_columns=lambda c: c)
+        return runner.execute(todo, writer, context, Reporter(open("/dev/null", "w")))
+
+    def in_memory(out):
+        """The run as its writer holds it (what the session compares: no re-read from disk)."""
+        writer = writers[out]
+        return store.Run(out, writer.frame(), session.steps_frame(writer.steps), ENV)
 
     writers = {}
     for name in ("base", "run"):
@@ -508,9 +514,9 @@ def test_retry_judges_a_cell_on_its_latest_attempt_and_keeps_the_earlier_one(tmp
     # the run: 3x slower while the machine was busy -> inconclusive; the retry is quiet
     measure(tmp_path / "run", cells, BUSY, 3)
     said = []
-    comparison = cli.check_with_retries(
-        store.read_run(tmp_path / "base"), tmp_path / "run", cells, config.repeats, 0.10, 2,
-        lambda todo: measure(tmp_path / "run", todo, QUIET, 1), runner.Outcome(), said.append)
+    comparison = session.retry_checks(
+        session.CheckRequest(store.read_run(tmp_path / "base"), 0.10, 2), lambda: in_memory(tmp_path / "run"),
+        cells, config.repeats, lambda todo: measure(tmp_path / "run", todo, QUIET, 1), said.append)
     cell = comparison.cells[0]
     assert cell.verdict == regression.WITHIN_NOISE and cell.current_repeats == 1
     assert cell.attempts == ["inconclusive +200.0 %"]
@@ -556,7 +562,7 @@ def test_noise_on_a_busy_machine_leaves_contention_to_the_rule(tmp_path):
 
 
 def test_retry_does_not_measure_the_run_again_when_the_baseline_was_the_busy_side(tmp_path):
-    from bench import cli, runner
+    from bench import session
 
     base = store.read_run(write_run(tmp_path / "base", {32: step_times(0.2)}, contention=BUSY))
     write_run(tmp_path / "run", {32: step_times(0.1, seed=1)}, contention=QUIET)
@@ -564,8 +570,8 @@ def test_retry_does_not_measure_the_run_again_when_the_baseline_was_the_busy_sid
     def rerun(todo):
         raise AssertionError("a quiet run measured again cannot un-busy its baseline")
 
-    comparison = cli.check_with_retries(base, tmp_path / "run", [], 1, 0.10, 3, rerun, runner.Outcome(),
-                                        print)
+    comparison = session.retry_checks(session.CheckRequest(base, 0.10, 3), lambda: store.read_run(tmp_path / "run"),
+                                      [], 1, rerun, print)
     assert comparison.cells[0].verdict == regression.INCONCLUSIVE
     assert comparison.cells[0].busy_side == "baseline"
 

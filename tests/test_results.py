@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from bench import matrix, process, runner
+from bench.config import RunConfig
 from bench.devices import Device, Requested
 from bench.protocol import DataSpec, Event, ProtocolError, WorkerResult
 from cifar_model import StepRecord, TrainResult
@@ -30,8 +31,8 @@ HOSTILE_WORKER = [sys.executable, str(HELPERS / "hostile_worker.py")]
 
 
 def spec_json(batch_size: int = 32) -> str:
-    cfg = runner.RunConfig(plan=matrix.Plan({"batch_size": (batch_size,), "precision": ("fp32",)}), epochs=1,
-                           steps=6, warmup=2, data=DataSpec("synthetic"))
+    cfg = RunConfig(plan=matrix.Plan({"batch_size": (batch_size,), "precision": ("fp32",)}), epochs=1,
+                    max_steps_per_epoch=6, warmup_steps=2, source=DataSpec("synthetic"))
     cpu = Requested("cpu", Device("cpu", "CPU", "Test CPU"))
     return runner.cell_spec(runner.plan_cells(cfg, [cpu])[0], cfg).to_json()
 

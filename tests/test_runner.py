@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 
 from bench import matrix, process, runner, store, yardsticks
+from bench.config import RunConfig
+from bench.progress import Reporter
 from bench.devices import Device, Requested
 from bench.protocol import DataSpec
 
@@ -25,15 +27,19 @@ GPU1 = Requested("gpu:1", Device("gpu:1", "GPU", "Test GPU", memory_bytes=2**34)
 NO_GPU = Requested("gpu:0", None, "no GPU detected on this machine")
 H100 = Requested("gpu:0", Device("gpu:0", "GPU", "NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30,
                                  compute_capability="9.0"))
-CONTEXT = {"run_id": "test-run", "system": "Test OS", "git_commit": None}
-QUIET = runner.Reporter(stream=open("/dev/null", "w"))
+QUIET = Reporter(stream=open("/dev/null", "w"))
 
 
-def config(batch_sizes=(32, 64), **kwargs) -> runner.RunConfig:
+def config(batch_sizes=(32, 64), **kwargs) -> RunConfig:
     values = {"batch_size": tuple(batch_sizes), "precision": ("fp32",), **kwargs.pop("values", {})}
-    return runner.RunConfig(plan=matrix.Plan(values), epochs=1, steps=kwargs.pop("steps", 6),
-                            warmup=kwargs.pop("warmup", 2), data=DataSpec("synthetic"),
-                            cell_timeout=kwargs.pop("cell_timeout", 20), **kwargs)
+    return RunConfig(plan=matrix.Plan(values), epochs=1, max_steps_per_epoch=kwargs.pop("steps", 6),
+                     warmup_steps=kwargs.pop("warmup", 2), source=DataSpec("synthetic"),
+                     cell_timeout=kwargs.pop("cell_timeout", 20), **kwargs)
+
+
+def context(cfg: RunConfig, log_dir: Path, **kwargs) -> runner.RunContext:
+    return runner.RunContext(config=cfg, run_id="test-run", log_dir=log_dir, system="Test OS",
+                             worker_command=tuple(FAKE_WORKER), **kwargs)
 
 
 def payload(batch_size: int) -> str:
@@ -93,7 +99,7 @@ def test_one_failing_cell_does_not_stop_the_run(tmp_path):
     cfg = config((32, 13, 14, 64), cell_timeout=2)
     cells = runner.plan_cells(cfg, [CPU, NO_GPU])
     writer = store.RunWriter(tmp_path, "test-run")
-    outcome = runner.execute(cfg, cells, writer, CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER)
+    outcome = runner.execute(cells, writer, context(cfg, tmp_path / "logs"), QUIET)
     assert [r["status"] for r in outcome.rows] == ["ok", "failed", "failed", "ok"] + ["skipped"] * 4
     on_disk = pd.read_csv(tmp_path / store.RUNS_CSV)
     assert list(on_disk["status"]) == [r["status"] for r in outcome.rows]
@@ -109,14 +115,13 @@ def test_one_failing_cell_does_not_stop_the_run(tmp_path):
 def test_rows_are_on_disk_before_the_next_cell_starts(tmp_path):
     seen = []
 
-    class Spy(runner.Reporter):
+    class Spy(Reporter):
         def cell_started(self, index, total, cell):
             path = tmp_path / store.RUNS_CSV
             seen.append(len(pd.read_csv(path)) if path.exists() else 0)
 
     cfg = config((32, 64, 128), steps=4, warmup=1)
-    runner.execute(cfg, runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"), CONTEXT,
-                   Spy(), tmp_path / "logs", worker_command=FAKE_WORKER)
+    runner.execute(runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"), context(cfg, tmp_path / "logs"), Spy())
     assert seen == [0, 1, 2]
 
 
@@ -126,8 +131,8 @@ def test_a_missing_backend_is_a_skipped_row_naming_the_install_command(tmp_path,
                         lambda b: "the torch backend is not installed (pip install 'cifar-bench[torch]')"
                         if b == "torch" else real(b))
     cfg = config((32,), values={"backend": ("tensorflow", "torch")})
-    outcome = runner.execute(cfg, runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
-                             CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER)
+    outcome = runner.execute(runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
+                             context(cfg, tmp_path / "logs"), QUIET)
     assert [(r["backend"], r["status"]) for r in outcome.rows] == [("tensorflow", "ok"), ("torch", "skipped")]
     assert "cifar-bench[torch]" in outcome.rows[1]["reason"]
 
@@ -135,8 +140,8 @@ def test_a_missing_backend_is_a_skipped_row_naming_the_install_command(tmp_path,
 def test_a_cell_without_steady_steps_is_a_clear_row_and_the_run_goes_on(tmp_path):
     # e.g. a small data set allows fewer steps than the warm-up: the fake's batch 18 does that
     cfg = config((18, 32), steps=3, warmup=1)
-    outcome = runner.execute(cfg, runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
-                             CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER)
+    outcome = runner.execute(runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
+                             context(cfg, tmp_path / "logs"), QUIET)
     assert [r["status"] for r in outcome.rows] == ["ok", "ok"]
     assert "no steady steps" in outcome.rows[0]["reason"] and outcome.rows[0]["images_per_s"] is None
     assert outcome.rows[1]["images_per_s"] > 0
@@ -154,8 +159,7 @@ def test_a_full_disk_stops_the_run_cleanly_keeping_what_was_written(tmp_path, mo
         real_flush()
 
     monkeypatch.setattr(writer, "flush", flush)
-    outcome = runner.execute(cfg, runner.plan_cells(cfg, [CPU]), writer, CONTEXT, QUIET,
-                             tmp_path / "logs", worker_command=FAKE_WORKER)
+    outcome = runner.execute(runner.plan_cells(cfg, [CPU]), writer, context(cfg, tmp_path / "logs"), QUIET)
     assert "No space left on device" in outcome.write_error and len(outcome.rows) == 2
     assert len(pd.read_csv(tmp_path / store.RUNS_CSV)) == 1   # the first cell survived on disk
 
@@ -202,8 +206,8 @@ def test_a_run_on_an_ampere_gpu_records_tf32_and_its_yardsticks(tmp_path):
     writer = store.RunWriter(tmp_path, "test-run")
     peaks = {("gpu:0", "fp32", 0, "tensorflow"): yardsticks.MeasuredPeak(
         "fp32", "float32", 8192, repeats=3, tflops=341.0, median_tflops=340.0, math="tf32")}
-    outcome = runner.execute(cfg, cells, writer, CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER,
-                             peaks=peaks, theoretical=yardsticks.theoretical_peaks(cells))
+    outcome = runner.execute(cells, writer, context(cfg, tmp_path / "logs", measured_peaks=peaks,
+                                                    theoretical=yardsticks.theoretical_peaks(cells)), QUIET)
     [row] = outcome.rows
     assert row["status"] == "ok" and row["math"] == "tf32"
     assert row["theoretical_tflops"] == 494.7 and row["theoretical_basis"].startswith(
@@ -220,23 +224,23 @@ def test_a_run_on_an_ampere_gpu_records_tf32_and_its_yardsticks(tmp_path):
 def test_what_cannot_work_is_known_before_the_run(kwargs, message):
     batch_sizes = kwargs.pop("batch_sizes")
     cfg = config(batch_sizes, **kwargs)
-    cfg = runner.RunConfig(**{**cfg.__dict__, "data": DataSpec("synthetic", synthetic_images=256)})
+    cfg = RunConfig(**{**cfg.__dict__, "source": DataSpec("synthetic", synthetic_images=256)})
     assert any(message in p for p in cfg.problems())
 
 
 def test_run_config_round_trips_through_env_json():
     import json
     cfg = config((32, 64), values={"backend": ("jax",)}, repeats=2)
-    back = runner.RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    back = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back.to_dict() == cfg.to_dict() and back.plan.of("backend") == ("jax",)
     assert runner.plan_cells(back, [CPU]) == runner.plan_cells(cfg, [CPU])
 
 
 def test_contention_is_sampled_while_each_worker_runs(tmp_path):
     cfg = config((14,), steps=4, warmup=1, cell_timeout=1.5)     # the fake's batch 14 hangs
-    outcome = runner.execute(cfg, runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
-                             CONTEXT, QUIET, tmp_path / "logs", worker_command=FAKE_WORKER,
-                             **runner.contention_hooks(2, interval_s=0.1))
+    outcome = runner.execute(runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"),
+                             context(cfg, tmp_path / "logs", usable_cpus=2,
+                                     watch=runner.contention_sampler(2, interval_s=0.1)), QUIET)
     row = outcome.rows[0]
     assert row["other_cpu_pct"] is not None and 0 <= row["worker_cpu_pct"]
     assert row["usable_cpus"] == 2 and "other processes used" in row["contention_note"]

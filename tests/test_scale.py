@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 
 from bench import matrix, record, runner, summary
+from bench.config import RunConfig
+from bench.protocol import DataSpec
 from bench.devices import Device, Requested
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +34,9 @@ def bench(*args, cwd: Path, timeout: float = RUN_LIMIT_S) -> subprocess.Complete
                           capture_output=True, timeout=timeout, env=env)
 
 
-def config(**kwargs) -> runner.RunConfig:
-    return runner.RunConfig(plan=matrix.Plan({"batch_size": (16,), **kwargs.pop("plan", {})}),
-                            epochs=1, steps=4, warmup=1, **kwargs)
+def config(**kwargs) -> RunConfig:
+    return RunConfig(plan=matrix.Plan({"batch_size": (16,), **kwargs.pop("plan", {})}),
+                     epochs=1, max_steps_per_epoch=4, warmup_steps=1, **kwargs)
 
 
 # --------------------------------------------------------------------------- planning
@@ -127,7 +129,7 @@ def test_scaling_columns_are_declared():
 
 
 def test_global_batch_larger_than_the_data_is_refused_up_front():
-    cfg = config(plan={"replicas": (4,)}, data=runner.DataSpec("synthetic", synthetic_images=48))
+    cfg = config(plan={"replicas": (4,)}, source=DataSpec("synthetic", synthetic_images=48))
     assert "global batch 64" in cfg.problems()[0]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from bench.config import RunConfig
 from bench import record, summary
 
 
@@ -153,8 +154,8 @@ def test_a_pinned_runs_cached_peak_never_gives_more_than_100_percent(tmp_path, m
     planned = {"run_id": "r", "cell_id": "cpu_bs64_r0", "status": "ok", "device_id": "cpu",
                "device_type": "CPU", "device_name": "Test CPU", "batch_size": 64, "precision": "fp32",
                "system": "Test OS"}
-    cfg = runner.RunConfig(plan=runner.matrix.Plan({"batch_size": (64,), "precision": ("fp32",)}), epochs=1,
-                           steps=6, warmup=2, data=DataSpec("synthetic"))
+    cfg = RunConfig(plan=runner.matrix.Plan({"batch_size": (64,), "precision": ("fp32",)}), epochs=1,
+                    max_steps_per_epoch=6, warmup_steps=2, source=DataSpec("synthetic"))
     [cell] = runner.plan_cells(cfg, [cpu])
     ok = record.as_dict(record.ok_row(planned, result, peak.for_cell(cell, result.train, found, {})))
     assert ok["efficiency_pct"] == pytest.approx(75) and ok["efficiency_pct"] <= 100

@@ -1,0 +1,62 @@
+"""``bench readme``: regenerate the README's statistics table from a run (or several)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from bench import multirun, readme, session, store
+from bench import summary as summary_module
+from bench.commands.summary import several
+from bench.options import (EXIT_OK, REFERENCE_HELP, UsageError, load_runs_arg, path_arg, reference_arg,
+                           results_dir_parent, show)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("readme", parents=[results_dir_parent()],
+                                   help="regenerate the README statistics table from a run")
+    parser.set_defaults(command=sys.modules[__name__])
+    parser.add_argument("--run", type=path_arg, action="append", metavar="DIR",
+                        help="run directory or baseline; repeat it for one table of several runs "
+                             "(default: the latest run)")
+    parser.add_argument("--reference", metavar="REF", help=REFERENCE_HELP)
+    parser.add_argument("--readme", type=path_arg, default=Path("README.md"),
+                        help="the file to update (default: README.md)")
+    parser.add_argument("--marker", default=readme.DEFAULT_MARKER,
+                        help="which generated block: the text between <!-- bench:MARKER:start --> "
+                             "and <!-- bench:MARKER:end --> (default: table)")
+
+
+def readme_command(run_: store.Run) -> str | None:
+    """The command that made ``run_``, with its output directory where the run now lives."""
+    command = run_.env.get("command")
+    if not command:
+        return None
+    try:
+        tokens = shlex.split(command)
+    except ValueError:
+        return command
+    for i, token in enumerate(tokens[:-1]):
+        if token == "--out":
+            tokens[i + 1] = os.path.relpath(run_.directory)
+    return session.display_command(tokens[3:]) if tokens[:3] == ["python", "-m", "bench"] else command
+
+
+def run(args) -> int:
+    if not re.fullmatch(r"[a-z0-9-]+", args.marker):
+        raise UsageError(f"--marker '{args.marker}': use lowercase letters, digits and dashes")
+    runs, reference = load_runs_arg(args.run, store.results_root(args.results_dir)), reference_arg(args.reference)
+    try:
+        if several(runs, reference):
+            table = multirun.markdown(runs, reference, [readme_command(r) for r in runs])
+        else:
+            table = summary_module.summary_markdown(runs[0].runs, runs[0].env, command=readme_command(runs[0]))
+        changed = readme.update_readme(args.readme, table, args.marker)
+    except (readme.ReadmeError, multirun.MultiRunError) as exc:
+        raise UsageError(str(exc)) from None
+    show(f"{args.readme}: {'table updated' if changed else 'already up to date'} "
+         f"from run{'s' if len(runs) > 1 else ''} {', '.join(str(r.directory) for r in runs)}")
+    return EXIT_OK

@@ -1,0 +1,55 @@
+"""``bench summary``: the table of a run, or one table of several runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from bench import multirun, plots, store
+from bench import summary as summary_module
+from bench.options import (EXIT_OK, EXIT_WRITE, REFERENCE_HELP, UsageError, check_report_path, load_runs_arg,
+                           path_arg, reference_arg, results_dir_parent, show, stderr)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("summary", parents=[results_dir_parent()], help="print the table of a run")
+    parser.set_defaults(command=sys.modules[__name__])
+    parser.add_argument("--run", type=path_arg, action="append", metavar="DIR",
+                        help="run directory or baseline; repeat it for one table of several runs, "
+                             "of one machine or many (default: the latest run)")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON, for scripts")
+    parser.add_argument("--reference", metavar="REF", help=REFERENCE_HELP)
+    parser.add_argument("--plot", type=path_arg, metavar="FILE.png",
+                        help="also draw images/s by batch size, one line per machine and device")
+
+
+def several(runs: list[store.Run], reference: multirun.Reference) -> bool:
+    """The multi-run table: several runs, or a reference other than each machine's CPU."""
+    return len(runs) > 1 or reference.machine is not None
+
+
+def run(args) -> int:
+    root = store.results_root(args.results_dir)
+    plot_path = check_report_path("--plot", args.plot)
+    runs, reference = load_runs_arg(args.run, root), reference_arg(args.reference)
+    try:
+        if several(runs, reference):
+            text = (json.dumps(multirun.as_json(runs, reference), indent=2, ensure_ascii=False)
+                    if args.json else multirun.markdown(runs, reference))
+        else:
+            one = runs[0]
+            text = (json.dumps(summary_module.summary_json(one.runs, one.env), indent=2, ensure_ascii=False)
+                    if args.json else summary_module.summary_markdown(one.runs, one.env))
+    except multirun.MultiRunError as exc:
+        raise UsageError(str(exc)) from None
+    show(text)
+    if plot_path:
+        try:
+            drawn = plots.comparison_plot(multirun.combined(runs), plot_path,
+                                          "Training throughput: " + ", ".join(
+                                              dict.fromkeys(multirun.machine_names(runs))))
+        except OSError as exc:
+            stderr(f"bench: error: could not write {plot_path}: {exc.strerror or exc}")
+            return EXIT_WRITE
+        stderr(f"plot: {plot_path}" if drawn else "plot: no measured cell to draw")
+    return EXIT_OK
