@@ -26,7 +26,7 @@ def worker_environment(device: Requested, backend: str = "tensorflow", base: dic
     env = dict(os.environ if base is None else base)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"          # the same numbering as nvidia-smi
     env["CUDA_VISIBLE_DEVICES"] = "-1" if device.id == "cpu" else ",".join(
-        str(device.device.index + i) for i in range(replicas))
+        str(device.found.index + i) for i in range(replicas))
     env.pop("TF_CONFIG", None)                       # the cluster comes in the cell spec
     env["KERAS_BACKEND"] = backend
     if device.id == "cpu":

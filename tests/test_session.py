@@ -224,10 +224,10 @@ ROW_BUILD_FAILS = """
 import sys
 from bench import cli, record
 real = record.ok_row
-def ok_row(planned, result, **kwargs):
-    if result.train["batch_size"] == 64:
+def ok_row(planned, result, *args, **kwargs):
+    if result.train.batch_size == 64:
         raise KeyError("records")
-    return real(planned, result, **kwargs)
+    return real(planned, result, *args, **kwargs)
 record.ok_row = ok_row
 sys.exit(cli.main(sys.argv[1:]))
 """

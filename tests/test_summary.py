@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench.config import RunConfig
 from bench import record, summary
+from bench.config import RunConfig
 
 
 def row(device_type, batch, median, status="ok", precision="fp32", **extra):
