@@ -9,6 +9,7 @@ cell (batch 19), which trains for FAKE_SLOW_SECONDS.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shlex
 import signal
@@ -89,6 +90,27 @@ def test_an_unreachable_address_is_one_line_not_minutes_of_retries():
     assert "no Ray cluster answers there" in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(fleet.FleetError, match="HOST:PORT"):
         fleet.connect("just-a-host")
+
+
+def test_an_unreachable_cluster_leaves_no_fleet_directory(tmp_path):
+    pytest.importorskip("ray")
+    with pytest.raises(fleet.FleetError, match="no Ray cluster answers there"):
+        fleet.run_fleet(request(tmp_path, f"127.0.0.1:{free_port()}", config(32)), print)
+    assert not (tmp_path / "fleet").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("directory", ["../elsewhere", "/etc", ".hidden", 7])
+def test_resume_refuses_a_fleet_json_pointing_outside_its_directory(tmp_path, directory):
+    pytest.importorskip("ray")
+    out = tmp_path / "fleet"
+    out.mkdir()
+    (out / fleet.FLEET_JSON).write_text(json.dumps({
+        "config": config(32).to_dict(), "device_ids": ["cpu"], "selector": "all",
+        "machines": {"alpha": {"directory": directory, "node_id": "x", "address": "127.0.0.1"}}}))
+    with pytest.raises(fleet.FleetError) as caught:
+        fleet.run_fleet(request(tmp_path, "127.0.0.1:1", None, resume=True), print)
+    assert "is not a name inside the fleet directory" in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_no_bench_module_imports_ray():
