@@ -297,14 +297,14 @@ class _MachineRun:
     facts: MachineFacts
     writer: store.RunWriter
     env: dict
-    planned: list[matrix.Cell]
     todo: deque
     lost: str = ""
 
     @property
     def context(self) -> dict:
+        """The run-wide values of its rows; each row keeps the git commit of the node that ran it."""
         return {"run_id": self.writer.run_id, "system": self.env["system"],
-                "git_commit": (self.env.get("git") or {}).get("commit"), "machine_label": self.machine.label}
+                "git_commit": (self.facts.env.get("git") or {}).get("commit"), "machine_label": self.machine.label}
 
 
 def lost_reason(machine: Machine, why: str) -> str:
@@ -485,6 +485,9 @@ def _open_machine(machine: Machine, facts: MachineFacts, request: FleetRequest, 
         writer = store.RunWriter(directory, previous.run_id, _records(previous.runs), _records(previous.steps))
         todo = [c for c in planned if c.cell_id not in done]
         writer.replace_cells({c.cell_id for c in todo})
+        if not todo:
+            say(f"{machine.label}: {directory}: nothing to run, all {len(planned)} cell(s) are done")
+            return _MachineRun(machine, facts, writer, previous.env, deque())
         env = {**previous.env, "resumed": [*previous.env.get("resumed", []), {
             "command": request.command, "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "git": facts.env.get("git"), "cells": len(todo)}]}
@@ -499,7 +502,7 @@ def _open_machine(machine: Machine, facts: MachineFacts, request: FleetRequest, 
         todo = planned
         say(f"{machine.label}: {len(todo)} cell(s) -> {directory}")
     writer.write_env(env)
-    return _MachineRun(machine, facts, writer, env, planned, deque(todo))
+    return _MachineRun(machine, facts, writer, env, deque(todo))
 
 
 def _records(frame) -> list[dict]:

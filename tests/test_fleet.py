@@ -248,6 +248,10 @@ def test_a_lost_machine_fails_its_unfinished_cells_keeps_the_rest_and_resume_fin
         assert sorted(runs["batch_size"]) == sorted([32, SLOW_BATCH, 64]) and set(runs["status"]) == {"ok"}
         ran = [c["cell_id"] for c in store.read_json_object(tmp_path / "fleet" / fleet.FLEET_JSON)["timeline"]]
         assert len(ran) == 3 and len(set(ran)) == 3                # the kept cell was not run again
+        lines, say = said()
+        fleet.run_fleet(request(tmp_path, cluster.address, None, resume=True,
+                                selector=fleet.parse_node_selector("bench-machine=gamma")), say)
+        assert any("nothing to run, all 3 cell(s) are done" in line for line in lines), lines
     finally:
         cluster.remove_node(back)
 
