@@ -1,7 +1,13 @@
 """Starting, streaming, timing out and killing worker processes (cells and peak measurements).
 
 A worker gets its own process group, so a terminal's Ctrl-C reaches only the harness, which
-then stops the worker itself; on a timeout or any interruption the whole group is killed.
+then stops the worker itself. When a worker ends, however it ends, its whole group is killed
+(a grandchild never outlives its cell), whether or not the worker itself is still alive.
+``--cell-timeout`` covers the worker's whole life, not just its output: one that closes its
+output and keeps running is killed at the deadline; once it has exited, output that a
+leftover child keeps open is read for :data:`EXIT_GRACE_S` more and no longer. On Linux a
+worker also dies with the harness (the kernel's parent-death signal, set before the
+worker's program starts), even when the harness is SIGKILLed in the worker's first instant.
 Its stderr shares the stdout pipe, so its log keeps everything in the order written. A log
 that cannot be written (a full disk) costs the log, never the cell or a hang.
 
@@ -14,8 +20,10 @@ else; users never need it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -32,7 +40,11 @@ from bench.protocol import MARK, Event, ProtocolError, WorkerResult
 WORKER_COMMAND_ENV = "BENCH_WORKER_COMMAND"
 WORKER_COMMAND = (tuple(shlex.split(os.environ[WORKER_COMMAND_ENV])) if os.environ.get(WORKER_COMMAND_ENV)
                   else (sys.executable, "-m", "bench.worker"))
-PUMP_JOIN_S = 10
+PUMP_JOIN_S = 2
+#: after the worker exits, how long output still arriving (from a child holding the pipe) is read
+EXIT_GRACE_S = 2.0
+LOG_TAIL_BYTES = 64 * 1024
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -60,9 +72,8 @@ def run_worker(payload: str, env: dict, log_path: Path, timeout_s: float | None,
     outcome = WorkerOutcome()
     log = _open_log(log_path, outcome)
     try:
-        process = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, env=env, text=True,
-                                   errors="replace", start_new_session=True)
+        process = start_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
     except OSError as exc:
         _close(log)
         outcome.reason = f"could not start the worker: {exc.strerror or exc}"
@@ -78,10 +89,8 @@ def run_worker(payload: str, env: dict, log_path: Path, timeout_s: float | None,
         except (BrokenPipeError, OSError):
             pass
         outcome.reason = _follow(process, lines, outcome, on_event, timeout_s, parse_result)
-    except BaseException:
-        kill_group(process)
-        raise
     finally:
+        kill_group(process)  # also when it exited: its children go with it
         pump.join(timeout=PUMP_JOIN_S)
         if watcher is not None:
             outcome.watched = watcher.stop()
@@ -93,6 +102,34 @@ def run_worker(payload: str, env: dict, log_path: Path, timeout_s: float | None,
     if not outcome.reason:
         outcome.reason = exit_reason(status, log_path)
     return outcome
+
+
+def start_process(command, **popen_kwargs) -> subprocess.Popen:
+    """Start a worker (or a local peer) in a process group of its own that dies with this process.
+
+    OSError if it cannot be started. Every worker the harness starts goes through here.
+    """
+    # preexec_fn is unsafe only where the child might need a lock another thread held at the
+    # fork; this one calls prctl and getppid, which take none
+    return subprocess.Popen(list(command), start_new_session=True,
+                            preexec_fn=_die_with_parent(os.getpid()), **popen_kwargs)  # noqa: PLW1509
+
+
+def _die_with_parent(parent_pid: int):
+    """A ``preexec_fn`` asking the kernel to SIGKILL the child when ``parent_pid`` dies (Linux).
+
+    Runs in the child between fork and exec. If the parent died before the request took
+    effect, the child has already been reparented: it checks and exits at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+    return set_parent_death_signal
 
 
 def _open_log(path: Path, outcome: WorkerOutcome):
@@ -114,20 +151,37 @@ def _close(log) -> None:
 
 def _follow(process, lines: queue.Queue, outcome: WorkerOutcome, on_event, timeout_s,
             parse_result) -> str:
-    """Read the worker's messages until it ends; returns a failure reason or ''."""
+    """Read the worker's messages until it has exited and its output is read; returns a
+    failure reason or ''.
+
+    The deadline covers the worker's life, not only its output. Once the worker has exited,
+    reading goes on for EXIT_GRACE_S at most (a leftover child may hold the pipe open).
+    """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     reason = ""
+    output_closed = False
+    exited_at = None
     while True:
-        wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-        if wait <= 0:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
             kill_group(process)
             return f"timed out after {timeout_s:g} s (--cell-timeout); killed"
+        wait = 0.5 if deadline is None else min(0.5, deadline - now)
+        if process.poll() is not None:
+            exited_at = exited_at or now
+            if output_closed or now - exited_at >= EXIT_GRACE_S:
+                return reason
+            wait = min(wait, exited_at + EXIT_GRACE_S - now)
+        if output_closed:  # it closed its output but still runs: wait for it, up to the deadline
+            time.sleep(min(wait, 0.05))
+            continue
         try:
-            line = lines.get(timeout=wait)
+            line = lines.get(timeout=max(wait, 0.001))
         except queue.Empty:
             continue
         if line is None:
-            return reason
+            output_closed = True
+            continue
         try:
             event = Event.parse(line)
         except ProtocolError:
@@ -167,21 +221,31 @@ def _pump(stream, lines: queue.Queue, log, outcome: WorkerOutcome) -> None:
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the worker's whole process group and reap it."""
-    if process.poll() is not None:
-        return
+    """SIGKILL the worker's whole process group, whether or not the worker itself still
+    runs (its children may), and reap the worker."""
     try:
         if hasattr(os, "killpg"):
             os.killpg(process.pid, signal.SIGKILL)
         else:  # pragma: no cover - Windows
             process.kill()
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
     process.wait()
 
 
+#: framework start-up and logging chatter, never the reason a worker died: glog/absl
+#: (``I1130 ...``, ``W0000 ...``) and TensorFlow's C++ log lines at info/warning level, and
+#: CUDA/cuDNN/cuBLAS/TensorRT initialisation lines at any level but fatal
+_NOISE = re.compile(
+    r"^(?:[IW]\d{4} \d\d:\d\d:\d\d\.\d+|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] |WARNING: All log messages before)"
+    r"|^(?![F]\d{4} ).*(?:cuda|cudnn|cublas|cufft|tensorrt|TF-TRT|GPU will not be used|CPU instructions"
+    r"|rebuild TensorFlow)", re.IGNORECASE)
+#: the last line of a Python traceback: ``SomeError: what happened``
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b")
+
+
 def exit_reason(status: int, log_path: Path) -> str:
-    """Why a worker ended without a result, with the last line of its log."""
+    """Why a worker ended without a result, with the line of its log that says why."""
     if status < 0:
         name = signal.Signals(-status).name
         hint = {"SIGKILL": " (out of memory? the kernel's OOM killer sends SIGKILL)",
@@ -190,8 +254,20 @@ def exit_reason(status: int, log_path: Path) -> str:
         reason = f"worker killed by {name}{hint}"
     else:
         reason = f"worker exited with status {status} without a result"
+    error, last = _telling_lines(log_path)
+    if error:
+        return f"{reason}; error in its log: {error[:200]}"
+    return f"{reason}; last log line: {last[:200]}" if last else reason
+
+
+def _telling_lines(log_path: Path) -> tuple[str, str]:
+    """The last exception line and the last line that is not framework noise, from the log's end."""
     try:
-        tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        with open(log_path, "rb") as log:
+            log.seek(max(0, os.fstat(log.fileno()).st_size - LOG_TAIL_BYTES))
+            tail = log.read(LOG_TAIL_BYTES).decode("utf-8", errors="replace")
     except OSError:
-        tail = []
-    return f"{reason}; last log line: {tail[-1][:200]}" if tail else reason
+        return "", ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip() and not _NOISE.search(line.strip())]
+    error = next((line for line in reversed(lines) if _EXCEPTION.match(line)), "")
+    return error, (lines[-1] if lines else "")
