@@ -4,8 +4,10 @@ A worker gets its own process group, so a terminal's Ctrl-C reaches only the har
 then stops the worker itself. When a worker ends, however it ends, its whole group is killed
 (a grandchild never outlives its cell), whether or not the worker itself is still alive.
 ``--cell-timeout`` covers the worker's whole life, not just its output: one that closes its
-output and keeps running is killed at the deadline; once it has exited, output that a
-leftover child keeps open is read for :data:`EXIT_GRACE_S` more and no longer. On Linux a
+output and keeps running is killed at the deadline. Once it has exited, its group is killed
+at once, so its output closes and is read to the end however slowly this process runs; only
+a child that left the group (``setsid``) can keep it open, and after :data:`EXIT_GRACE_S`
+with nothing to read, reading stops. On Linux a
 worker also dies with the harness (the kernel's parent-death signal, set before the
 worker's program starts), even when the harness is SIGKILLed in the worker's first instant.
 Its stderr shares the stdout pipe, so its log keeps everything in the order written. A log
@@ -24,6 +26,7 @@ import ctypes
 import os
 import queue
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -41,7 +44,8 @@ WORKER_COMMAND_ENV = "BENCH_WORKER_COMMAND"
 WORKER_COMMAND = (tuple(shlex.split(os.environ[WORKER_COMMAND_ENV])) if os.environ.get(WORKER_COMMAND_ENV)
                   else (sys.executable, "-m", "bench.worker"))
 PUMP_JOIN_S = 2
-#: after the worker exits, how long output still arriving (from a child holding the pipe) is read
+#: after the worker exits, how long its output may stay open with nothing to read (a child that
+#: left its group holds it) before reading stops
 EXIT_GRACE_S = 2.0
 LOG_TAIL_BYTES = 64 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -155,24 +159,35 @@ def _follow(process, lines: queue.Queue, outcome: WorkerOutcome, on_event, timeo
     failure reason or ''.
 
     The deadline covers the worker's life, not only its output. Once the worker has exited,
-    reading goes on for EXIT_GRACE_S at most (a leftover child may hold the pipe open).
+    its group is killed and its output read to the end; if something outside the group
+    holds the pipe open, reading stops after EXIT_GRACE_S with nothing to read.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     reason = ""
-    output_closed = False
-    exited_at = None
+    output_closed = exited = False
+    idle_since, idle_checks = None, 0
     while True:
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             kill_group(process)
             return f"timed out after {timeout_s:g} s (--cell-timeout); killed"
         wait = 0.5 if deadline is None else min(0.5, deadline - now)
-        if process.poll() is not None:
-            exited_at = exited_at or now
-            if output_closed or now - exited_at >= EXIT_GRACE_S:
+        if not exited and process.poll() is not None:
+            exited = True
+            kill_group(process)  # its children go too, so its output closes
+        if exited:
+            if output_closed:
                 return reason
-            wait = min(wait, exited_at + EXIT_GRACE_S - now)
-        if output_closed:  # it closed its output but still runs: wait for it, up to the deadline
+            if lines.empty() and _nothing_to_read(process.stdout):
+                # idle for the grace *and* over many waits below, in which the reading thread
+                # runs: a harness descheduled for seconds does not mistake that for idleness
+                idle_since, idle_checks = idle_since or now, idle_checks + 1
+                if now - idle_since >= EXIT_GRACE_S and idle_checks >= EXIT_GRACE_S / 0.05:
+                    return reason
+            else:
+                idle_since, idle_checks = None, 0
+            wait = min(wait, 0.05)
+        elif output_closed:  # it closed its output but still runs: wait for it, up to the deadline
             time.sleep(min(wait, 0.05))
             continue
         try:
@@ -195,6 +210,14 @@ def _follow(process, lines: queue.Queue, outcome: WorkerOutcome, on_event, timeo
         elif event.kind == "error":
             reason = str(event.fields.get("reason", "unknown error"))[:500]
         on_event(event)
+
+
+def _nothing_to_read(stream) -> bool:
+    """Whether the worker's output pipe has neither data nor its end waiting to be read."""
+    try:
+        return not select.select([stream.fileno()], [], [], 0)[0]
+    except (OSError, ValueError):  # closed: nothing more will come
+        return True
 
 
 def _pump(stream, lines: queue.Queue, log, outcome: WorkerOutcome) -> None:

@@ -119,3 +119,21 @@ def test_a_crash_without_an_exception_quotes_its_last_meaningful_line(tmp_path):
                    "2026-11-30 05:00:00.000001: I tensorflow/core/platform/cpu_feature_guard.cc:210] "
                    "This TensorFlow binary is optimized to use available CPU instructions\n")
     assert process.exit_reason(-6, log).endswith("last log line: F0000 00:00:1.0 1 check.cc:9] Check failed: ok")
+
+
+def test_a_child_that_left_the_group_holding_the_pipe_costs_only_a_short_grace(tmp_path):
+    # out of the worker's group, it cannot be killed with it; reading stops once nothing comes
+    env = hostile(tmp_path, f"""
+        import subprocess
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+        open({str(tmp_path / 'escaped')!r}, 'w').write(str(child.pid))
+        os.execv(FAKE[0], FAKE + sys.argv[1:])
+    """)
+    try:
+        done = bench("run", *FAST, "--batch-sizes", "32", "--out", "run", cwd=tmp_path, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert list(rows(tmp_path / "run")["status"]) == ["ok"]
+    finally:
+        escaped = pid_in(tmp_path / "escaped")
+        if escaped and alive(escaped):
+            os.kill(escaped, signal.SIGKILL)
