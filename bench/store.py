@@ -566,8 +566,7 @@ def latest_run(root: str | os.PathLike) -> Path:
     """The newest *finished* run directory under ``<root>/runs`` (run ids sort by time).
 
     A run still being written (it holds its lock) is passed over: a baseline or a README
-    table taken from it would hold half its cells. Callers say which run they took
-    (:func:`taken_text`).
+    table taken from it would hold half its cells. Callers say which run they took.
     """
     base = runs_dir(Path(root))
     candidates = sorted(p for p in base.glob("*") if (p / RUNS_CSV).is_file()) if base.is_dir() else []
@@ -577,14 +576,6 @@ def latest_run(root: str | os.PathLike) -> Path:
         raise ResultsError(f"{base}: {what}; run 'python -m bench run' first, pass "
                            f"--run DIR, or point --results-dir / ${RESULTS_ENV} at your results")
     return finished[-1]
-
-
-def taken_text(run_dir: Path, root: str | os.PathLike) -> str:
-    """What to print when ``--run`` was not given: which run was taken, and any newer one skipped."""
-    base = runs_dir(Path(root))
-    newer = [p.name for p in sorted(base.glob("*")) if p.name > run_dir.name and (p / RUNS_CSV).is_file()]
-    skipped = f" (skipped {', '.join(newer)}: still being written)" if newer else ""
-    return f"using the latest finished run, {run_dir}{skipped}"
 
 
 @dataclass
