@@ -8,8 +8,8 @@ output and keeps running is killed at the deadline. Once it has exited, its grou
 at once, so its output closes and is read to the end however slowly this process runs; only
 a child that left the group (``setsid``) can keep it open, and after :data:`EXIT_GRACE_S`
 with nothing to read, reading stops. On Linux a
-worker also dies with the harness (the kernel's parent-death signal, set before the
-worker's program starts), even when the harness is SIGKILLed in the worker's first instant.
+worker also dies with the harness (the kernel's parent-death signal, set by a short prelude
+that then becomes the worker), even when the harness is SIGKILLed in the worker's first instant.
 Its stderr shares the stdout pipe, so its log keeps everything in the order written. A log
 that cannot be written (a full disk) costs the log, never the cell or a hang.
 
@@ -22,7 +22,6 @@ else; users never need it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import re
@@ -113,27 +112,27 @@ def start_process(command, **popen_kwargs) -> subprocess.Popen:
 
     OSError if it cannot be started. Every worker the harness starts goes through here.
     """
-    # preexec_fn is unsafe only where the child might need a lock another thread held at the
-    # fork; this one calls prctl and getppid, which take none
-    return subprocess.Popen(list(command), start_new_session=True,
-                            preexec_fn=_die_with_parent(os.getpid()), **popen_kwargs)  # noqa: PLW1509
+    return subprocess.Popen(with_parent_death_signal(list(command), os.getpid()), start_new_session=True,
+                            **popen_kwargs)
 
 
-def _die_with_parent(parent_pid: int):
-    """A ``preexec_fn`` asking the kernel to SIGKILL the child when ``parent_pid`` dies (Linux).
+#: Run first in the worker's process, then replaced by the worker itself (same pid): asks the
+#: kernel for SIGKILL when the harness dies (PR_SET_PDEATHSIG, kept across exec), and exits at
+#: once if the harness is already gone. Not a preexec_fn: Python code between fork and exec
+#: would let a Ctrl-C arriving then be swallowed by the fork hooks.
+_PARENT_DEATH_PRELUDE = (
+    "import ctypes, os, sys\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, {int(signal.SIGKILL)})\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n")
 
-    Runs in the child between fork and exec. If the parent died before the request took
-    effect, the child has already been reparented: it checks and exits at once.
-    """
+
+def with_parent_death_signal(command: list[str], parent_pid: int) -> list[str]:
+    """``command`` started so that it dies with ``parent_pid`` (Linux; elsewhere unchanged)."""
     if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
-
-    def set_parent_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-    return set_parent_death_signal
+        return command
+    return [sys.executable, "-S", "-c", _PARENT_DEATH_PRELUDE, str(parent_pid), *command]
 
 
 def _open_log(path: Path, outcome: WorkerOutcome):

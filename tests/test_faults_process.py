@@ -91,15 +91,17 @@ def test_a_worker_that_never_watches_its_parent_dies_with_a_sigkilled_harness(tm
 
 
 def test_a_child_started_after_its_parent_died_exits_before_running(tmp_path):
-    # the race: the parent is gone before the death signal is set; the child checks and exits
-    guard = process._die_with_parent(os.getpid() + 10**6)  # a parent pid that is not ours
-    if guard is None:
+    # the race: the parent is gone before the death signal is set; the prelude checks and exits
+    if not sys.platform.startswith("linux"):
         pytest.skip("the parent-death signal is Linux's")
     import subprocess
     marker = tmp_path / "ran"
-    done = subprocess.run([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], check=False,
-                          preexec_fn=guard, timeout=30)
-    assert done.returncode == 1 and not marker.exists()
+    command = process.with_parent_death_signal([sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+                                               os.getpid() + 10**6)  # a parent pid that is not ours
+    assert subprocess.run(command, check=False, timeout=30).returncode == 1 and not marker.exists()
+    # with the right parent it becomes the command itself
+    command = process.with_parent_death_signal([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], os.getpid())
+    assert subprocess.run(command, check=False, timeout=30).returncode == 0 and marker.exists()
 
 
 def test_the_reason_of_a_crash_is_its_error_not_a_cuda_start_up_line(tmp_path):
