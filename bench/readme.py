@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 import stat
 from pathlib import Path
 
 from bench import files
 
 DEFAULT_MARKER = "table"
+MAX_README_BYTES = 64 * 2**20
+#: any bench marker comment, however spaced: a generated block must never hold one
+_ANY_MARKER = re.compile(r"<!--\s*bench:", re.IGNORECASE)
 
 
 def markers(name: str = DEFAULT_MARKER) -> tuple[str, str]:
@@ -43,6 +47,12 @@ def replace_table(text: str, table: str, name: str = "README", marker: str = DEF
     The block's lines end with ``newline``, whatever the table's own line endings are.
     """
     START, END = markers(marker)  # noqa: N806 - the same names as the module's defaults
+    planted = _ANY_MARKER.search(table)
+    if planted:
+        line = table[:planted.start()].count("\n") + 1
+        raise ReadmeError(f"{name}: the generated table holds a 'bench:' marker comment (line {line} of the "
+                          "block, from a machine label, a path or a run's files); refusing to write it: "
+                          "rename what holds '<!-- bench:'")
     starts, ends = text.count(START), text.count(END)
     if starts == 0 or ends == 0:
         raise ReadmeError(f"{name}: no '{START}' ... '{END}' markers; add both around the "
@@ -74,9 +84,11 @@ def update_readme(readme: str | Path, table: str, marker: str = DEFAULT_MARKER) 
     shown = Path(readme)
     try:
         path = shown.resolve(strict=True)  # a symlink: update its target, keep the link
-        raw = path.read_bytes()
+        raw = store.read_regular_file(path, MAX_README_BYTES, "a README (a regular text file)")
     except FileNotFoundError:
         raise ReadmeError(f"{shown}: no such file; pass --readme PATH") from None
+    except store.ResultsError as exc:  # a FIFO, a device: refused unread instead of hanging
+        raise ReadmeError(str(exc).replace(str(path), str(shown), 1)) from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
         raise ReadmeError(f"{shown}: cannot be read ({_reason(exc)})") from None
     bom = codecs.BOM_UTF8 if raw.startswith(codecs.BOM_UTF8) else b""

@@ -6,6 +6,12 @@ typical step costs. Confidence intervals come from the bootstrap: resampling the
 with replacement needs no assumption about the distribution's shape. It does assume the
 steps are exchangeable; consecutive steps are mildly correlated, so the intervals are a
 little narrower than they should be, which the regression check's threshold absorbs.
+
+Memory stays bounded whatever the number of steps: the median of a resample is drawn
+directly as an order statistic of the sorted sample (the k-th smallest of n uniform draws
+is Beta(k, n-k+1)), which is exactly the distribution the naive "resamples x steps"
+matrix would give, in memory proportional to the resamples alone. Other statistics are
+resampled in chunks of at most :data:`CHUNK_ELEMENTS` values.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import numpy as np
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
+#: the most resampled values held at once by a generic (non-median) bootstrap: 32 MiB of float64
+CHUNK_ELEMENTS = 2**22
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,20 @@ def summarise(samples, confidence: float = DEFAULT_CONFIDENCE,
 
 def bootstrap_ci(samples, statistic=np.median, confidence: float = DEFAULT_CONFIDENCE,
                  resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of ``statistic`` (applied along axis 1)."""
+    """Percentile-bootstrap confidence interval of ``statistic`` (applied along axis 1).
+
+    The median is drawn as an order statistic (memory: the resamples, not resamples x
+    steps); any other statistic is resampled in chunks of at most CHUNK_ELEMENTS values.
+    """
     x = _as_samples(samples)
     rng = np.random.default_rng(seed)
-    draws = statistic(rng.choice(x, size=(resamples, len(x)), replace=True), axis=1)
+    if statistic is np.median:
+        draws = _resampled_sorted_medians(np.sort(x), resamples, rng)
+    else:
+        per_chunk = max(1, CHUNK_ELEMENTS // len(x))
+        draws = np.concatenate([
+            statistic(rng.choice(x, size=(min(per_chunk, resamples - start), len(x)), replace=True), axis=1)
+            for start in range(0, resamples, per_chunk)])
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail])
     return float(low), float(high)
@@ -91,10 +109,32 @@ def _groups(samples) -> list[np.ndarray]:
     return [_as_samples(samples)]
 
 
+def _resampled_sorted_medians(ordered: np.ndarray, resamples: int, rng) -> np.ndarray:
+    """Medians of ``resamples`` bootstrap resamples of the sorted sample ``ordered``.
+
+    A resample draws n indices floor(n U) for uniform U; its k-th smallest value is
+    ``ordered[floor(n U_(k))]``, and the k-th smallest of n uniforms is Beta(k, n-k+1).
+    For even n the median also needs the next one: the smallest of the n-k uniforms above
+    U_(k), which is U_(k) + (1 - U_(k)) Beta(1, n-k). Exactly the naive bootstrap's
+    distribution, without a resamples x n matrix.
+    """
+    n = len(ordered)
+    k = (n + 1) // 2
+    u_k = rng.beta(k, n - k + 1, size=resamples)
+    low = ordered[np.minimum((u_k * n).astype(np.int64), n - 1)]
+    if n % 2:
+        return low
+    u_next = u_k + (1 - u_k) * rng.beta(1, n - k, size=resamples)
+    return (low + ordered[np.minimum((u_next * n).astype(np.int64), n - 1)]) / 2
+
+
 def _resampled_medians(groups: list[np.ndarray], resamples: int, rng) -> np.ndarray:
+    """Bootstrap medians: of the one sample, or hierarchically over repeats.
+
+    The hierarchical loop holds one pooled resample at a time (memory: the steps once).
+    """
     if len(groups) == 1:
-        x = groups[0]
-        return np.median(rng.choice(x, size=(resamples, len(x)), replace=True), axis=1)
+        return _resampled_sorted_medians(np.sort(groups[0]), resamples, rng)
     medians = np.empty(resamples)
     for i in range(resamples):
         chosen = rng.integers(0, len(groups), size=len(groups))

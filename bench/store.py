@@ -17,11 +17,13 @@ All locations hang off one results root (``--results-dir``, ``$BENCH_RESULTS_DIR
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from bench import matrix
 from bench.environment import machine_id
 from bench.files import LOCK_TIMEOUT_S, write_atomically
 from bench.record import RUN_COLUMNS, STATUSES, STEP_COLUMNS, as_dict, columns_of
+from bench.text import csv_cell, plain_text
 from cifar_model.results import seconds_per_step
 
 RUNS_CSV, STEPS_CSV, ENV_JSON, SUMMARY_MD = "runs.csv", "steps.csv", "env.json", "summary.md"
@@ -49,6 +52,14 @@ DEFAULT_RESULTS_ROOT = Path("results")
 MAX_NAME_LENGTH = 100
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_RESULTS_FILE_BYTES = 512 * 2**20      # a results CSV larger than this is refused unread
+MAX_JSON_FILE_BYTES = 16 * 2**20           # env.json, baseline.json
+#: plausible seconds for one training step: a step outside this is a damaged or forged file
+#: (1e308 s steps once passed a 2x slower run as "faster")
+STEP_SECONDS_RANGE = (1e-9, 86_400.0)
+#: the most images per second any device could train this network at
+MAX_IMAGES_PER_S = 1e9
+#: the most seconds a cell could have trained (a year)
+MAX_TRAIN_S = 365 * 86_400.0
 
 
 class ResultsError(Exception):
@@ -96,11 +107,12 @@ def claim_run_dir(out: Path | None, root: Path, run_id: str | None = None) -> Pa
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             out.mkdir()
+            created = True
         except FileExistsError:
             if not out.is_dir() or any(out.iterdir()):
                 raise
-            # an existing empty directory is taken by creating our marker exclusively in it
-        _mark_claimed(out)
+            created = False  # an existing empty directory is taken by creating our marker in it
+        _mark_claimed(out, created)
         return out
     base = runs_dir(root)
     base.mkdir(parents=True, exist_ok=True)
@@ -111,30 +123,99 @@ def claim_run_dir(out: Path | None, root: Path, run_id: str | None = None) -> Pa
             candidate.mkdir()
         except FileExistsError:
             continue
-        _mark_claimed(candidate)
+        _mark_claimed(candidate, created=True)
         return candidate
     raise OSError(errno.EEXIST, f"no free run directory name under {base}")
 
 
-def lock_run_dir(directory: Path) -> FileLock:
-    """Hold ``directory`` for this process: another run or resume of it is refused at once.
+class RunLock:
+    """An OS lock on a run directory's ``.lock`` file, removed again on release.
 
     The OS drops the lock when the process ends, however it ends (SIGKILL included), so a
-    killed run never leaves its directory locked; it can be resumed.
+    killed run never leaves its directory locked (a killed run leaves the empty file, which
+    the next lock reuses). A lock taken on a file that another holder has just removed is
+    retaken on the new file, so removing it on release cannot let two holders in.
     """
-    lock = FileLock(str(Path(directory) / RUN_LOCK), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / RUN_LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False if another process holds it."""
+        import fcntl
+
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return True
+            os.close(fd)  # its holder removed it as we took it: lock the file there now
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still held: nobody else is inside
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def lock_run_dir(directory: Path) -> RunLock:
+    """Hold ``directory`` for this process: another run or resume of it is refused at once."""
+    lock = RunLock(directory)
+    if not lock.acquire():
         raise ResultsError(f"{directory}: in use by another bench run or resume; wait for it to end "
-                           "or stop it first") from None
+                           "or stop it first")
     return lock
 
 
-def _mark_claimed(directory: Path) -> None:
-    """An exclusive marker: of two runs racing for one empty directory, one gets EEXIST."""
-    with open(directory / ".claimed", "x", encoding="utf-8") as f:
-        f.write(f"{os.getpid()}\n")
+def in_use(directory: Path) -> bool:
+    """Whether a run or resume holds ``directory`` now (it is still being written)."""
+    if not (Path(directory) / RUN_LOCK).exists():
+        return False
+    lock = RunLock(directory)
+    try:
+        if lock.acquire():
+            lock.release()
+            return False
+    except OSError:  # a lock we cannot even open (permissions) is not ours to judge: not in use
+        return False
+    return True
+
+
+def _mark_claimed(directory: Path, created: bool) -> None:
+    """An exclusive marker: of two runs racing for one empty directory, one gets EEXIST.
+
+    A failure while marking (a full disk, a signal) undoes the claim, the directory too when
+    this call created it, so the name can be claimed again.
+    """
+    marker = directory / ".claimed"
+    made = False
+    try:
+        with open(marker, "x", encoding="utf-8") as f:
+            made = True
+            f.write(f"{os.getpid()}\n")
+    except BaseException:
+        if made:
+            marker.unlink(missing_ok=True)
+        if created:
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 # --------------------------------------------------------------------------- writing
@@ -179,10 +260,19 @@ class RunWriter:
     def flush(self) -> None:
         # steps first: runs.csv never names a cell whose steps are not on disk yet
         write_atomically(self.directory / STEPS_CSV, _schema_frame(self.steps, STEP_COLUMNS).to_csv(index=False))
-        write_atomically(self.directory / RUNS_CSV, self.frame().to_csv(index=False))
+        write_atomically(self.directory / RUNS_CSV, _neutralised(self.frame()).to_csv(index=False))
 
     def frame(self) -> pd.DataFrame:
         return _schema_frame(self.rows, RUN_COLUMNS)
+
+
+def _neutralised(frame: pd.DataFrame) -> pd.DataFrame:
+    """runs.csv's text as a spreadsheet must show it: a label or reason starting with = + - @
+    is not a formula (see :func:`bench.text.csv_cell`)."""
+    frame = frame.copy()
+    for name in columns_of("text", RUN_COLUMNS):
+        frame[name] = frame[name].map(csv_cell)
+    return frame
 
 
 # --------------------------------------------------------------------------- reading
@@ -206,13 +296,46 @@ class Run:
         return seconds_per_step(cell["seconds"], cell["steps"]).to_numpy(dtype=float)
 
 
+def read_regular_file(path: Path, limit: int, what: str = "a results file this tool wrote") -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    Opened without blocking and checked on the open file, so a FIFO, a device or a socket
+    in its place is refused instead of hanging or reading forever; the read itself is
+    bounded too (a file growing while read). ResultsError names the file; a missing file
+    raises FileNotFoundError, any other OSError passes through.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ResultsError(f"{path}: not a regular file (a FIFO, device, socket or directory); "
+                               f"expected {what}")
+        if info.st_size > limit:
+            raise ResultsError(f"{path}: larger than {limit // 2**20} MiB; not {what}")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ResultsError(f"{path}: larger than {limit // 2**20} MiB; not {what}")
+    return data
+
+
+def read_json(path: Path, what: str) -> object:
+    """A bounded JSON file parsed; ResultsError (naming the file) for anything unreadable,
+    nesting too deep to parse included. FileNotFoundError passes through."""
+    try:
+        return json.loads(read_regular_file(path, MAX_JSON_FILE_BYTES, what).decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else (
+            getattr(exc, "strerror", None) or str(exc))
+        raise ResultsError(f"{path}: not readable JSON ({' '.join(str(reason).split())[:200]})") from None
+
+
 def read_table(path: Path, schema: dict, required: set[str] | None = None) -> pd.DataFrame:
     """Read a schema CSV as data: unknown columns dropped, required ones checked, types parsed."""
     try:
-        if path.stat().st_size > MAX_RESULTS_FILE_BYTES:
-            raise ResultsError(f"{path}: larger than {MAX_RESULTS_FILE_BYTES // 2**20} MiB; "
-                               "not a results file this tool wrote")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        data = read_regular_file(path, MAX_RESULTS_FILE_BYTES)
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise ResultsError(f"{path}: missing") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
@@ -249,24 +372,41 @@ def _check(path: Path, frame: pd.DataFrame, name: str, ok: pd.Series, rule: str)
                            f"{frame[name].iloc[row]!r})")
 
 
+def _within(value: pd.Series, low: float, high: float, empty_ok: bool = True) -> pd.Series:
+    inside = np.isfinite(value.fillna(low)) & (value.fillna(low) >= low) & (value.fillna(low) <= high)
+    return inside & (value.notna() | empty_ok)
+
+
 def _validate_steps(path: Path, steps: pd.DataFrame) -> None:
     seconds, counts = steps["seconds"], steps["steps"]
-    _check(path, steps, "seconds", seconds.notna() & np.isfinite(seconds.fillna(0)) & (seconds > 0),
-           "a positive, finite number of seconds")
     _check(path, steps, "steps", counts.notna() & (counts >= 1) & (counts % 1 == 0),
            "a whole number >= 1")
+    low, high = STEP_SECONDS_RANGE
+    _check(path, steps, "seconds", seconds.notna() & (seconds > 0) & _within(seconds / counts, low, high),
+           f"a positive, finite number of seconds, {low:g} to {high:g} s a step")
     _check(path, steps, "warmup", steps["warmup"].notna(), "True or False")
+    key = steps[["cell_id", "epoch", "step"]].astype(str).agg("/".join, axis=1)
+    _check(path, steps, "cell_id", ~key.duplicated(), "unique with epoch and step (a record appears twice)")
 
 
 def _validate_runs(path: Path, runs: pd.DataFrame) -> None:
     _check(path, runs, "status", runs["status"].isin(STATUSES), f"one of {', '.join(STATUSES)}")
+    _check(path, runs, "cell_id", ~runs["cell_id"].duplicated(), "unique (a cell appears twice)")
     batch = runs["batch_size"]
     _check(path, runs, "batch_size", batch.notna() & (batch >= 1) & (batch % 1 == 0),
            "a whole number >= 1")
-    for name in ("step_median_s", "images_per_s", "train_s"):
+    high = STEP_SECONDS_RANGE[1]
+    for name, top in (("step_median_s", high), ("images_per_s", MAX_IMAGES_PER_S), ("train_s", MAX_TRAIN_S)):
         value = runs[name]
-        _check(path, runs, name, value.isna() | (np.isfinite(value.fillna(0)) & (value > 0)),
-               "empty or a positive, finite number")
+        _check(path, runs, name, value.isna() | ((value > 0) & _within(value, 0, top)),
+               f"empty or a positive, finite number up to {top:g}")
+    for name in (c for c in runs.columns if c.endswith("_pct") and c in _PERCENT_OF_A_WHOLE):
+        _check(path, runs, name, _within(runs[name], 0, 100), "empty or a percentage from 0 to 100")
+
+
+#: the percentage columns that are shares of a whole (sync_overhead_pct, efficiency can pass 100
+#: or go below 0 honestly)
+_PERCENT_OF_A_WHOLE = ("other_cpu_pct", "steal_pct", "worker_cpu_pct")
 
 
 #: Named upgrade steps: version -> the function that brings a run of that version to the
@@ -308,13 +448,9 @@ UPGRADES: dict[int, Callable[[pd.DataFrame, dict], None]] = {1: _upgrade_1_to_2}
 
 def read_env(path: Path) -> dict:
     try:
-        if path.stat().st_size > 16 * 2**20:
-            raise ResultsError(f"{path}: larger than 16 MiB; not an env.json this tool wrote")
-        env = json.loads(path.read_text(encoding="utf-8"))
+        env = read_json(path, "an env.json this tool wrote")
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
-        raise ResultsError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(env, dict):
         raise ResultsError(f"{path}: expected a JSON object")
     for key, kind in (("cpu", dict), ("tensorflow", dict), ("packages", dict), ("environment", dict),
@@ -334,6 +470,7 @@ def read_env(path: Path) -> dict:
                                   or (kind is int and value < 0)):
             raise ResultsError(f"{path}: '{name}' must be {'text' if kind is str else 'a whole number >= 0'}"
                                f" (got {json.dumps(value)[:40]})")
+    _check_scalars(path, env)
     version = env.get("schema_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ResultsError(f"{path}: schema_version must be a positive integer")
@@ -341,6 +478,35 @@ def read_env(path: Path) -> dict:
         raise ResultsError(f"{path}: written by a newer cifar-bench (schema {version}, this one "
                            f"reads up to {SCHEMA_VERSION}); upgrade cifar-bench")
     return env
+
+
+#: where env.json holds values that are compared (``check``, ``--resume``) or shown: each must
+#: be text, a number, true/false or null, never a nested object or array
+_SCALAR_PLACES = (((), ("system", "machine", "python", "driver_version", "machine_label", "memory_bytes")),
+                  (("tensorflow",), None), (("packages",), None), (("environment",), None))
+
+
+def _check_scalars(path: Path, env: dict) -> None:
+    def scalar(value) -> bool:
+        return value is None or isinstance(value, (str, int, float, bool))
+
+    places = [(".".join(where + (k,)), v) for where, keys in _SCALAR_PLACES
+              for k, v in _at(env, where).items() if keys is None or k in keys]
+    places += [(f"cpu.{k}", v) for k, v in _at(env, ("cpu",)).items() if k != "flags"]
+    places += [(f"backends.{b}.version", (v or {}).get("version") if isinstance(v, dict) else v)
+               for b, v in _at(env, ("backends",)).items()]
+    places += [(f"gpus[{i}].{k}", v) for i, g in enumerate(env.get("gpus") or []) for k, v in g.items()
+               if not isinstance(v, list)]
+    for name, value in places:
+        if not scalar(value):
+            raise ResultsError(f"{path}: '{name}' must be text, a number, true/false or null "
+                               f"(got a JSON {'object' if isinstance(value, dict) else 'array'})")
+
+
+def _at(env: dict, where: tuple[str, ...]) -> dict:
+    for key in where:
+        env = env.get(key) if isinstance(env, dict) else None
+    return env if isinstance(env, dict) else {}
 
 
 def read_run(directory: str | os.PathLike, started: bool = False) -> Run:
@@ -373,13 +539,19 @@ def read_run(directory: str | os.PathLike, started: bool = False) -> Run:
 
 
 def latest_run(root: str | os.PathLike) -> Path:
-    """The newest run directory under ``<root>/runs`` (run ids sort by time)."""
+    """The newest *finished* run directory under ``<root>/runs`` (run ids sort by time).
+
+    A run still being written (it holds its lock) is passed over: a baseline or a README
+    table taken from it would hold half its cells. Callers say which run they took.
+    """
     base = runs_dir(Path(root))
     candidates = sorted(p for p in base.glob("*") if (p / RUNS_CSV).is_file()) if base.is_dir() else []
-    if not candidates:
-        raise ResultsError(f"{base}: no runs here yet; run 'python -m bench run' first, pass --run DIR, "
-                           f"or point --results-dir / ${RESULTS_ENV} at your results")
-    return candidates[-1]
+    finished = [p for p in candidates if not in_use(p)]
+    if not finished:
+        what = f"no finished runs here yet ({len(candidates)} still being written)" if candidates else "no runs here yet"
+        raise ResultsError(f"{base}: {what}; run 'python -m bench run' first, pass "
+                           f"--run DIR, or point --results-dir / ${RESULTS_ENV} at your results")
+    return finished[-1]
 
 
 @dataclass
@@ -449,9 +621,9 @@ def _listing(kind: str, directory: Path, name: str | None = None) -> RunListing:
     listing = RunListing(kind, name or directory.name, str(directory))
     try:
         run = read_run(directory)
-    except ResultsError as exc:
-        listing.error = str(exc)
-        return listing
+    except (ResultsError, OSError, ValueError, RecursionError) as exc:  # one damaged run, not the listing
+        listing.error = str(exc) if isinstance(exc, ResultsError) else f"{directory}: {type(exc).__name__}"
+        return _inert(listing)
     runs = run.runs
     started = sorted(v for v in runs["started_at"] if isinstance(v, str) and v)
     counts = runs["status"].value_counts()
@@ -464,6 +636,15 @@ def _listing(kind: str, directory: Path, name: str | None = None) -> RunListing:
     listing.data = ",".join(dict.fromkeys(v for v in runs["data"] if isinstance(v, str) and v)) or None
     listing.ok, listing.failed, listing.skipped = (int(counts.get(s, 0)) for s in ("ok", "failed", "skipped"))
     listing.git_commit = commit[:12] if commit else None
+    return _inert(listing)
+
+
+def _inert(listing: RunListing) -> RunListing:
+    """A listing's text (labels, paths and errors from files on disk) as one inert line each."""
+    for name in ("id", "path", "machine", "data", "git_commit", "error"):
+        value = getattr(listing, name)
+        if value is not None:
+            setattr(listing, name, plain_text(value))
     return listing
 
 
@@ -547,9 +728,9 @@ def load_baseline(name_or_path: str, root: Path) -> Run:
     meta_file = path / BASELINE_JSON
     if meta_file.exists():
         try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BaselineError(f"{meta_file}: not readable JSON ({exc})") from None
+            meta = read_json(meta_file, "a baseline.json this tool wrote")
+        except (ResultsError, OSError) as exc:
+            raise BaselineError(str(exc) if isinstance(exc, ResultsError) else f"{meta_file}: {exc.strerror}") from None
         if not isinstance(meta, dict) or meta.get("schema") != BASELINE_SCHEMA:
             raise BaselineError(f"{meta_file}: not a cifar-bench baseline (schema "
                                 f"{meta.get('schema') if isinstance(meta, dict) else None!r}, "
@@ -567,10 +748,14 @@ def list_baselines(root: Path) -> list[dict]:
         if meta_file.parent.name.startswith("."):
             continue
         try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            meta = read_json(meta_file, "a baseline.json this tool wrote")
             if not isinstance(meta, dict):
-                raise ValueError
-            found.append({**meta, "name": meta_file.parent.name})
-        except (OSError, ValueError):
-            found.append({"name": meta_file.parent.name, "error": "unreadable baseline.json"})
+                raise ResultsError(f"{meta_file}: not a JSON object")
+            shown = {k: plain_text(v) if isinstance(v, str) else v for k, v in meta.items()
+                     if v is None or isinstance(v, (str, int, float, bool))}
+            found.append({**shown, "name": plain_text(meta_file.parent.name)})
+        except (ResultsError, OSError) as exc:
+            found.append({"name": plain_text(meta_file.parent.name),
+                          "error": plain_text(exc) if isinstance(exc, ResultsError) else f"unreadable baseline.json "
+                          f"({exc.strerror or exc})"})
     return found

@@ -233,7 +233,17 @@ def _codecs_encode(text, encoding="latin1"):
     return text.encode("latin1")
 
 
+def _empty_bytes(*args):
+    # Python 3 writes an empty ``bytes`` (a zero-length array's data) into protocol-2 pickles
+    # as a call of bytes() with no argument; any argument is something else.
+    if args:
+        raise _Unsafe("bytes() is allowed only without arguments (an empty array's data)")
+    return b""
+
+
 _ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
     ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
     ("numpy", "ndarray"): _NDARRAY_PLACEHOLDER,

@@ -28,10 +28,21 @@ Three engines, each the framework's own (no home-made all-reduce, no cluster pro
 
 Every worker builds the same global batch stream (same seed) and keeps its own slice, so a
 run with any number of workers sees the data in the same order as a one-process run.
+
+Listening ports. The runtimes' ports are unauthenticated (TensorFlow's gRPC server runs
+whatever graph it is sent). A cluster whose every address is loopback (``--workers N`` on
+one machine, or an explicit ``127.0.0.1``/``localhost``/``::1`` ``--cluster``) must not be
+reachable from elsewhere: JAX's coordination service is bound to the cluster's first
+address and gloo's collectives to the loopback address (:func:`bind_jax_to_loopback`).
+TensorFlow's gRPC server cannot be bound: it listens on ``0.0.0.0:PORT`` (every interface,
+hard-coded in its ``grpc_server_lib.cc``), so every worker says so in its log
+(:func:`listening_note`). Real clusters must be firewalled to the cluster's hosts.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import signal
 import sys
 
@@ -81,6 +92,7 @@ def make_strategy(settings: TrainSettings, device_type: str):
             split_cpu(settings.replicas)
         prefix = "/cpu" if device_type == "CPU" else "/gpu"
         return tf.distribute.MirroredStrategy([f"{prefix}:{i}" for i in range(settings.replicas)])
+    print(listening_note(settings, "tensorflow"), file=sys.stderr, flush=True)
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec({"worker": list(settings.cluster)}), task_type="worker",
         task_id=settings.task_index, rpc_layer="grpc")
@@ -131,12 +143,70 @@ def keras_multi_process(settings: TrainSettings, device_type: str):
 
     if device_type == "CPU":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if is_loopback_cluster(settings.cluster):
+        bind_jax_to_loopback(settings.cluster)
+    print(listening_note(settings, "jax"), file=sys.stderr, flush=True)
     keras.distribution.initialize(",".join(settings.cluster), settings.workers, settings.task_index)
     devices = jax.devices()
     if len(devices) != settings.total_replicas:
         raise ValueError(f"{settings.workers} workers x {settings.replicas} replicas need "
                          f"{settings.total_replicas} JAX devices in all; the cluster has {len(devices)}")
     return keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+
+
+def _host(address: str) -> str:
+    """``host`` of ``host:port``, ``[v6]:port`` or ``v6`` without brackets."""
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    return host.strip("[]")
+
+
+def is_loopback_cluster(cluster) -> bool:
+    """Whether every address of ``cluster`` is this machine's loopback (``localhost`` included)."""
+    def loopback(host: str) -> bool:
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+    return bool(cluster) and all(loopback(_host(address)) for address in cluster)
+
+
+def bind_jax_to_loopback(cluster) -> None:
+    """Keep JAX's ports of a loopback cluster on loopback; before JAX's distributed runtime starts.
+
+    The coordination service (task 0) would bind ``[::]:PORT``; ``JAX_COORDINATOR_BIND_ADDRESS``
+    (read by ``jax.distributed.initialize``, which ``keras.distribution.initialize`` calls
+    without a bind address) puts it on the cluster's first address. gloo's CPU collectives
+    would listen on the address this machine's hostname resolves to; JAX builds them with no
+    hostname, so the builder is given the loopback address.
+    """
+    import functools
+
+    from jax._src.lib import _jax
+
+    os.environ["JAX_COORDINATOR_BIND_ADDRESS"] = cluster[0]
+    host = _host(cluster[0])
+    ip = "127.0.0.1" if host.lower() == "localhost" else host
+    make = getattr(_jax, "make_gloo_tcp_collectives", None)
+    if make is not None and not isinstance(make, functools.partial):
+        _jax.make_gloo_tcp_collectives = functools.partial(make, hostname=ip)
+
+
+def listening_note(settings: TrainSettings, backend: str) -> str:
+    """What this worker will listen on, for its log: where, and who can reach it."""
+    own = settings.cluster[settings.task_index]
+    port = own.rsplit(":", 1)[-1]
+    if backend == "jax":
+        if is_loopback_cluster(settings.cluster):
+            return (f"listening on loopback only: {settings.cluster[0]} (JAX coordination service, task 0) "
+                    f"and gloo collectives on {_host(settings.cluster[0])}")
+        return (f"listening on every interface: [::]:{settings.cluster[0].rsplit(':', 1)[-1]} (JAX coordination "
+                "service, task 0) and gloo collectives; these ports are unauthenticated: firewall them to "
+                "the cluster's hosts")
+    return (f"listening on every interface: 0.0.0.0:{port} (TensorFlow's gRPC server cannot be bound to "
+            f"one address{', even for this loopback cluster' if is_loopback_cluster(settings.cluster) else ''}); "
+            "the port is unauthenticated and runs what it is sent: firewall it to the cluster's hosts")
 
 
 def process_slices(batches, task_index: int, local_images: int):

@@ -293,6 +293,21 @@ def test_empty_batch_is_refused(python_layout):
     refused(python_layout, "data_batch_2", "no images")
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_an_empty_batch_is_empty_not_unsafe(python_layout, protocol):
+    # protocol 2 (the format's own) writes an empty array's data as a call of bytes()
+    batch = {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}
+    (python_layout / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=protocol))
+    message = refused(python_layout, "data_batch_2", "no images")
+    assert "unsafe" not in message
+
+
+def test_bytes_with_an_argument_is_still_refused():
+    crafted = b"\x80\x02c__builtin__\nbytes\n]q\x00(K\x01e\x85R."  # bytes([1]): not an empty array's data
+    with pytest.raises(DataError, match="unsafe pickle, bytes"):
+        cdata.safe_unpickle(crafted, "x")
+
+
 def test_class_names_must_be_strings(python_layout):
     (python_layout / "batches.meta").write_bytes(pickle.dumps({b"label_names": list(range(10))}))
     refused(python_layout, "batches.meta", "must be a list of strings")
