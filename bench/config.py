@@ -225,7 +225,9 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="HOST:PORT,...", default=(),
             help="every worker of a multi-host run, chief first, the same on every host (default: "
                  "$TF_CONFIG's cluster when set; else --workers start local workers on 127.0.0.1); "
-                 "--workers then defaults to the host count"),
+                 "--workers then defaults to the host count. The workers' ports are unauthenticated "
+                 "(TensorFlow's listen on every interface, even for local workers; JAX's on the "
+                 "cluster address): firewall them to the cluster's hosts"),
     Setting(name="task_index", example="1", flag="--task-index", parse=integer(0, MAX_TASK_INDEX), default=0,
             help="this host's place in --cluster; 0, the chief, writes the rows that count "
                  "(default: $TF_CONFIG's task, else 0)"),

@@ -20,7 +20,7 @@ import re
 import stat
 from pathlib import Path
 
-from bench import files
+from bench import files, store
 
 DEFAULT_MARKER = "table"
 MAX_README_BYTES = 64 * 2**20

@@ -219,9 +219,8 @@ def start_peers(cell: matrix.Cell, config: RunConfig, cluster: tuple[str, ...], 
     for task in range(1, len(cluster)):
         log_path = log_dir / f"{cell.cell_id}.task{task}.log"
         with open(log_path, "w", encoding="utf-8") as log:
-            peer = subprocess.Popen(list(worker_command), stdin=subprocess.PIPE, stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, text=True,
-                                    start_new_session=True)
+            peer = process.start_process(worker_command, stdin=subprocess.PIPE, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, text=True)
         peers.append((peer, log_path))
         try:
             peer.stdin.write(cell_spec(cell, config, cluster, task).to_json())
