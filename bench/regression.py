@@ -64,7 +64,7 @@ class Verdict:
     ratio: float          # median(current) / median(baseline) step time; > 1 is slower
     low: float
     high: float
-    verdict: str
+    kind: str             # REGRESSION, FASTER or WITHIN_NOISE
 
 
 def decide(baseline, current, max_slowdown: float = 0.10, confidence: float = 0.95,
@@ -340,12 +340,12 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
         spec, base, base_load = base_cells[key]
         _, cur, cur_load = cur_cells[key]
         verdict = decide(base, cur, max_slowdown, confidence)
-        final, why, busy_side = contention_verdict(verdict.verdict, base_load, cur_load, max_slowdown,
+        final, why, busy_side = contention_verdict(verdict.kind, base_load, cur_load, max_slowdown,
                                                    resources_changed=resources_changed)
         changed = "; ".join(comparison.environment_differences)
         if final == REGRESSION and changed:
             why = f"likely cause: {changed}"
-        elif final == INCONCLUSIVE and changed and verdict.verdict == REGRESSION:
+        elif final == INCONCLUSIVE and changed and verdict.kind == REGRESSION:
             why += f"; the environment changed too: {changed}"
         batch = float(spec["batch_size"])
         comparison.cells.append(CellComparison(
@@ -356,7 +356,7 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             high_pct=(verdict.high - 1) * 100, verdict=final,
             baseline_steps=sum(map(len, base)), current_steps=sum(map(len, cur)),
             baseline_repeats=len(base), current_repeats=len(cur),
-            statistical_verdict=verdict.verdict, why=why, busy_side=busy_side,
+            statistical_verdict=verdict.kind, why=why, busy_side=busy_side,
             baseline_contention=_contention_text(base_load),
             current_contention=_contention_text(cur_load),
             baseline_pressure_pct=base_load.pressure_pct if base_load else None,

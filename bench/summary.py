@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench import matrix
 from bench.record import NOTABLE_CONTENTION_PCT, NOTEBOOK_EPOCHS, NOTEBOOK_TRAIN_IMAGES, RUN_COLUMNS
-from cifar_model.settings import ENGINES
+from cifar_model.settings import STRATEGY_DOCS
 
 
 def format_duration(seconds: float | None) -> str:
@@ -302,7 +302,7 @@ def _impossible_efficiency_notes(ok: pd.DataFrame) -> list[str]:
 
 def _scaling_notes(ok: pd.DataFrame) -> list[str]:
     """What the data-parallel columns are, which engine ran, and which rows cannot show scaling."""
-    used = [f"{name} = {text}" for name, (_, text) in ENGINES.items()
+    used = [f"{name} = {text}" for name, (_, text) in STRATEGY_DOCS.items()
             if name != "none" and name in set(ok["strategy"].dropna())]
     notes = ["**Batch size (per replica)**: images each replica trains on per step; **Global batch** "
              "= that × replicas × workers, what one optimizer update averages over. **Images/s per "

@@ -43,9 +43,10 @@ BACKEND_INSTALL = {"tensorflow": "pip install tensorflow",
                    "jax": "pip install 'cifar-bench[jax]'",
                    "torch": "pip install 'cifar-bench[torch]'"}
 
-#: The data-parallel engine of a cell, by what it asked for and its backend (see
-#: :func:`strategy_name`), and what each one is, in words (tables, notes, plots).
-ENGINES = {
+#: The data-parallel strategy of a cell, by what it asked for and its backend (see
+#: :func:`strategy_name`): its short name and what it is, in words (tables, notes, plots).
+#: ("Engine" is another dimension: the Keras or the native training loop.)
+STRATEGY_DOCS = {
     "none": ("one device", "one device, Keras fit"),
     "mirrored": ("MirroredStrategy",
                  "tf.distribute.MirroredStrategy over the devices of one process, Keras fit"),
@@ -60,7 +61,7 @@ ENGINES = {
                             "keras.distribution.initialize (JAX's distributed runtime; gloo "
                             "collectives between CPUs)"),
 }
-STRATEGIES = tuple(ENGINES)
+STRATEGIES = tuple(STRATEGY_DOCS)
 #: Logical CPU devices a CPU cell may split into for ``replicas`` > 1: a functional check of
 #: the data-parallel code path (they share the machine's cores), not a scaling result.
 MAX_LOGICAL_CPU_REPLICAS = 8

@@ -70,10 +70,10 @@ def test_settings_say_per_replica_and_global_batch():
 ])
 def test_each_backend_plugs_in_its_own_engine(backend, replicas, workers, engine):
     from cifar_model import TrainSettings
-    from cifar_model.settings import ENGINES
+    from cifar_model.settings import STRATEGY_DOCS
 
     assert TrainSettings(backend=backend, replicas=replicas, workers=workers).strategy == engine
-    assert engine in ENGINES
+    assert engine in STRATEGY_DOCS
 
 
 def test_a_jax_cpu_cell_of_n_replicas_starts_jax_with_n_cpu_devices():
