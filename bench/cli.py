@@ -25,7 +25,7 @@ from bench import export as export_module
 from bench import devices as devices_module
 from bench import peak as peak_module
 from bench.protocol import DataSpec
-from cifar_model.settings import BACKENDS, DEFAULT_CONNECT_TIMEOUT_S
+from cifar_model.settings import BACKENDS, DEFAULT_CONNECT_TIMEOUT_S, SEED_RUN
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CELL_FAILED, EXIT_WRITE = 0, 1, 2, 3, 4, 5
 EXIT_STATUSES = (
@@ -42,8 +42,8 @@ PROFILES = {
     "quick": {"batch_size": (64, 128, 256), "epochs": 1, "steps": 50, "warmup": 5,
               "split": "standard", "precision": ("auto",)},
     # seed: the notebook's run: seed split, batch 128, Adam 1e-4, 26 full epochs, fp32
-    "seed": {"batch_size": (128,), "epochs": 26, "steps": None, "warmup": 5, "split": "seed",
-             "precision": ("fp32",)},
+    "seed": {"batch_size": (SEED_RUN.batch_size,), "epochs": SEED_RUN.epochs, "steps": None, "warmup": 5,
+             "split": SEED_RUN.split, "precision": (SEED_RUN.precision,)},
 }
 
 

@@ -25,16 +25,19 @@ import numpy as np
 import pandas as pd
 
 from bench import matrix, stats
+from bench.contention import BUSY_PCT
 from bench.matrix import MATCH_KEYS
 from bench.store import BaselineError, Run
+from cifar_model.settings import BACKEND_INFO
 
 REGRESSION, FASTER, WITHIN_NOISE, INCONCLUSIVE = "regression", "faster", "within noise", "inconclusive"
 #: `bench noise` adds this to the largest spread seen between identical runs.
 NOISE_MARGIN_PCT = 1.0
-#: A side counts as disturbed only when other processes (+ steal) took at least this share
-#: of its usable CPUs, or another process used its GPU: a worker share that fell on a quiet
-#: machine is the code's doing (a real regression can serialise work), not contention.
-DISTURBED_PCT = 10.0
+#: A side counts as disturbed only when it was busy (:data:`bench.contention.BUSY_PCT`: other
+#: processes + steal took at least that share of its usable CPUs, or another process used its
+#: GPU): a worker share that fell on a quiet machine is the code's doing (a real regression can
+#: serialise work), not contention. The name stays for ``bench noise``'s message.
+DISTURBED_PCT = BUSY_PCT
 #: A side on which other processes (+ steal) took at least half the usable CPUs was saturated:
 #: the worker's threads competed with as many runnable threads as it had CPUs, and its speed
 #: no longer follows the measured shares. Measured here: identical runs at 56-78 % other load
@@ -49,8 +52,10 @@ ENV_FIELDS = (
     ("OS", ("system",)), ("CPU model", ("cpu", "model")), ("logical CPUs", ("cpu", "logical_cpus")),
     ("CPUs usable by the process", ("cpu", "usable_cpus")), ("memory", ("memory_bytes",)),
     ("GPUs", ("gpus",)), ("Python", ("python",)), ("TensorFlow", ("tensorflow", "version")),
-    ("Keras", ("tensorflow", "keras")), ("JAX", ("backends", "jax", "version")),
-    ("PyTorch", ("backends", "torch", "version")), ("NumPy", ("packages", "numpy")),
+    ("Keras", ("tensorflow", "keras")),
+    *((info.display_name, ("backends", name, "version")) for name, info in BACKEND_INFO.items()
+      if name != "tensorflow"),       # TensorFlow's version is recorded under "tensorflow", above
+    ("NumPy", ("packages", "numpy")),
     ("oneDNN", ("tensorflow", "onednn_enabled")), ("NVIDIA driver", ("driver_version",)),
     ("CUDA", ("tensorflow", "cuda_version")), ("cuDNN", ("tensorflow", "cudnn_version")),
     ("environment variables", ("environment",)),

@@ -17,8 +17,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "settings": ("BACKENDS", "BACKEND_INSTALL", "COMPUTE_DTYPES", "DATA_PLACEMENTS",
-                 "DEFAULT_BACKEND", "JIT_COMPILE", "MAX_SEED", "PRECISIONS", "SPLITS",
+    "settings": ("BACKENDS", "BACKEND_INFO", "BACKEND_INSTALL", "BACKEND_PACKAGES", "BackendInfo", "backend_entry", "COMPUTE_DTYPES", "DATA_PLACEMENTS",
+                 "DEFAULT_BACKEND", "JIT_COMPILE", "MAX_SEED", "PRECISIONS", "SEED_RUN", "SPLITS", "SPLIT_SIZES",
+                 "STRATEGY_DOCS", "SeedRun",
                  "TrainSettings", "backend_limitation", "parallel_limitation", "strategy_name", "resolve_data_placement", "split_sizes", "steps_per_epoch",
                  "training_set_bytes"),
     "data": ("CLASS_NAMES", "DataError", "Dataset", "DatasetNotFound", "load_cifar10",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import matrix, record, runner, summary
+from bench import matrix, record, runner, tables
 from bench.devices import Device, Requested
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -287,9 +287,9 @@ def test_jax_replicas_and_workers_run_end_to_end_and_train_alike(tmp_path, pytho
     assert "keras.distribution.DataParallel" in text and "**Not a scaling result**" in text
 
 
-def test_summary_names_the_engine(parallel_run):
+def test_summary_names_the_strategy(parallel_run):
     out, runs, _ = parallel_run
-    notes = summary.describe_settings(runs.reset_index())
+    notes = tables.notes(tables.build([tables.in_memory(runs.reset_index(), {})]))
     assert any("MultiWorkerMirroredStrategy" in n and "keras#20585" in n for n in notes)
 
 
