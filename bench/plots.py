@@ -108,7 +108,7 @@ def y_scale(images_per_s: pd.Series) -> str:
 def comparison_plot(cells: pd.DataFrame, path: Path, title: str = "Training throughput") -> Path | None:
     """Images/s against batch size for cells of several runs: one line per machine and device.
 
-    ``cells`` are runs.csv rows with a ``machine`` column (:func:`bench.multirun.combined`).
+    ``cells`` are runs.csv rows with a ``machine`` column (:func:`bench.tables.combined`).
     Dimensions that vary (backend, precision, ...) split lines further and are named in the
     legend. A CPU next to a GPU is often 10-100x apart: then the y axis is logarithmic, so
     the slow lines do not flatten onto zero.
