@@ -155,17 +155,18 @@ class Reference:
     def column(self) -> str:
         return "Speed-up vs CPU" if self.machine is None else f"Speed-up vs {self.named}"
 
-    @property
-    def note(self) -> str:
+    def note(self, fallback_named: bool) -> str:
+        """What the column divides by; ``fallback_named``: some rows' reference is named in a note below."""
+        below = " (named below)" if fallback_named else ""
         if self.machine is None:
             return (f"**{self.column}**: the median step of a CPU row of the same machine ÷ this row's "
                     "(>1: this row is faster): the CPU row of the same settings as asked (the same "
                     "run's where it has one), else the fastest CPU row of that machine at the same "
-                    "batch size, whatever its backend or precision (named below).")
+                    f"batch size, whatever its backend or precision{below}.")
         return (f"**{self.column}**: the median step of {self.device_id}"
                 + (f" with {self.backend}" if self.backend else "")
                 + f" on {self.machine} ÷ this row's (>1: this row is faster): its row of the same "
-                  "settings as asked, else its fastest row at the same batch size (named below).")
+                  f"settings as asked, else its fastest row at the same batch size{below}.")
 
     def check(self, frame: pd.DataFrame) -> None:
         """A named reference must be a measured device of a machine in the table."""
@@ -277,7 +278,7 @@ class Speedup:
 
 
 def speedups(frame: pd.DataFrame, groups: list[pd.DataFrame], reference: Reference) -> list[Speedup]:
-    """Per cell: the reference's median step ÷ the cell's (see :attr:`Reference.note`)."""
+    """Per cell: the reference's median step ÷ the cell's (see :meth:`Reference.note`)."""
     keys = _requested_key(frame)
     compared = [d for d in keys.columns if not (reference.backend and d == "backend")]
     ok = [g[g["status"] == "ok"] for g in groups]
@@ -553,7 +554,7 @@ def _column_notes(table: Table, ok: pd.DataFrame) -> list[str]:
         + (f"{warmup} step(s)" if warmup is not None else "steps (see Warm-up)")
         + " of each cell (tracing, compilation) are excluded; every step is timed until its loss "
         "is on the host (device synced). **Median step**: median steady step time.",
-        table.reference.note,
+        table.reference.note(fallback_named=any(s.basis for s in table.speedups)),
     ]
     if not table.several:
         notes.append(
