@@ -282,7 +282,7 @@ def speedups(frame: pd.DataFrame, groups: list[pd.DataFrame], reference: Referen
     keys = _requested_key(frame)
     compared = [d for d in keys.columns if not (reference.backend and d == "backend")]
     ok = [g[g["status"] == "ok"] for g in groups]
-    summary = pd.DataFrame([{
+    by_cell = pd.DataFrame([{
         "machine": g["machine"].iloc[0], "run_index": g["run_index"].iloc[0],
         "device_type": g["device_type"].iloc[0], "device_id": g["device_id"].iloc[0],
         "backend": g["backend"].iloc[0] if "backend" in g else "tensorflow",
@@ -291,11 +291,11 @@ def speedups(frame: pd.DataFrame, groups: list[pd.DataFrame], reference: Referen
                     f"x{matrix.plain(g['workers'].iloc[0]) if 'workers' in g else 1}",
         "key": "|".join(keys.loc[g.index[0], compared]), "step": o["step_median_s"].median() if len(o) else math.nan,
     } for g, o in zip(groups, ok)])
-    if summary.empty:
+    if by_cell.empty:
         return []
-    measured = summary[summary["step"].notna()]
+    measured = by_cell[by_cell["step"].notna()]
     out = []
-    for _, cell in summary.iterrows():
+    for _, cell in by_cell.iterrows():
         if not math.isfinite(cell["step"]):
             out.append(Speedup(math.nan, missing="no steady steps in this row"))
             continue
