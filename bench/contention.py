@@ -2,8 +2,10 @@
 
 A shared machine makes a run slower without anything having changed. The runner starts a
 :class:`ContentionSampler` when a cell's worker process starts and stops it when the worker
-ends; the :class:`Contention` it returns goes into the cell's row, and verdicts use it
-(:meth:`Contention.busy`) to call a slowdown on a busy machine inconclusive.
+ends; the :class:`Contention` it returns becomes the cell's contention columns
+(:meth:`Contention.columns`). Verdicts read those columns back (:mod:`bench.regression`,
+with :data:`BUSY_PCT`), the table's notes name busy cells, and a measured peak taken on a
+busy machine is not cached (:meth:`Contention.busy`).
 
 Cheap by design: every ``interval_s`` the sampler reads the system-wide CPU times, the
 load average, the CPU times of the worker's known process tree and (on a GPU cell) a
@@ -13,36 +15,60 @@ the worker's new children and the busiest other process.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from dataclasses import dataclass, fields
 from collections.abc import Iterable
-from typing import Callable
+from dataclasses import dataclass
 
 import psutil
 
 from bench.devices import usable_cpus as detect_usable_cpus
+from bench.nvml import GpuSensor
 
-try:
-    import pynvml
-except ImportError:  # pragma: no cover - a dependency; without it GPU fields stay None
-    pynvml = None
-
-BUSY_THRESHOLD_PCT = 20.0          # other processes' + steal share above which a cell was "busy"
+#: A cell was *busy* when other processes (+ steal) took at least this share of its usable CPUs,
+#: or another process used its GPU. One threshold for every use: a measured peak taken on a busy
+#: machine is not cached as a yardstick, a verdict with a busy side may be inconclusive
+#: (:mod:`bench.regression`), and the table's notes name busy cells. (``SATURATED_PCT`` in
+#: regression is another idea: the load at which speed stops following the CPU shares.)
+BUSY_PCT = 10.0
 SCAN_EVERY_S = 3.0                 # process-table walks: the worker's children, the busiest other
 
-# NVML clock event ("throttle") reasons by bit; GPU idle is left out: it is not a slowdown.
-THROTTLE_REASONS = {
-    0x0002: "applications_clocks_setting",
-    0x0004: "sw_power_cap",
-    0x0008: "hw_slowdown",
-    0x0010: "sync_boost",
-    0x0020: "sw_thermal_slowdown",
-    0x0040: "hw_thermal_slowdown",
-    0x0080: "hw_power_brake_slowdown",
-    0x0100: "display_clock_setting",
-}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The machine's CPU counters at one moment (seconds since boot, summed over the measured CPUs)."""
+
+    t: float                  # time.monotonic()
+    busy_s: float             # CPU-seconds the measured CPUs spent working
+    steal_s: float | None     # CPU-seconds the hypervisor took (Linux only)
+    worker_s: float           # CPU-seconds of the worker tree
+
+
+@dataclass(frozen=True)
+class CpuShares:
+    """The CPU arithmetic of one window, in % of what the worker could use."""
+
+    wall_s: float
+    other_pct: float | None
+    worker_pct: float | None
+    steal_pct: float | None
+
+
+def cpu_shares(first: Sample, last: Sample, usable_cpus: float, measured_cpus: int) -> CpuShares:
+    """Other processes', the worker's and the hypervisor's share of the window from ``first`` to
+    ``last``: other = all busy time − the worker tree's, as % of ``usable_cpus``; steal as % of
+    the ``measured_cpus``' time. A pure function of its samples: no clock, no process table."""
+    wall = last.t - first.t
+    capacity = wall * usable_cpus
+    worker = max(0.0, last.worker_s - first.worker_s)
+    other = max(0.0, last.busy_s - first.busy_s - worker)
+    steal = (100 * (last.steal_s - first.steal_s) / (wall * measured_cpus)
+             if first.steal_s is not None and last.steal_s is not None and wall > 0 else None)
+    return CpuShares(wall_s=round(wall, 3),
+                     other_pct=round(100 * other / capacity, 1) if capacity > 0 else None,
+                     worker_pct=round(100 * worker / capacity, 1) if capacity > 0 else None,
+                     steal_pct=round(steal, 1) if steal is not None else None)
 
 
 @dataclass(frozen=True)
@@ -87,23 +113,32 @@ class Contention:
     gpu_throttle_reasons: tuple[str, ...] | None = None
     notes: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in fields(self)}
+    #: runs.csv's contention columns: name -> (doc, dtype). Declared once; :meth:`columns`
+    #: gives their values and ``bench.record`` their schema.
+    COLUMNS = {
+        "usable_cpus": ("CPUs the worker could use (affinity and cgroup quota)", "float"),
+        "other_cpu_pct": ("CPU used by other processes while the cell ran, % of the usable CPUs", "float"),
+        "steal_pct": ("CPU time stolen by the hypervisor while the cell ran, % of wall time", "float"),
+        "worker_cpu_pct": ("the worker's CPU share while the cell ran, % of the usable CPUs "
+                           "(a multi-worker cell's local workers together)", "float"),
+        "load_avg_max": ("highest 1-minute load average seen while the cell ran", "float"),
+        "gpu_other_processes": ("other processes on the cell's GPU while it ran (NVML)", "int"),
+        "gpu_sm_clock_min_mhz": ("lowest SM clock seen while the cell ran (NVML, MHz)", "float"),
+        "gpu_throttle_reasons": ("GPU throttle reasons seen while the cell ran, other than idle", "text"),
+        "contention_note": ("what else used the machine while the cell ran", "text"),
+    }
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Contention:
-        """Read a stored record; unknown keys (newer files) are ignored, missing ones are None."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        for name in ("gpu_throttle_reasons", "notes"):
-            if isinstance(values.get(name), list):
-                values[name] = tuple(values[name])
-        values.setdefault("wall_s", 0.0)
-        values.setdefault("usable_cpus", 0)
-        return cls(**values)
+    def columns(self) -> dict:
+        """This contention as runs.csv values, one per :data:`COLUMNS` entry."""
+        values = {"usable_cpus": self.usable_cpus, "other_cpu_pct": self.other_cpu_pct,
+                  "steal_pct": self.steal_pct, "worker_cpu_pct": self.worker_cpu_pct,
+                  "load_avg_max": self.load_avg_1m_max, "gpu_other_processes": self.gpu_other_processes,
+                  "gpu_sm_clock_min_mhz": self.gpu_sm_clock_min_mhz,
+                  "gpu_throttle_reasons": ", ".join(self.gpu_throttle_reasons or ()) or None,
+                  "contention_note": self.describe()}
+        return {name: values[name] for name in self.COLUMNS}
 
-    def busy(self, threshold_pct: float = BUSY_THRESHOLD_PCT) -> bool:
+    def busy(self, threshold_pct: float = BUSY_PCT) -> bool:
         """Whether the cell competed for its hardware: other processes' CPU plus steal time
         reached ``threshold_pct`` of the usable CPUs, or another process used its GPU.
         Throttle reasons are reported, not judged: a GPU at its power cap is normal."""
@@ -176,14 +211,11 @@ class ContentionSampler:
         self._other_cpu: dict[tuple[int, float], tuple[str, float, float]] = {}  # (pid, created)
         # -> (name, CPU-seconds at first scan, at last scan)
         self._last_scan = 0.0
-        self._first: tuple[float, float, float | None, float] | None = None  # t, busy, steal, worker
-        self._last_alive: tuple[float, float, float | None, float] | None = None
+        self._first: Sample | None = None
+        self._last_alive: Sample | None = None      # the last sample that saw the worker alive
         self._loads: list[float] = []
-        self._clocks: list[int] = []
-        self._gpu_others = 0
-        self._throttle = 0
-        self._gpu = None
-        self._clock_max: int | None = None
+        self._gpu: GpuSensor | None = None
+        self._started_at = time.time()              # reset by start()
         self.samples = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -200,7 +232,9 @@ class ContentionSampler:
             except psutil.Error:
                 pass
         if self.gpu_index is not None:
-            self._open_gpu()
+            self._gpu = GpuSensor(self.gpu_index)
+            if self._gpu.error:
+                self.notes.append(self._gpu.error)
         self._scan()
         self._sample()
         self._thread.start()
@@ -212,10 +246,7 @@ class ContentionSampler:
         self._scan()
         self._sample()
         if self._gpu is not None:
-            try:
-                pynvml.nvmlShutdown()
-            except pynvml.NVMLError:
-                pass
+            self._gpu.close()
         return self._result()
 
     def _run(self) -> None:
@@ -262,7 +293,7 @@ class ContentionSampler:
             worker, alive = self._worker_seconds()
         except (psutil.Error, OSError):
             return
-        point = (now, busy, steal, worker)
+        point = Sample(now, busy, steal, worker)
         if self._first is None:
             self._first = point
         if alive or self._last_alive is None:
@@ -275,7 +306,7 @@ class ContentionSampler:
         except (OSError, AttributeError):
             pass
         if self._gpu is not None:
-            self._sample_gpu()
+            self._gpu.sample(set(self._tree) | {self.worker_pid})
 
     def _scan(self) -> None:
         """Walk the process table: adopt the worker's new descendants, account other processes."""
@@ -307,92 +338,28 @@ class ContentionSampler:
                 self._other_cpu[key] = (info["name"] or "?", 0.0 if born_inside else seconds,
                                         seconds)
 
-    # ------------------------------------------------------------------ GPU
-
-    def _open_gpu(self) -> None:
-        if pynvml is None:
-            self.notes.append("NVML unavailable: nvidia-ml-py is not installed")
-            return
-        try:
-            pynvml.nvmlInit()
-            self._gpu = pynvml.nvmlDeviceGetHandleByIndex(self.gpu_index)
-        except pynvml.NVMLError as error:
-            self.notes.append(f"NVML unavailable ({error}): no GPU contention fields")
-            return
-        try:
-            self._clock_max = int(pynvml.nvmlDeviceGetMaxClockInfo(self._gpu, pynvml.NVML_CLOCK_SM))
-        except pynvml.NVMLError:
-            pass
-
-    def _sample_gpu(self) -> None:
-        try:
-            self._clocks.append(int(pynvml.nvmlDeviceGetClockInfo(self._gpu, pynvml.NVML_CLOCK_SM)))
-        except pynvml.NVMLError:
-            pass
-        pids = set()
-        for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-            try:
-                pids |= {p.pid for p in getattr(pynvml, query)(self._gpu)}
-            except (pynvml.NVMLError, AttributeError):
-                pass
-        self._gpu_others = max(self._gpu_others, len(pids - set(self._tree) - {self.worker_pid}))
-        for query in ("nvmlDeviceGetCurrentClocksEventReasons",
-                      "nvmlDeviceGetCurrentClocksThrottleReasons"):
-            try:
-                self._throttle |= int(getattr(pynvml, query)(self._gpu))
-                break
-            except (pynvml.NVMLError, AttributeError):
-                continue
-
     # ------------------------------------------------------------------ the result
 
     def _result(self) -> Contention:
         if self._first is None or self._last_alive is None:
             return Contention(wall_s=0.0, usable_cpus=self.usable_cpus, notes=tuple(self.notes))
-        t0, busy0, steal0, worker0 = self._first
-        t1, busy1, steal1, worker1 = self._last_alive
-        wall = t1 - t0
-        capacity = wall * self.usable_cpus
-        worker = max(0.0, worker1 - worker0)
-        other = max(0.0, busy1 - busy0 - worker)
         measured_cpus = len(self.cpus) if self.cpus else psutil.cpu_count(logical=True) or 1
-        steal = (100 * (steal1 - steal0) / (wall * measured_cpus)
-                 if steal0 is not None and steal1 is not None and wall > 0 else None)
+        shares = cpu_shares(self._first, self._last_alive, self.usable_cpus, measured_cpus)
+        capacity = shares.wall_s * self.usable_cpus
         (busiest_pid, _), busiest = max(self._other_cpu.items(), key=lambda kv: kv[1][2] - kv[1][1],
                                         default=((None, None), None))
-        gpu = self._gpu is not None
+        gpu = self._gpu.reading() if self._gpu is not None else None
         return Contention(
-            wall_s=round(wall, 3), usable_cpus=self.usable_cpus, samples=self.samples,
-            other_cpu_pct=round(100 * other / capacity, 1) if capacity > 0 else None,
-            worker_cpu_pct=round(100 * worker / capacity, 1) if capacity > 0 else None,
-            steal_pct=round(steal, 1) if steal is not None else None,
+            wall_s=shares.wall_s, usable_cpus=self.usable_cpus, samples=self.samples,
+            other_cpu_pct=shares.other_pct, worker_cpu_pct=shares.worker_pct, steal_pct=shares.steal_pct,
             load_avg_1m_max=round(max(self._loads), 2) if self._loads else None,
             load_avg_1m_mean=round(sum(self._loads) / len(self._loads), 2) if self._loads else None,
             busiest_other_name=f"{busiest[0]} (pid {busiest_pid})" if busiest else None,
             busiest_other_cpu_pct=(round(100 * (busiest[2] - busiest[1]) / capacity, 1)
                                    if busiest and capacity > 0 else None),
-            gpu_other_processes=self._gpu_others if gpu else None,
-            gpu_sm_clock_min_mhz=min(self._clocks) if self._clocks else None,
-            gpu_sm_clock_mean_mhz=round(sum(self._clocks) / len(self._clocks), 1)
-            if self._clocks else None,
-            gpu_sm_clock_max_mhz=self._clock_max,
-            gpu_throttle_reasons=tuple(name for bit, name in THROTTLE_REASONS.items()
-                                       if self._throttle & bit) if gpu else None,
+            gpu_other_processes=gpu.other_processes if gpu else None,
+            gpu_sm_clock_min_mhz=gpu.sm_clock_min_mhz if gpu else None,
+            gpu_sm_clock_mean_mhz=gpu.sm_clock_mean_mhz if gpu else None,
+            gpu_sm_clock_max_mhz=gpu.sm_clock_max_mhz if gpu else None,
+            gpu_throttle_reasons=gpu.throttle_reasons if gpu else None,
             notes=tuple(self.notes))
-
-
-def measure_call(function: Callable, *args, interval_s: float = 0.5, gpu_index: int | None = None,
-                 **kwargs) -> tuple[object, Contention]:
-    """Run ``function(*args, **kwargs)`` in this process and return (its result, the contention)."""
-    sampler = ContentionSampler(os.getpid(), interval_s=interval_s, gpu_index=gpu_index).start()
-    try:
-        result = function(*args, **kwargs)
-    finally:
-        contention = sampler.stop()
-    return result, contention
-
-
-def measure_window(duration_s: float = 2.0, interval_s: float = 0.25,
-                   gpu_index: int | None = None) -> Contention:
-    """Is the machine quiet right now? Everything but this (sleeping) process, for ``duration_s``."""
-    return measure_call(time.sleep, duration_s, interval_s=interval_s, gpu_index=gpu_index)[1]

@@ -23,13 +23,9 @@ from pathlib import Path
 import cpuinfo
 import psutil
 
-try:
-    import pynvml  # nvidia-ml-py: NVIDIA's own bindings to the driver's management library
-except ImportError:  # pragma: no cover - it is a dependency; a broken install still runs on CPU
-    pynvml = None
-
-from bench import process
+from bench import nvml, process
 from bench.protocol import PROBE_MARK
+from cifar_model.settings import backend_entry
 
 PROBE_TIMEOUT_S = 180
 DEVICE_ID = re.compile(r"^(cpu|gpu|gpu:\d+|all)$")
@@ -256,10 +252,6 @@ class NvmlView:
     error: str | None = None
 
 
-def _text(value) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def nvml_view() -> NvmlView:
     """Every NVIDIA GPU, its memory, compute capability and the driver, from NVML.
 
@@ -268,39 +260,31 @@ def nvml_view() -> NvmlView:
     container without GPU access) it answers with the reason and no GPUs; there is no
     ``nvidia-smi`` fallback, since ``nvidia-smi`` reads the same library.
     """
-    if pynvml is None:
-        return NvmlView(error="NVML unavailable: nvidia-ml-py is not installed")
     try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as error:
-        return NvmlView(error=f"NVML unavailable ({error}): no NVIDIA driver, or no GPU access")
-    try:
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            gpus.append(NvmlGpu(index=index, name=_text(pynvml.nvmlDeviceGetName(handle)),
-                                memory_bytes=_optional(lambda: int(
-                                    pynvml.nvmlDeviceGetMemoryInfo(handle).total)),
-                                compute_capability=_optional(lambda: "{}.{}".format(
-                                    *pynvml.nvmlDeviceGetCudaComputeCapability(handle)))))
-        cuda = _optional(pynvml.nvmlSystemGetCudaDriverVersion)
-        return NvmlView(gpus=tuple(gpus),
-                        driver_version=_optional(lambda: _text(pynvml.nvmlSystemGetDriverVersion())),
-                        cuda_driver_version=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None)
-    except pynvml.NVMLError as error:
+        with nvml.session() as lib:
+            gpus = []
+            for index in range(lib.nvmlDeviceGetCount()):
+                handle = lib.nvmlDeviceGetHandleByIndex(index)
+                gpus.append(NvmlGpu(index=index, name=nvml.text(lib.nvmlDeviceGetName(handle)),
+                                    memory_bytes=_optional(lambda: int(
+                                        lib.nvmlDeviceGetMemoryInfo(handle).total)),
+                                    compute_capability=_optional(lambda: "{}.{}".format(
+                                        *lib.nvmlDeviceGetCudaComputeCapability(handle)))))
+            cuda = _optional(lib.nvmlSystemGetCudaDriverVersion)
+            return NvmlView(gpus=tuple(gpus),
+                            driver_version=_optional(lambda: nvml.text(lib.nvmlSystemGetDriverVersion())),
+                            cuda_driver_version=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None)
+    except nvml.NvmlUnavailable as error:
+        return NvmlView(error=str(error))
+    except nvml.pynvml.NVMLError as error:
         return NvmlView(error=f"NVML failed while listing GPUs: {error}")
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
 
 
 def _optional(read):
     """One NVML query that an old driver or a GPU may not support: None then."""
     try:
         return read()
-    except pynvml.NVMLError:
+    except nvml.pynvml.NVMLError:
         return None
 
 
@@ -311,7 +295,7 @@ def tensorflow_probe(timeout_s: float = PROBE_TIMEOUT_S) -> dict:
 
 def backend_probe(backend: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
     """Ask a Keras backend, in a throw-away subprocess, about itself and the GPUs it can use."""
-    name = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}.get(backend, backend)
+    name = backend_entry(backend).display_name
     env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID", TF_CPP_MIN_LOG_LEVEL="3",
                KERAS_BACKEND=backend)
     env.pop("JAX_PLATFORMS", None)

@@ -19,9 +19,9 @@ from pathlib import Path
 import psutil
 
 from bench.devices import Inventory, cpu_info, usable_cpus
+from cifar_model.settings import BACKEND_INFO, BACKEND_PACKAGES
 
-PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "psutil", "cifar-bench", "jax", "jaxlib",
-            "torch")
+PACKAGES = (*BACKEND_PACKAGES, "numpy", "pandas", "psutil", "cifar-bench")
 
 # The environment variables that change what a framework computes or how fast, by exact
 # name: a prefix such as "TF_" also caught Terraform's TF_VAR_* (and, with them, secrets).
@@ -103,7 +103,7 @@ def git_state(directory: Path | None = None) -> dict:
 def backend_versions() -> dict:
     """Each Keras backend's installed version (None: not installed), read without importing it."""
     out = {}
-    for backend, package in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")):
+    for backend, package in ((name, info.package) for name, info in BACKEND_INFO.items()):
         try:
             out[backend] = {"version": metadata.version(package)}
         except metadata.PackageNotFoundError:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from bench import matrix
 from cifar_model.results import seconds_per_step
-from cifar_model.settings import ENGINES
+from cifar_model.settings import STRATEGY_DOCS
 
 THROUGHPUT_PNG = "throughput.png"
 STEP_TIMES_PNG = "step_times.png"
@@ -109,7 +109,7 @@ def y_scale(images_per_s: pd.Series) -> str:
 def comparison_plot(cells: pd.DataFrame, path: Path, title: str = "Training throughput") -> Path | None:
     """Images/s against batch size for cells of several runs: one line per machine and device.
 
-    ``cells`` are runs.csv rows with a ``machine`` column (:func:`bench.multirun.combined`).
+    ``cells`` are runs.csv rows with a ``machine`` column (:func:`bench.tables.combined`).
     Dimensions that vary (backend, precision, ...) split lines further and are named in the
     legend. A CPU next to a GPU is often 10-100x apart: then the y axis is logarithmic, so
     the slow lines do not flatten onto zero.
@@ -173,7 +173,7 @@ def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
     varying = [d for d in matrix.varying_dimensions([ok]) if d not in ("replicas", "workers")]
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     checks = False
-    engines = {name: short for name, (short, _) in ENGINES.items()}
+    strategy_names = {name: short for name, (short, _) in STRATEGY_DOCS.items()}
     for _, group in ok.groupby(["device_id", "device_name", *varying], sort=False, dropna=False):
         base = group[group["total_replicas"] == 1]
         if base.empty:
@@ -191,10 +191,10 @@ def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
         multi = pd.to_numeric(scaled_rows["workers"], errors="coerce").fillna(1) > 1
         for (strategy, across), scaled in scaled_rows.groupby([scaled_rows["strategy"], multi], sort=False):
             points = pd.concat([base, scaled]).groupby("total_replicas")["global_images_per_s"].median()
-            engine = engines.get(strategy, strategy)
-            if across and strategy == "keras_data_parallel":   # one engine, in or across processes
-                engine += " across processes"
-            ax.plot(points.index, points.values, marker="o", label=f"{label}, {engine}")
+            shown = strategy_names.get(strategy, strategy)
+            if across and strategy == "keras_data_parallel":   # one strategy, in or across processes
+                shown += " across processes"
+            ax.plot(points.index, points.values, marker="o", label=f"{label}, {shown}")
             checks |= scaled["scaling_note"].map(lambda v: isinstance(v, str) and v != "").any()
     ax.set_xticks(sorted(ok["total_replicas"].unique()))
     ax.set_xlabel("replicas in sync (replicas × workers)")

@@ -15,17 +15,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench import matrix, stats
+from bench.contention import Contention
 from bench.protocol import WorkerResult
 from cifar_model.results import StepRecord
+from cifar_model.settings import SEED_RUN
 
 if TYPE_CHECKING:                        # bench.yardsticks reads the peak cache through store,
     from bench.yardsticks import Yardstick   # which imports this module
 
 STATUSES = ("ok", "skipped", "failed")
-NOTEBOOK_EPOCHS = 26               # the seed run: 26 epochs ...
-NOTEBOOK_TRAIN_IMAGES = 40_000     # ... of the seed split's 40,000 training images
-#: Contention at or above this share of the usable CPUs is worth a note under the table.
-NOTABLE_CONTENTION_PCT = 10.0
 
 
 @dataclass(frozen=True)
@@ -125,16 +123,7 @@ _MEASURED = {
                                  "or cores x clock x FLOPs/cycle scaled to the usable CPUs (CPU)"),
     "efficiency_theoretical_pct": Column("100 x achieved_tflops / theoretical_tflops"),
     "theoretical_basis": Column("how theoretical_tflops was reached, or why it is unknown", "text"),
-    "usable_cpus": Column("CPUs the worker could use (affinity and cgroup quota)"),
-    "other_cpu_pct": Column("CPU used by other processes while the cell ran, % of the usable CPUs"),
-    "steal_pct": Column("CPU time stolen by the hypervisor while the cell ran, % of wall time"),
-    "worker_cpu_pct": Column("the worker's CPU share while the cell ran, % of the usable CPUs "
-                             "(a multi-worker cell's local workers together)"),
-    "load_avg_max": Column("highest 1-minute load average seen while the cell ran"),
-    "gpu_other_processes": Column("other processes on the cell's GPU while it ran (NVML)", "int"),
-    "gpu_sm_clock_min_mhz": Column("lowest SM clock seen while the cell ran (NVML, MHz)"),
-    "gpu_throttle_reasons": Column("GPU throttle reasons seen while the cell ran, other than idle", "text"),
-    "contention_note": Column("what else used the machine while the cell ran", "text"),
+    **{name: Column(doc, dtype) for name, (doc, dtype) in Contention.COLUMNS.items()},
     "framework_version": Column("the backend framework's version in the worker", "text"),
     "tensorflow_version": Column("TensorFlow in the worker (tensorflow backend)", "text"),
     "keras_version": Column("Keras in the worker", "text"),
@@ -253,8 +242,7 @@ def ok_row(planned_: dict, result: WorkerResult, yardstick: Yardstick | None = N
         global_images_per_s=train.global_batch_size / summary.median,
         images_per_s_wall=(train.steady_steps * train.batch_size / train.steady_wall_seconds
                            if stats.finite_positive(train.steady_wall_seconds) else None),
-        projected_seed_run_s=(NOTEBOOK_EPOCHS * (NOTEBOOK_TRAIN_IMAGES // train.global_batch_size)
-                              * summary.mean),
+        projected_seed_run_s=SEED_RUN.projected_seconds(train.global_batch_size, summary.mean),
         achieved_tflops=achieved_tflops,
     )
     if train.unsynced_images_per_s is not None:
@@ -296,9 +284,7 @@ def with_scaling(row: "RunRow", earlier: list[dict], note: str | None = None) ->
 def _contention_columns(contention: dict | None) -> dict:
     if not contention:
         return {}
-    keys = ("usable_cpus", "other_cpu_pct", "steal_pct", "worker_cpu_pct", "load_avg_max",
-            "gpu_other_processes", "gpu_sm_clock_min_mhz", "gpu_throttle_reasons", "contention_note")
-    return {k: contention.get(k) for k in keys if k in contention}
+    return {k: contention[k] for k in Contention.COLUMNS if k in contention}
 
 
 def step_rows(run_id: str, cell_id: str, records: Sequence[StepRecord]) -> list[dict]:

@@ -25,17 +25,20 @@ import numpy as np
 import pandas as pd
 
 from bench import matrix, stats
+from bench.contention import BUSY_PCT
 from bench.environment import FRAMEWORK_VARIABLES
 from bench.matrix import MATCH_KEYS
 from bench.store import BaselineError, Run
+from cifar_model.settings import BACKEND_INFO
 
 REGRESSION, FASTER, WITHIN_NOISE, INCONCLUSIVE = "regression", "faster", "within noise", "inconclusive"
 #: `bench noise` adds this to the largest spread seen between identical runs.
 NOISE_MARGIN_PCT = 1.0
-#: A side counts as disturbed only when other processes (+ steal) took at least this share
-#: of its usable CPUs, or another process used its GPU: a worker share that fell on a quiet
-#: machine is the code's doing (a real regression can serialise work), not contention.
-DISTURBED_PCT = 10.0
+#: A side counts as disturbed only when it was busy (:data:`bench.contention.BUSY_PCT`: other
+#: processes + steal took at least that share of its usable CPUs, or another process used its
+#: GPU): a worker share that fell on a quiet machine is the code's doing (a real regression can
+#: serialise work), not contention. The name stays for ``bench noise``'s message.
+DISTURBED_PCT = BUSY_PCT
 #: A side on which other processes (+ steal) took at least half the usable CPUs was saturated:
 #: the worker's threads competed with as many runnable threads as it had CPUs, and its speed
 #: no longer follows the measured shares. Measured here: identical runs at 56-78 % other load
@@ -72,7 +75,9 @@ ENV_FIELDS = (
     EnvField("NVIDIA driver", ("driver_version",)), EnvField("CUDA", ("tensorflow", "cuda_version")),
     EnvField("cuDNN", ("tensorflow", "cudnn_version")), EnvField("Python", ("python",)),
     EnvField("TensorFlow", ("tensorflow", "version")), EnvField("Keras", ("tensorflow", "keras")),
-    EnvField("JAX", ("backends", "jax", "version")), EnvField("PyTorch", ("backends", "torch", "version")),
+    # TensorFlow's version is recorded under "tensorflow", above
+    *(EnvField(info.display_name, ("backends", name, "version")) for name, info in BACKEND_INFO.items()
+      if name != "tensorflow"),
     EnvField("NumPy", ("packages", "numpy")), EnvField("oneDNN", ("tensorflow", "onednn_enabled")),
     EnvField("environment variables", ("environment",)),
 )
@@ -92,7 +97,7 @@ class Verdict:
     ratio: float          # median(current) / median(baseline) step time; > 1 is slower
     low: float
     high: float
-    verdict: str
+    kind: str             # REGRESSION, FASTER or WITHIN_NOISE
 
 
 def decide(baseline, current, max_slowdown: float = 0.10, confidence: float = 0.95,
@@ -465,13 +470,13 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
         spec, base, base_load = base_cells[key]
         _, cur, cur_load = cur_cells[key]
         verdict = decide(base, cur, max_slowdown, confidence)
-        final, why, busy_side = contention_verdict(verdict.verdict, base_load, cur_load, max_slowdown,
+        final, why, busy_side = contention_verdict(verdict.kind, base_load, cur_load, max_slowdown,
                                                    resources_changed=resources_changed)
         changed = "; ".join(comparison.environment_differences + _math_difference(
             base_maths.get(key), cur_maths.get(key)))
         if final == REGRESSION and changed:
             why = f"likely cause: {changed}"
-        elif final == INCONCLUSIVE and changed and verdict.verdict == REGRESSION:
+        elif final == INCONCLUSIVE and changed and verdict.kind == REGRESSION:
             why += f"; the environment changed too: {changed}"
         batch = float(spec["batch_size"])
         comparison.cells.append(CellComparison(
@@ -482,7 +487,7 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             high_pct=(verdict.high - 1) * 100, verdict=final,
             baseline_steps=sum(map(len, base)), current_steps=sum(map(len, cur)),
             baseline_repeats=len(base), current_repeats=len(cur),
-            statistical_verdict=verdict.verdict, why=why, busy_side=busy_side,
+            statistical_verdict=verdict.kind, why=why, busy_side=busy_side,
             baseline_contention=_contention_text(base_load),
             current_contention=_contention_text(cur_load),
             baseline_pressure_pct=base_load.pressure_pct if base_load else None,

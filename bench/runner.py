@@ -104,13 +104,7 @@ def contention_sampler(usable_cpus: float | None, interval_s: float = 0.5):
 
 def contention_columns(contention) -> dict:
     """A :class:`bench.contention.Contention` as runs.csv values."""
-    return {"usable_cpus": contention.usable_cpus, "other_cpu_pct": contention.other_cpu_pct,
-            "steal_pct": contention.steal_pct, "worker_cpu_pct": contention.worker_cpu_pct,
-            "load_avg_max": contention.load_avg_1m_max,
-            "gpu_other_processes": contention.gpu_other_processes,
-            "gpu_sm_clock_min_mhz": contention.gpu_sm_clock_min_mhz,
-            "gpu_throttle_reasons": ", ".join(contention.gpu_throttle_reasons or ()) or None,
-            "contention_note": contention.describe()}
+    return contention.columns()
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "settings": ("BACKENDS", "BACKEND_INSTALL", "DATA_PLACEMENTS", "DEFAULT_BACKEND", "JIT_COMPILE",
-                 "MATHS", "MAX_SEED", "PRECISIONS", "Precision", "SPLITS", "TrainSettings",
-                 "backend_limitation", "parallel_limitation", "strategy_name", "resolve_data_placement",
-                 "split_sizes", "steps_per_epoch", "training_set_bytes"),
+    "settings": ("BACKENDS", "BACKEND_INFO", "BACKEND_INSTALL", "BACKEND_PACKAGES", "BackendInfo",
+                 "DATA_PLACEMENTS", "DEFAULT_BACKEND", "JIT_COMPILE", "MATHS", "MAX_SEED", "PRECISIONS",
+                 "Precision", "SEED_RUN", "SPLITS", "SPLIT_SIZES", "STRATEGY_DOCS", "SeedRun", "TrainSettings",
+                 "backend_entry", "backend_limitation", "parallel_limitation", "strategy_name",
+                 "resolve_data_placement", "split_sizes", "steps_per_epoch", "training_set_bytes"),
     "data": ("CLASS_NAMES", "DataError", "DataSource", "Dataset", "DatasetNotFound", "check_cifar10",
              "load_cifar10", "load_dataset", "locate_cifar10", "read_cifar10", "resolve_source",
              "synthetic_dataset"),

@@ -3,8 +3,11 @@
 Every function works on the backend Keras was imported with (``KERAS_BACKEND`` is read
 once, when Keras is first imported): the harness starts one process per cell with the
 variable set, then asks these functions about the framework and its accelerator. Each
-function imports its framework lazily, so this module costs nothing to import beyond
-Keras itself, and a machine with JAX or PyTorch but no TensorFlow never needs TensorFlow.
+backend is one class (:class:`TensorFlow`, :class:`Jax`, :class:`Torch`) with the same
+methods, picked by name in :func:`current`; an unknown name is an error there, never
+another backend's path (as Keras's own ``keras/src/backend/__init__.py`` does). Each
+method imports its framework lazily, so this module costs nothing to import beyond Keras
+itself, and a machine with JAX or PyTorch but no TensorFlow never needs TensorFlow.
 
 Device names given to these functions are Keras's (``"cpu:0"``, ``"gpu:0"``); places
 reported back are normalised to ``"CPU:0"`` / ``"GPU:0"`` on every backend.
@@ -30,6 +33,309 @@ def backend_name() -> str:
     return keras.backend.backend()
 
 
+class Backend:
+    """What one Keras backend does its own way. Subclasses implement every method."""
+
+    name = ""
+
+    def configure_threads(self, cpu_threads: int) -> None:
+        raise NotImplementedError(
+            f"{self.name}: the CPU thread count cannot be set once the backend has started "
+            "(XLA sizes its pool at start-up); leave cpu_threads at 0")
+
+    def versions(self) -> dict:
+        """Its version and the CUDA/cuDNN it knows of (None: built without CUDA, or cannot say)."""
+        raise NotImplementedError
+
+    def visible_gpus(self) -> list[dict]:
+        raise NotImplementedError
+
+    def peak_device_memory_bytes(self) -> int | None:
+        raise NotImplementedError
+
+    def copy_to_device(self, array: np.ndarray, device: str | None):
+        raise NotImplementedError
+
+    def tensor_place(self, tensor) -> str:
+        raise NotImplementedError
+
+    def keras_device_name(self, device: str) -> str:
+        return device
+
+    def refuses_jit_off(self) -> bool:
+        return False
+
+    def describe_compilation(self, requested: str, compiled: bool) -> tuple[bool, str]:
+        raise NotImplementedError
+
+    def allows_tf32(self) -> tuple[bool, str]:
+        """Whether its fp32 convolutions may use TF32 on a GPU that has it, and the setting that says so."""
+        raise NotImplementedError
+
+    def matmul(self, dtype: str, size: int, tf32: bool):
+        """A zero-argument callable: one ``size`` x ``size`` multiply, reduced and fetched."""
+        raise NotImplementedError
+
+
+class TensorFlow(Backend):
+    name = "tensorflow"
+
+    def configure_threads(self, cpu_threads: int) -> None:
+        """Intra/inter-op pools; must run before TensorFlow starts working."""
+        import tensorflow as tf
+
+        inter = min(cpu_threads, 2)
+        if (tf.config.threading.get_intra_op_parallelism_threads() == cpu_threads
+                and tf.config.threading.get_inter_op_parallelism_threads() == inter):
+            return
+        tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+    def versions(self) -> dict:
+        import tensorflow as tf
+
+        build = tf.sysconfig.get_build_info()
+        return {"tensorflow": tf.__version__, "cuda_version": build.get("cuda_version"),
+                "cudnn_version": build.get("cudnn_version")}
+
+    def visible_gpus(self) -> list[dict]:
+        import tensorflow as tf
+
+        gpus = []
+        for gpu in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(gpu)
+            capability = details.get("compute_capability")
+            gpus.append({"name": details.get("device_name", gpu.name),
+                         "compute_capability": ".".join(map(str, capability)) if capability else None})
+        return gpus
+
+    def peak_device_memory_bytes(self) -> int | None:
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            return None
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+
+    def copy_to_device(self, array: np.ndarray, device: str | None):
+        """``tf.identity`` under ``tf.device`` is the one host -> device copy (a tensor made
+        from numpy starts on the host whatever the device scope)."""
+        import tensorflow as tf
+
+        with tf.device("/CPU:0"):
+            host = tf.convert_to_tensor(array)  # tf.constant copies 15x slower here
+        with tf.device(device) if device else contextlib.nullcontext():
+            return tf.identity(host)
+
+    def tensor_place(self, tensor) -> str:
+        return tensor.device.rpartition("device:")[2]
+
+    def describe_compilation(self, requested: str, compiled: bool) -> tuple[bool, str]:
+        state = "on" if compiled else "off"
+        return compiled, f"XLA {state} (auto)" if requested == "auto" else f"XLA {state}"
+
+    def allows_tf32(self) -> tuple[bool, str]:
+        """One switch for matmuls and convolutions."""
+        import tensorflow as tf
+
+        enabled = bool(tf.config.experimental.tensor_float_32_execution_enabled())
+        return enabled, (f"tf.config.experimental.tensor_float_32_execution_enabled() is {enabled} "
+                         "(matmuls and convolutions)")
+
+    def matmul(self, dtype: str, size: int, tf32: bool):
+        """A traced matmul + reduce on GPU:0 (or the CPU), fetched by ``.numpy()``."""
+        import tensorflow as tf
+
+        device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+        with tf.device(device):
+            a, b = (tf.cast(tf.convert_to_tensor(m), dtype) for m in _operands(size))
+        matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)),
+                             autograph=False)
+
+        def run():
+            with tf.device(device):
+                return float(matmul(a, b).numpy())
+        return run
+
+
+class Jax(Backend):
+    name = "jax"
+
+    def versions(self) -> dict:
+        import jax
+        import jaxlib
+
+        cuda = cudnn = None
+        try:  # present only with a CUDA plugin installed
+            from jax._src.lib import cuda_versions
+        except ImportError:
+            cuda_versions = None
+        if cuda_versions is not None:
+            cuda, cudnn = cuda_versions.cuda_runtime_get_version(), cuda_versions.cudnn_get_version()
+        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                "cuda_version": None if cuda is None else str(cuda),
+                "cudnn_version": None if cudnn is None else str(cudnn)}
+
+    @staticmethod
+    def gpus() -> list:
+        import jax
+
+        try:
+            return jax.devices("gpu")
+        except RuntimeError:  # no GPU backend in this jaxlib
+            return []
+
+    def visible_gpus(self) -> list[dict]:
+        return [{"name": d.device_kind, "compute_capability": getattr(d, "compute_capability", None)}
+                for d in self.gpus()]
+
+    def peak_device_memory_bytes(self) -> int | None:
+        gpus = self.gpus()
+        stats = gpus[0].memory_stats() if gpus else None
+        return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+    @staticmethod
+    def device(device: str | None):
+        if device is None:
+            return None
+        import jax
+
+        kind, _, index = device.lower().partition(":")
+        return jax.devices(kind)[int(index or 0)]
+
+    def copy_to_device(self, array: np.ndarray, device: str | None):
+        import jax
+
+        target = self.device(device)
+        return jax.device_put(array, target) if target is not None else jax.device_put(array)
+
+    def tensor_place(self, tensor) -> str:
+        (device,) = tensor.devices()
+        return f"{'CPU' if device.platform == 'cpu' else 'GPU'}:{device.id}"
+
+    def refuses_jit_off(self) -> bool:
+        return True
+
+    def describe_compilation(self, requested: str, compiled: bool) -> tuple[bool, str]:
+        return True, "jax.jit (XLA), always"
+
+    def allows_tf32(self) -> tuple[bool, str]:
+        """The default precision of float32 dots and convolutions alike."""
+        import jax
+
+        value = jax.config.jax_default_matmul_precision
+        return value not in JAX_IEEE_PRECISIONS, (f"jax_default_matmul_precision={value!r} "
+                                                  "(matmuls and convolutions)")
+
+    def matmul(self, dtype: str, size: int, tf32: bool):
+        import jax
+        import jax.numpy as jnp
+
+        a, b = (jax.device_put(jnp.asarray(m, dtype=dtype)) for m in _operands(size))
+        matmul = jax.jit(lambda a, b: jnp.sum(jnp.matmul(a, b).astype(jnp.float32)))
+        return lambda: float(matmul(a, b))
+
+
+class Torch(Backend):
+    name = "torch"
+
+    def configure_threads(self, cpu_threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(cpu_threads)
+        try:
+            torch.set_num_interop_threads(min(cpu_threads, 2))
+        except RuntimeError:  # the inter-op pool already started: intra-op is what matters
+            pass
+
+    def versions(self) -> dict:
+        import torch
+
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        return {"torch": torch.__version__, "cuda_version": torch.version.cuda,
+                "cudnn_version": None if cudnn is None else str(cudnn)}
+
+    def visible_gpus(self) -> list[dict]:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        return [{"name": torch.cuda.get_device_name(i),
+                 "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(i)))}
+                for i in range(torch.cuda.device_count())]
+
+    def peak_device_memory_bytes(self) -> int | None:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(0)) if torch.cuda.is_available() else None
+
+    @staticmethod
+    def device(device: str | None):
+        import torch
+
+        if device is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        kind, _, index = device.lower().partition(":")
+        return torch.device("cpu") if kind == "cpu" else torch.device("cuda", int(index or 0))
+
+    def copy_to_device(self, array: np.ndarray, device: str | None):
+        import torch
+
+        return torch.as_tensor(array).to(self.device(device))
+
+    def tensor_place(self, tensor) -> str:
+        kind, _, index = str(tensor.device).partition(":")
+        return f"{'CPU' if kind == 'cpu' else 'GPU'}:{index or 0}"
+
+    def keras_device_name(self, device: str) -> str:
+        """``"cpu:0"`` becomes ``"cpu"``: Keras's torch backend moves each new variable
+        ``.to("cpu:0")``, which copies a tensor already on ``"cpu"`` into a plain tensor and
+        then fails on integer variables (the dropout layers' seed state)."""
+        return "cpu" if device.lower().startswith("cpu") else device
+
+    def describe_compilation(self, requested: str, compiled: bool) -> tuple[bool, str]:
+        return False, "torch.compile" if compiled else f"eager (jit_compile {requested})"
+
+    def allows_tf32(self) -> tuple[bool, str]:
+        """Convolutions (cuDNN) decide; the matmul flag is said when it differs."""
+        import torch
+
+        conv = _torch_flag(lambda: torch.backends.cudnn.allow_tf32,
+                           lambda: torch.backends.cudnn.conv.fp32_precision)
+        matmul = _torch_flag(lambda: torch.backends.cuda.matmul.allow_tf32,
+                             lambda: torch.backends.cuda.matmul.fp32_precision)
+        note = f"torch.backends.cudnn.allow_tf32={conv} (convolutions)"
+        if matmul != conv:
+            note += (f"; torch.backends.cuda.matmul.allow_tf32={matmul}: its matmuls run in "
+                     f"{'TF32' if matmul else 'IEEE fp32'}")
+        return conv, note
+
+    def matmul(self, dtype: str, size: int, tf32: bool):
+        """On a GPU, a float32 multiply runs with ``allow_tf32`` set to ``tf32`` (the cell's
+        convolutions' math) for the call only, so nothing else in the process changes."""
+        import torch
+
+        device = self.device(None)
+        a, b = (torch.as_tensor(m).to(device=device, dtype=getattr(torch, dtype)) for m in _operands(size))
+        switch = device.type == "cuda" and dtype == "float32"
+
+        def run():
+            with _torch_matmul_tf32(tf32) if switch else contextlib.nullcontext(), torch.no_grad():
+                return torch.matmul(a, b).float().sum().item()
+        return run
+
+
+#: Every backend this module knows, by its Keras name.
+BACKENDS = {backend.name: backend for backend in (TensorFlow(), Jax(), Torch())}
+
+
+def current() -> Backend:
+    """The backend this process runs; an unknown one is an error, never another's path."""
+    name = backend_name()
+    if name not in BACKENDS:
+        raise ValueError(f"unsupported Keras backend {name!r}; cifar_model runs on {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
 # --------------------------------------------------------------------------- threads
 
 def configure_threads(cpu_threads: int) -> None:
@@ -42,35 +348,8 @@ def configure_threads(cpu_threads: int) -> None:
     starts and only ``XLA_FLAGS`` read at import can change it, so this raises
     ``NotImplementedError`` rather than silently running with every core.
     """
-    if not cpu_threads:
-        return
-    backend = backend_name()
-    if backend == "tensorflow":
-        _tf_configure_threads(cpu_threads)
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(cpu_threads)
-        try:
-            torch.set_num_interop_threads(min(cpu_threads, 2))
-        except RuntimeError:  # the inter-op pool already started: intra-op is what matters
-            pass
-    else:
-        raise NotImplementedError(
-            f"{backend}: the CPU thread count cannot be set once the backend has started "
-            "(XLA sizes its pool at start-up); leave cpu_threads at 0")
-
-
-def _tf_configure_threads(cpu_threads: int) -> None:
-    """TensorFlow-only: intra/inter-op pools; must run before TensorFlow starts working."""
-    import tensorflow as tf
-
-    inter = min(cpu_threads, 2)
-    if (tf.config.threading.get_intra_op_parallelism_threads() == cpu_threads
-            and tf.config.threading.get_inter_op_parallelism_threads() == inter):
-        return
-    tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    if cpu_threads:
+        current().configure_threads(cpu_threads)
 
 
 # --------------------------------------------------------------------------- what is there
@@ -82,88 +361,14 @@ def framework_versions() -> dict:
     ``jaxlib`` for JAX), ``keras``, ``numpy``, ``python``, ``cuda_version``,
     ``cudnn_version`` (None where the backend was built without CUDA or cannot say).
     """
-    backend = backend_name()
-    versions = {"backend": backend, "keras": keras.__version__, "numpy": np.__version__,
-                "python": platform.python_version()}
-    if backend == "tensorflow":
-        versions.update(_tf_versions())
-    elif backend == "jax":
-        versions.update(_jax_versions())
-    else:
-        versions.update(_torch_versions())
-    return versions
-
-
-def _tf_versions() -> dict:
-    """TensorFlow-only: its version and the CUDA/cuDNN it was built against."""
-    import tensorflow as tf
-
-    build = tf.sysconfig.get_build_info()
-    return {"tensorflow": tf.__version__, "cuda_version": build.get("cuda_version"),
-            "cudnn_version": build.get("cudnn_version")}
-
-
-def _jax_versions() -> dict:
-    import jax
-    import jaxlib
-
-    cuda = cudnn = None
-    try:  # present only with a CUDA plugin installed
-        from jax._src.lib import cuda_versions
-    except ImportError:
-        cuda_versions = None
-    if cuda_versions is not None:
-        cuda, cudnn = cuda_versions.cuda_runtime_get_version(), cuda_versions.cudnn_get_version()
-    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "cuda_version": None if cuda is None else str(cuda),
-            "cudnn_version": None if cudnn is None else str(cudnn)}
-
-
-def _torch_versions() -> dict:
-    import torch
-
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"torch": torch.__version__, "cuda_version": torch.version.cuda,
-            "cudnn_version": None if cudnn is None else str(cudnn)}
+    backend = current()
+    return {"backend": backend.name, "keras": keras.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), **backend.versions()}
 
 
 def visible_gpus() -> list[dict]:
     """The GPUs the backend can use, in its order: ``{"name", "compute_capability"}``."""
-    backend = backend_name()
-    if backend == "tensorflow":
-        return _tf_visible_gpus()
-    if backend == "jax":
-        return [{"name": d.device_kind, "compute_capability": getattr(d, "compute_capability", None)}
-                for d in _jax_gpus()]
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    return [{"name": torch.cuda.get_device_name(i),
-             "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(i)))}
-            for i in range(torch.cuda.device_count())]
-
-
-def _tf_visible_gpus() -> list[dict]:
-    """TensorFlow-only: tf.config's physical GPUs and their details."""
-    import tensorflow as tf
-
-    gpus = []
-    for gpu in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(gpu)
-        capability = details.get("compute_capability")
-        gpus.append({"name": details.get("device_name", gpu.name),
-                     "compute_capability": ".".join(map(str, capability)) if capability else None})
-    return gpus
-
-
-def _jax_gpus() -> list:
-    import jax
-
-    try:
-        return jax.devices("gpu")
-    except RuntimeError:  # no GPU backend in this jaxlib
-        return []
+    return current().visible_gpus()
 
 
 def accelerator_name() -> str | None:
@@ -175,25 +380,7 @@ def accelerator_name() -> str | None:
 def peak_device_memory_bytes() -> int | None:
     """Peak memory the backend's allocator held on the first visible GPU (None: no GPU, or
     the backend cannot say)."""
-    backend = backend_name()
-    if backend == "tensorflow":
-        return _tf_peak_gpu_bytes()
-    if backend == "jax":
-        gpus = _jax_gpus()
-        stats = gpus[0].memory_stats() if gpus else None
-        return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
-    import torch
-
-    return int(torch.cuda.max_memory_allocated(0)) if torch.cuda.is_available() else None
-
-
-def _tf_peak_gpu_bytes() -> int | None:
-    """TensorFlow-only: the peak of TensorFlow's allocator on GPU:0."""
-    import tensorflow as tf
-
-    if not tf.config.list_physical_devices("GPU"):
-        return None
-    return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    return current().peak_device_memory_bytes()
 
 
 # --------------------------------------------------------------------------- device memory
@@ -201,72 +388,17 @@ def _tf_peak_gpu_bytes() -> int | None:
 def copy_to_device(array: np.ndarray, device: str | None):
     """One copy of ``array`` in ``device``'s memory (None: the backend's default device),
     as the backend's own tensor type; :func:`tensor_place` says where it ended up."""
-    backend = backend_name()
-    if backend == "tensorflow":
-        return _tf_copy_to_device(array, device)
-    if backend == "jax":
-        import jax
-
-        target = _jax_device(device)
-        return jax.device_put(array, target) if target is not None else jax.device_put(array)
-    import torch
-
-    return torch.as_tensor(array).to(_torch_device(device))
-
-
-def _tf_copy_to_device(array: np.ndarray, device: str | None):
-    """TensorFlow-only: ``tf.identity`` under ``tf.device`` is the one host -> device copy
-    (a tensor made from numpy starts on the host whatever the device scope)."""
-    import contextlib
-
-    import tensorflow as tf
-
-    with tf.device("/CPU:0"):
-        host = tf.convert_to_tensor(array)  # tf.constant copies 15x slower here
-    with tf.device(device) if device else contextlib.nullcontext():
-        return tf.identity(host)
+    return current().copy_to_device(array, device)
 
 
 def tensor_place(tensor) -> str:
     """Where a backend tensor (or a Keras variable's value) lives: ``"CPU:0"``, ``"GPU:0"``."""
-    backend = backend_name()
-    if backend == "tensorflow":
-        return tensor.device.rpartition("device:")[2]
-    if backend == "jax":
-        (device,) = tensor.devices()
-        return f"{'CPU' if device.platform == 'cpu' else 'GPU'}:{device.id}"
-    kind, _, index = str(tensor.device).partition(":")
-    return f"{'CPU' if kind == 'cpu' else 'GPU'}:{index or 0}"
+    return current().tensor_place(tensor)
 
 
 def keras_device_name(device: str) -> str:
-    """``device`` as ``keras.device`` should get it on this backend.
-
-    PyTorch: ``"cpu:0"`` becomes ``"cpu"``: Keras's torch backend moves each new variable
-    ``.to("cpu:0")``, which copies a tensor already on ``"cpu"`` into a plain tensor and
-    then fails on integer variables (the dropout layers' seed state).
-    """
-    if backend_name() == "torch" and device.lower().startswith("cpu"):
-        return "cpu"
-    return device
-
-
-def _jax_device(device: str | None):
-    if device is None:
-        return None
-    import jax
-
-    kind, _, index = device.lower().partition(":")
-    return jax.devices(kind)[int(index or 0)]
-
-
-def _torch_device(device: str | None):
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind, _, index = device.lower().partition(":")
-    return torch.device("cpu") if kind == "cpu" else torch.device("cuda", int(index or 0))
+    """``device`` as ``keras.device`` should get it on this backend (see :meth:`Torch.keras_device_name`)."""
+    return current().keras_device_name(device)
 
 
 # --------------------------------------------------------------------------- XLA / compilation
@@ -279,7 +411,7 @@ def jit_compile_value(requested: str):
     """
     if requested not in JIT_COMPILE:
         raise ValueError(f"unknown jit_compile {requested!r}; choose one of {', '.join(JIT_COMPILE)}")
-    if backend_name() == "jax" and requested == "off":
+    if requested == "off" and current().refuses_jit_off():
         raise ValueError(JAX_ALWAYS_XLA)
     return JIT_COMPILE[requested]
 
@@ -292,13 +424,7 @@ def describe_compilation(requested: str, compiled: bool) -> tuple[bool, str]:
     visible, not on a CPU-only machine). JAX: always XLA. PyTorch: ``on`` is
     ``torch.compile`` (not XLA); ``auto`` resolves to eager, as Keras does.
     """
-    backend = backend_name()
-    if backend == "jax":
-        return True, "jax.jit (XLA), always"
-    if backend == "torch":
-        return False, "torch.compile" if compiled else f"eager (jit_compile {requested})"
-    state = "on" if compiled else "off"
-    return compiled, f"XLA {state} (auto)" if requested == "auto" else f"XLA {state}"
+    return current().describe_compilation(requested, compiled)
 
 
 # --------------------------------------------------------------------------- fp32 math
@@ -331,8 +457,7 @@ def fp32_math(device_type: str, compute_capability: str | float | None = None) -
     if capability is None or capability < TF32_MIN_COMPUTE_CAPABILITY:
         shown = "unknown" if capability is None else f"{capability:.1f}"
         return "ieee", f"compute capability {shown}: no TF32 tensor cores known"
-    allowed, setting = {"tensorflow": _tf_allows_tf32, "jax": _jax_allows_tf32,
-                        "torch": _torch_allows_tf32}[backend_name()]()
+    allowed, setting = current().allows_tf32()
     return ("tf32" if allowed else "ieee"), setting
 
 
@@ -355,39 +480,6 @@ def _capability(given: str | float | None) -> float | None:
         return None if given is None else float(given)
     except ValueError:
         return None
-
-
-def _tf_allows_tf32() -> tuple[bool, str]:
-    """TensorFlow-only: one switch for matmuls and convolutions."""
-    import tensorflow as tf
-
-    enabled = bool(tf.config.experimental.tensor_float_32_execution_enabled())
-    return enabled, (f"tf.config.experimental.tensor_float_32_execution_enabled() is {enabled} "
-                     "(matmuls and convolutions)")
-
-
-def _jax_allows_tf32() -> tuple[bool, str]:
-    """JAX-only: the default precision of float32 dots and convolutions alike."""
-    import jax
-
-    value = jax.config.jax_default_matmul_precision
-    return value not in JAX_IEEE_PRECISIONS, (f"jax_default_matmul_precision={value!r} "
-                                              "(matmuls and convolutions)")
-
-
-def _torch_allows_tf32() -> tuple[bool, str]:
-    """PyTorch-only: convolutions (cuDNN) decide; the matmul flag is said when it differs."""
-    import torch
-
-    conv = _torch_flag(lambda: torch.backends.cudnn.allow_tf32,
-                       lambda: torch.backends.cudnn.conv.fp32_precision)
-    matmul = _torch_flag(lambda: torch.backends.cuda.matmul.allow_tf32,
-                         lambda: torch.backends.cuda.matmul.fp32_precision)
-    note = f"torch.backends.cudnn.allow_tf32={conv} (convolutions)"
-    if matmul != conv:
-        note += (f"; torch.backends.cuda.matmul.allow_tf32={matmul}: its matmuls run in "
-                 f"{'TF32' if matmul else 'IEEE fp32'}")
-    return conv, note
 
 
 def _torch_flag(legacy, new) -> bool:
@@ -420,12 +512,8 @@ def measure_matmul_peak(precision: str, size: int, min_seconds: float = 1.0,
     cuBLAS not), so there the matmul is timed with the convolutions' TF32 setting.
     """
     dtype = PRECISIONS[precision].compute_dtype
-    backend = backend_name()
     math, math_note = cell_math(precision, "GPU" if visible_gpus() else "CPU")
-    if backend == "torch":
-        run = _torch_matmul(dtype, size, tf32=math == "tf32")
-    else:
-        run = {"tensorflow": _tf_matmul, "jax": _jax_matmul}[backend](dtype, size)
+    run = current().matmul(dtype, size, tf32=math == "tf32")
     for _ in range(2):
         run()
     times: list[float] = []
@@ -444,46 +532,6 @@ def _operands(size: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1)
     return (rng.standard_normal((size, size), dtype=np.float32),
             rng.standard_normal((size, size), dtype=np.float32))
-
-
-def _tf_matmul(dtype: str, size: int):
-    """TensorFlow-only: a traced matmul + reduce on GPU:0 (or the CPU), fetched by ``.numpy()``."""
-    import tensorflow as tf
-
-    device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
-    with tf.device(device):
-        a, b = (tf.cast(tf.convert_to_tensor(m), dtype) for m in _operands(size))
-    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)),
-                         autograph=False)
-
-    def run():
-        with tf.device(device):
-            return float(matmul(a, b).numpy())
-    return run
-
-
-def _jax_matmul(dtype: str, size: int):
-    import jax
-    import jax.numpy as jnp
-
-    a, b = (jax.device_put(jnp.asarray(m, dtype=dtype)) for m in _operands(size))
-    matmul = jax.jit(lambda a, b: jnp.sum(jnp.matmul(a, b).astype(jnp.float32)))
-    return lambda: float(matmul(a, b))
-
-
-def _torch_matmul(dtype: str, size: int, tf32: bool = False):
-    """PyTorch-only: on a GPU, a float32 multiply runs with ``allow_tf32`` set to ``tf32`` (the
-    cell's convolutions' math) for the call only, so nothing else in the process changes."""
-    import torch
-
-    device = _torch_device(None)
-    a, b = (torch.as_tensor(m).to(device=device, dtype=getattr(torch, dtype)) for m in _operands(size))
-    switch = device.type == "cuda" and dtype == "float32"
-
-    def run():
-        with _torch_matmul_tf32(tf32) if switch else contextlib.nullcontext(), torch.no_grad():
-            return torch.matmul(a, b).float().sum().item()
-    return run
 
 
 @contextlib.contextmanager

@@ -20,9 +20,9 @@ import itertools
 
 import keras
 
-from cifar_model.settings import IMAGE_SHAPE, JIT_COMPILE, NUM_CLASSES, PRECISIONS  # noqa: F401
+from cifar_model.settings import IMAGE_SHAPE, JIT_COMPILE, NUM_CLASSES, PRECISIONS, SEED_RUN  # noqa: F401
 
-LEARNING_RATE = 1e-4
+LEARNING_RATE = SEED_RUN.learning_rate
 DROPOUT_RATE = 0.25
 
 

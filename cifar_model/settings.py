@@ -37,27 +37,85 @@ PRECISIONS = {p.name: p for p in (
 )}
 #: User-facing XLA settings -> the value ``Model.compile(jit_compile=...)`` takes.
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """The original notebook's training run, which this project measures honestly: its settings
+    (what ``--profile seed`` repeats and what "Est. notebook run" projects) and what its README
+    reported. One home for these facts; everything else reads them from :data:`SEED_RUN`."""
+
+    epochs: int = 26
+    train_images: int = 40_000          # the seed split: the first 40,000 training images ...
+    heldout_images: int = 10_000        # ... and the last 10,000 held out
+    batch_size: int = 128
+    learning_rate: float = 1e-4         # Adam
+    precision: str = "fp32"
+    split: str = "seed"
+    reported_device: str = "GTX 960M"   # the laptop GPU of the notebook's README
+    reported_time_s: float = 21 * 60 + 12
+    #: the best 256-image sample of its own training data, not a held-out accuracy
+    reported_accuracy: str = "96.08 %"
+
+    def projected_seconds(self, global_batch: int, seconds_per_step: float) -> float:
+        """The notebook's training (every full batch of its split, every epoch) at one step time."""
+        return self.epochs * (self.train_images // global_batch) * seconds_per_step
+
+
+SEED_RUN = SeedRun()
+
 #: Held-out splits: standard (50,000 train / 10,000 official test) and the notebook's seed
-#: split (the first 40,000 training images / the last 10,000).
+#: split (:data:`SEED_RUN`: the first 40,000 training images / the last 10,000).
 SPLITS = ("standard", "seed")
-SPLIT_SIZES = {"standard": (50_000, 10_000), "seed": (40_000, 10_000)}
+SPLIT_SIZES = {"standard": (50_000, 10_000), "seed": (SEED_RUN.train_images, SEED_RUN.heldout_images)}
 #: Where the training images live while training: ``host`` (the input pipeline gathers each
 #: batch in host memory) or ``device`` (the whole training set in the training device's
 #: memory, each batch gathered there); ``auto`` picks per device.
 DATA_PLACEMENTS = ("auto", "host", "device")
 #: ``auto`` keeps the training set on a GPU when it takes at most this share of its memory.
 RESIDENT_MAX_FRACTION = 0.25
-#: Keras 3 backends the network trains on; TensorFlow is the reference.
-BACKENDS = ("tensorflow", "jax", "torch")
-DEFAULT_BACKEND = "tensorflow"
-#: How each backend is installed when it is missing (pip extras of this project).
-BACKEND_INSTALL = {"tensorflow": "pip install tensorflow",
-                   "jax": "pip install 'cifar-bench[jax]'",
-                   "torch": "pip install 'cifar-bench[torch]'"}
 
-#: The data-parallel engine of a cell, by what it asked for and its backend (see
-#: :func:`strategy_name`), and what each one is, in words (tables, notes, plots).
-ENGINES = {
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What the harness says about a Keras backend without importing it: its name as people
+    write it, the distributions whose versions describe it, and how to install it."""
+
+    name: str                   # the KERAS_BACKEND value
+    display_name: str           # "PyTorch"
+    package: str                # the distribution that carries its version
+    extra_packages: tuple[str, ...]  # other distributions a fingerprint records with it
+    install: str                # how to install it when it is missing (pip extras of this project)
+
+
+#: Keras 3 backends the network trains on, in the order tables list them; TensorFlow is the
+#: reference. One row per backend: every name, package list and install hint is read from here.
+BACKEND_INFO = {info.name: info for info in (
+    BackendInfo("tensorflow", "TensorFlow", "tensorflow", ("tensorflow-cpu", "keras"), "pip install tensorflow"),
+    BackendInfo("jax", "JAX", "jax", ("jaxlib",), "pip install 'cifar-bench[jax]'"),
+    BackendInfo("torch", "PyTorch", "torch", (), "pip install 'cifar-bench[torch]'"),
+)}
+BACKENDS = tuple(BACKEND_INFO)
+DEFAULT_BACKEND = "tensorflow"
+BACKEND_INSTALL = {name: info.install for name, info in BACKEND_INFO.items()}
+#: Every distribution a fingerprint records for the backends, each once.
+BACKEND_PACKAGES = tuple(dict.fromkeys(package for info in BACKEND_INFO.values()
+                                       for package in (info.package, *info.extra_packages)))
+
+
+def backend_entry(name: str, strict: bool = True) -> BackendInfo | None:
+    """The registry row of backend ``name``; an unknown name is a ValueError that lists the known
+    ones (None instead with ``strict=False``, for names read back from old files)."""
+    if name in BACKEND_INFO:
+        return BACKEND_INFO[name]
+    if strict:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return None
+
+#: The data-parallel strategy of a cell, by what it asked for and its backend (see
+#: :func:`strategy_name`): its short name and what it is, in words (tables, notes, plots).
+#: ("Engine" is another dimension: the Keras or the native training loop.)
+STRATEGY_DOCS = {
     "none": ("one device", "one device, Keras fit"),
     "mirrored": ("MirroredStrategy",
                  "tf.distribute.MirroredStrategy over the devices of one process, Keras fit"),
@@ -72,7 +130,7 @@ ENGINES = {
                             "keras.distribution.initialize (JAX's distributed runtime; gloo "
                             "collectives between CPUs)"),
 }
-STRATEGIES = tuple(ENGINES)
+STRATEGIES = tuple(STRATEGY_DOCS)
 #: Logical CPU devices a CPU cell may split into for ``replicas`` > 1: a functional check of
 #: the data-parallel code path (they share the machine's cores), not a scaling result.
 MAX_LOGICAL_CPU_REPLICAS = 8

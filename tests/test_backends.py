@@ -298,3 +298,16 @@ def test_a_mixed_precision_torch_peak_leaves_the_fp32_flag_alone(on_backend):
     backends = on_backend("torch", torch)
     peak = backends.measure_matmul_peak("mixed_bfloat16", 8, min_seconds=0)
     assert peak["math"] == "bf16" and set(seen) == {False}
+
+
+def test_every_backend_of_the_settings_has_one_class_and_an_unknown_one_is_refused(on_backend):
+    from cifar_model import BACKEND_INFO, backend_entry
+
+    backends = on_backend("mxnet", SimpleNamespace())
+    assert list(backends.BACKENDS) == list(BACKEND_INFO)               # one class per registered backend
+    for call in (backends.visible_gpus, backends.framework_versions, lambda: backends.tensor_place(None)):
+        with pytest.raises(ValueError, match="unsupported Keras backend 'mxnet'; cifar_model runs on tensorflow"):
+            call()                                                      # never the torch path
+    with pytest.raises(ValueError, match="unknown backend 'mxnet'; choose one of tensorflow, jax, torch"):
+        backend_entry("mxnet")
+    assert backend_entry("torch").display_name == "PyTorch" and backend_entry("mxnet", strict=False) is None

@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from bench import devices, yardsticks
+from bench import devices, nvml, yardsticks
 
 CPU_ONLY = {"tensorflow": "2.21.0", "keras": "3.15.1", "built_with_cuda": True, "gpus": []}
 TWO_GPUS = {**CPU_ONLY, "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
@@ -97,17 +97,17 @@ def fake_pynvml(fail_init=False):
 
 
 def test_nvml_view_reads_names_memory_capability_and_driver(monkeypatch):
-    monkeypatch.setattr(devices, "pynvml", fake_pynvml())
+    monkeypatch.setattr(nvml, "pynvml", fake_pynvml())
     view = devices.nvml_view()
     assert view.error is None and view.gpus == (devices.NvmlGpu(0, "NVIDIA L4", 24 * 2**30, "8.9"),)
     assert view.driver_version == "550.54.15" and view.cuda_driver_version == "12.4"
 
 
 def test_nvml_absent_is_a_reason_not_a_crash(monkeypatch):
-    monkeypatch.setattr(devices, "pynvml", fake_pynvml(fail_init=True))
+    monkeypatch.setattr(nvml, "pynvml", fake_pynvml(fail_init=True))
     view = devices.nvml_view()
     assert view.gpus == () and "NVML unavailable" in view.error
-    monkeypatch.setattr(devices, "pynvml", None)
+    monkeypatch.setattr(nvml, "pynvml", None)
     assert "not installed" in devices.nvml_view().error
 
 

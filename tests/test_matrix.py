@@ -7,7 +7,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from bench import cli, matrix, plots, record, summary
+from bench import cli, matrix, plots, record, tables
 from bench.devices import Device, Requested
 from cifar_model.settings import TrainSettings
 
@@ -45,7 +45,7 @@ def test_every_dimension_reaches_every_place_a_cell_is_described(dimension):
     legends = {plots.series_label(row, matrix.varying_dimensions([frame])) for _, row in frame.iterrows()}
     assert len(legends) == 2 or dimension.name == "batch_size"               # plot legends (batch: x axis)
     if dimension.name != "batch_size":                                       # summary columns
-        assert summary.shown_dimensions(frame.assign(status="ok")) == [dimension.name]
+        assert tables.shown_dimensions(frame.assign(status="ok")) == [dimension.name]
 
 
 def test_settings_fields_are_all_declared():

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
 from runs import ENV, write_run  # noqa: E402
 
-from bench import cli, multirun, plots, store  # noqa: E402
+from bench import cli, plots, store, tables  # noqa: E402
 from bench.devices import Device, Requested  # noqa: E402
 
 LAPTOP_GPU = Requested("gpu:0", Device("gpu:0", "GPU", "NVIDIA GeForce GTX 960M", memory_bytes=2**32))
@@ -51,6 +51,14 @@ def two_machines(tmp_path):
     return tmp_path, laptop, server
 
 
+def table_of(runs, reference=tables.Reference()) -> pd.DataFrame:
+    return tables.frame_of(tables.build(runs, reference))
+
+
+def notes_of(runs, reference=tables.Reference()) -> list[str]:
+    return tables.notes(tables.build(runs, reference))
+
+
 def main(capsys, *argv) -> tuple[int, str, str]:
     status = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -67,7 +75,7 @@ def assert_usage_error(status: int, err: str, fragment: str) -> None:
 
 def test_one_table_orders_rows_by_machine_device_type_and_batch_size(two_machines):
     _, laptop, server = two_machines
-    table = multirun.table([store.read_run(laptop), store.read_run(server)])
+    table = table_of([store.read_run(laptop), store.read_run(server)])
     assert list(zip(table["Machine"], table["Device Type"], table["Batch size"])) == [
         ("laptop", "CPU", 64), ("laptop", "CPU", 128), ("laptop", "GPU", 64), ("laptop", "GPU", 128),
         ("AMD EPYC 9R14 (Debian 12)", "CPU", 64), ("AMD EPYC 9R14 (Debian 12)", "CPU", 128)]
@@ -82,7 +90,7 @@ def test_one_table_orders_rows_by_machine_device_type_and_batch_size(two_machine
 
 def test_the_notes_state_what_cannot_be_read_across_rows(two_machines):
     _, laptop, server = two_machines
-    notes = " ".join(multirun.notes([store.read_run(laptop), store.read_run(server)]))
+    notes = " ".join(notes_of([store.read_run(laptop), store.read_run(server)]))
     assert "Data differs between rows" in notes
     assert "Time covers different numbers of training steps" in notes
     assert "Debian GNU/Linux 12 (bookworm)" in notes       # the long OS name, once, in the notes
@@ -95,7 +103,7 @@ def test_the_notes_say_which_machines_fp32_gpu_rows_ran_tf32(two_machines, tmp_p
     setting = "jax_default_matmul_precision=None (matmuls and convolutions)"
     server = write_run(tmp_path / "runs" / "20260103-100000", {(64, (("device", h100),)): steps(0.001)},
                        env=SERVER_ENV, train={"math": "tf32", "math_note": setting})
-    notes = multirun.notes([store.read_run(laptop), store.read_run(server)])
+    notes = notes_of([store.read_run(laptop), store.read_run(server)])
     [note] = [n for n in notes if n.startswith("**fp32 on GPU**")]
     assert f"gpu:0 (NVIDIA H100 80GB HBM3) tensorflow: TF32 ({setting})" in note
     assert "gpu:0 (NVIDIA GeForce GTX 960M) tensorflow: IEEE fp32" in note
@@ -104,18 +112,52 @@ def test_the_notes_say_which_machines_fp32_gpu_rows_ran_tf32(two_machines, tmp_p
 def test_a_named_reference_divides_by_that_machines_device(two_machines):
     _, laptop, server = two_machines
     runs = [store.read_run(laptop), store.read_run(server)]
-    table = multirun.table(runs, multirun.Reference.parse("laptop:gpu"))
+    table = table_of(runs, tables.Reference.parse("laptop:gpu"))
     column = "Speed-up vs laptop gpu:0"
     assert list(table[column]) == ["0.05×", "0.05×", "1.00×", "1.00×", "0.10×", "0.10×"]
     assert "Speed-up vs laptop gpu:0**: the median step of gpu:0 on laptop" in " ".join(
-        multirun.notes(runs, multirun.Reference.parse("laptop:gpu:0")))
+        notes_of(runs, tables.Reference.parse("laptop:gpu:0")))
+
+
+def test_a_named_reference_works_across_machines_and_backends_and_names_its_row(tmp_path):
+    """The server's CPU ran torch only: the laptop's TensorFlow GPU rows divide by it, with
+    --reference naming the backend, and the notes name the row they divide by."""
+    gpu = (("device", LAPTOP_GPU),)
+    laptop = store.read_run(write_run(tmp_path / "laptop", {(64, gpu): steps(0.01), (128, gpu): steps(0.02)},
+                                      env=LAPTOP_ENV))
+    server = store.read_run(write_run(tmp_path / "server", {
+        (64, (("backend", "torch"), ("precision", "mixed_bfloat16"))): steps(0.05),
+        (64, (("backend", "tensorflow"),)): steps(0.01)}, env=SERVER_ENV, device=EPYC_CPU))
+    reference = tables.Reference.parse("AMD EPYC 9R14 (Debian 12):cpu:torch")
+    assert reference.column == "Speed-up vs AMD EPYC 9R14 (Debian 12) cpu torch"
+    table = table_of([laptop, server], reference)
+    # the server's own TensorFlow row is not the reference: the backend was named
+    assert list(table[reference.column]) == ["5.00×", "–", "1.00×", "5.00×"]
+    notes = notes_of([laptop, server], reference)
+    [named] = [n for n in notes if "(no reference row of the same settings)" in n]
+    assert ("2 rows (laptop gpu:0 tensorflow fp32 batch 64; AMD EPYC 9R14 (Debian 12) cpu tensorflow fp32 "
+            "batch 64)") in named
+    assert named.endswith("median step of AMD EPYC 9R14 (Debian 12) CPU torch mixed_bfloat16 batch 64 ÷ this row's.")
+    assert any("laptop gpu:0 tensorflow fp32 batch 128: no cpu torch row on AMD EPYC 9R14 (Debian 12) at "
+               "batch 128" in n for n in notes)
+    # each machine's own CPU by default: the laptop ran none, and says so
+    assert "no CPU row on laptop at batch 64 or 128" in " ".join(notes_of([laptop, server]))
+
+
+def test_own_run_cpu_row_is_preferred_to_another_runs(tmp_path):
+    gpu = (("device", LAPTOP_GPU),)
+    old = store.read_run(write_run(tmp_path / "old", {64: steps(0.1)}, env=LAPTOP_ENV))
+    new = store.read_run(write_run(tmp_path / "new", {64: steps(0.4), (64, gpu): steps(0.01)}, env=LAPTOP_ENV))
+    table = table_of([old, new])
+    assert list(zip(table["Run"], table["Speed-up vs CPU"])) == [
+        ("old", "1.00×"), ("new", "1.00×"), ("new", "40.00×")]
 
 
 def test_unlabelled_machines_with_the_same_cpu_and_os_get_distinct_names(tmp_path):
     other_env = {**SERVER_ENV, "memory_bytes": 2**35}      # another machine of the same model
     a = store.read_run(write_run(tmp_path / "a", {64: steps(0.1)}, env=SERVER_ENV))
     b = store.read_run(write_run(tmp_path / "b", {64: steps(0.1)}, env=other_env))
-    first, second = multirun.machine_names([a, b])
+    first, second = tables.machine_names([a, b])
     assert first == "AMD EPYC 9R14 (Debian 12)" and second.startswith(first + " #") and first != second
 
 

@@ -183,3 +183,37 @@ def test_a_failed_write_leaves_the_file_and_no_temporary(tmp_path, monkeypatch, 
     with pytest.raises(readme.ReadmeError, match="cannot be written \\(No space left on device\\)"):
         readme.update_readme(path, "table")
     assert path.read_text() == TEXT and [p.name for p in tmp_path.iterdir()] == ["README.md"]
+
+
+# ---------------------------------------------------------------- the published blocks
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED_DOCS = ("README.md", "docs/method.md", "docs/scaling.md")
+
+
+def generated_blocks():
+    """(document, marker, run directories) of every generated block in the docs, the runs read
+    from the block's own "Produced by" lines (each names its run with --out)."""
+    import re
+
+    for document in PUBLISHED_DOCS:
+        text = (REPO / document).read_text(encoding="utf-8")
+        for marker, body in re.findall(r"<!-- bench:([a-z0-9-]+):start -->(.*?)<!-- bench:\1:end -->", text, re.S):
+            runs = re.findall(r"^Produced by `[^`]*--out (\S+?)`", body, re.M)
+            yield pytest.param(document, marker, runs, id=f"{document}:{marker}")
+
+
+@pytest.mark.parametrize("document, marker, runs", list(generated_blocks()))
+def test_every_published_block_regenerates_byte_for_byte(tmp_path, monkeypatch, document, marker, runs):
+    from bench import cli
+
+    assert runs, f"{document}:{marker}: no 'Produced by ... --out RUN' line names its runs"
+    copy = tmp_path / "doc.md"
+    original = (REPO / document).read_bytes()
+    copy.write_bytes(original)
+    monkeypatch.chdir(REPO)                 # "Produced by" names each run relative to the project
+    argv = ["readme", "--readme", str(copy), "--marker", marker]
+    for run in runs:
+        argv += ["--run", run]
+    assert cli.main(argv) == 0
+    assert copy.read_bytes() == original, f"{document}:{marker} no longer regenerates from {runs}"

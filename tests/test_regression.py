@@ -28,24 +28,24 @@ def step_times(median: float, n: int = 60, spread: float = 0.05, seed: int = 0) 
 @pytest.mark.parametrize("seed", range(5))
 def test_identical_distributions_are_not_a_regression(seed):
     base, cur = step_times(0.1, seed=seed), step_times(0.1, seed=seed + 100)
-    assert regression.decide(base, cur).verdict == regression.WITHIN_NOISE
+    assert regression.decide(base, cur).kind == regression.WITHIN_NOISE
 
 
 def test_a_clear_2x_slowdown_is_a_regression():
     verdict = regression.decide(step_times(0.1), step_times(0.2, seed=1))
-    assert verdict.verdict == regression.REGRESSION and 1.8 < verdict.low <= verdict.ratio < 2.2
+    assert verdict.kind == regression.REGRESSION and 1.8 < verdict.low <= verdict.ratio < 2.2
 
 
 def test_a_small_shift_inside_the_noise_is_within_noise():
     # 4 % slower with 20 % step-to-step spread: not confidently beyond the 10 % threshold
     verdict = regression.decide(step_times(0.1, spread=0.2), step_times(0.104, spread=0.2, seed=1))
-    assert verdict.verdict == regression.WITHIN_NOISE and verdict.low < 1.1
+    assert verdict.kind == regression.WITHIN_NOISE and verdict.low < 1.1
 
 
 def test_a_shift_just_above_the_threshold_but_noisy_is_not_flagged():
     # 15 % slower on average, but so noisy that a 10 % slowdown cannot be ruled out
     verdict = regression.decide(step_times(0.1, n=15, spread=0.4), step_times(0.115, n=15, spread=0.4, seed=3))
-    assert verdict.verdict == regression.WITHIN_NOISE
+    assert verdict.kind == regression.WITHIN_NOISE
 
 
 def test_run_to_run_variation_seen_through_repeats_is_not_a_regression():
@@ -53,13 +53,13 @@ def test_run_to_run_variation_seen_through_repeats_is_not_a_regression():
     # look like a confident 7 % slowdown; with the repeats resampled it is within noise
     base = [step_times(m, spread=0.01, seed=i) for i, m in enumerate((0.100, 0.093, 0.101))]
     cur = [step_times(m, spread=0.01, seed=10 + i) for i, m in enumerate((0.107, 0.099, 0.094))]
-    assert regression.decide(base[0], cur[0], max_slowdown=0.05).verdict == regression.REGRESSION
-    assert regression.decide(base, cur, max_slowdown=0.05).verdict == regression.WITHIN_NOISE
+    assert regression.decide(base[0], cur[0], max_slowdown=0.05).kind == regression.REGRESSION
+    assert regression.decide(base, cur, max_slowdown=0.05).kind == regression.WITHIN_NOISE
 
 
 def test_a_clear_speedup_is_faster():
     verdict = regression.decide(step_times(0.2), step_times(0.1, seed=1))
-    assert verdict.verdict == regression.FASTER and verdict.high < 1 / 1.1
+    assert verdict.kind == regression.FASTER and verdict.high < 1 / 1.1
 
 
 @pytest.mark.parametrize("text, value", [("10%", 0.10), ("0.1", 0.10), ("2.5%", 0.025), ("150%", 1.5)])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import matrix, record, runner, summary
+from bench import matrix, record, runner, tables
 from bench.config import RunConfig
 from bench.protocol import DataSpec
 from bench.devices import Device, Requested
@@ -72,10 +72,10 @@ def test_settings_say_per_replica_and_global_batch():
 ])
 def test_each_backend_plugs_in_its_own_engine(backend, replicas, workers, engine):
     from cifar_model import TrainSettings
-    from cifar_model.settings import ENGINES
+    from cifar_model.settings import STRATEGY_DOCS
 
     assert TrainSettings(backend=backend, replicas=replicas, workers=workers).strategy == engine
-    assert engine in ENGINES
+    assert engine in STRATEGY_DOCS
 
 
 def test_a_jax_cpu_cell_of_n_replicas_starts_jax_with_n_cpu_devices():
@@ -289,9 +289,9 @@ def test_jax_replicas_and_workers_run_end_to_end_and_train_alike(tmp_path, pytho
     assert "keras.distribution.DataParallel" in text and "**Not a scaling result**" in text
 
 
-def test_summary_names_the_engine(parallel_run):
+def test_summary_names_the_strategy(parallel_run):
     out, runs, _ = parallel_run
-    notes = summary.describe_settings(runs.reset_index())
+    notes = tables.notes(tables.build([tables.in_memory(runs.reset_index(), {})]))
     assert any("MultiWorkerMirroredStrategy" in n and "keras#20585" in n for n in notes)
 
 
