@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench import matrix, multirun, regression, store
+from bench import matrix, regression, store, tables
 from bench.config import PROFILES, SETTING, SETTINGS, RunConfig, cluster, devices, path_text
 from bench.errors import UsageError, WriteError
 from bench.protocol import DataSpec
@@ -257,10 +257,10 @@ def load_baseline_arg(name_or_path: str, root: Path) -> store.Run:
         raise UsageError(str(exc)) from None
 
 
-def reference_arg(text: str | None) -> multirun.Reference:
+def reference_arg(text: str | None) -> tables.Reference:
     try:
-        return multirun.Reference.parse(text)
-    except multirun.MultiRunError as exc:
+        return tables.Reference.parse(text)
+    except tables.TableError as exc:
         raise UsageError(str(exc)) from None
 
 

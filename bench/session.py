@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import config as config_module
-from bench import devices, environment, matrix, plots, regression, runner, store, summary, yardsticks
+from bench import devices, environment, matrix, plots, regression, runner, store, tables, yardsticks
 from bench.config import RunConfig
 from bench.errors import UsageError, WriteError
 from bench.files import write_atomically
@@ -291,7 +291,7 @@ class Session:
         rows = self.writer.frame()
         text = ""
         if len(rows):
-            text = summary.summary_markdown(rows, self.env)
+            text = tables.markdown([tables.in_memory(rows, self.env, self.out)])
             try:
                 write_atomically(self.out / store.SUMMARY_MD, text)
                 plots.write_plots(rows, steps_frame(self.writer.steps), self.out)

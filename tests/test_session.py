@@ -132,7 +132,8 @@ def test_ab_skips_a_replicas_cell_beyond_the_gpus_present_with_a_reason(tmp_path
 def test_noise_records_in_each_run_the_run_command_that_makes_it(tmp_path, cli_main):
     status, _, err = cli_main("noise", "--repeat", "2", "--devices", "cpu", "--batch-sizes", "32", *FAST,
                               "--out", "calibration")
-    assert status == 0, err
+    # 3: a saturated machine leaves noise no suggestion to make; its runs are recorded either way
+    assert status in (0, 3), err
     for i in (1, 2):
         env = json.loads((tmp_path / "calibration" / f"run-{i}" / store.ENV_JSON).read_text())
         command = shlex.split(env["command"])

@@ -8,9 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench import multirun, readme, session, store
-from bench import summary as summary_module
-from bench.commands.summary import several
+from bench import readme, session, store, tables
 from bench.options import (EXIT_OK, REFERENCE_HELP, UsageError, load_runs_arg, path_arg, reference_arg,
                            results_dir_parent, show)
 
@@ -50,12 +48,9 @@ def run(args) -> int:
         raise UsageError(f"--marker '{args.marker}': use lowercase letters, digits and dashes")
     runs, reference = load_runs_arg(args.run, store.results_root(args.results_dir)), reference_arg(args.reference)
     try:
-        if several(runs, reference):
-            table = multirun.markdown(runs, reference, [readme_command(r) for r in runs])
-        else:
-            table = summary_module.summary_markdown(runs[0].runs, runs[0].env, command=readme_command(runs[0]))
+        table = tables.markdown(runs, reference, [readme_command(r) for r in runs])
         changed = readme.update_readme(args.readme, table, args.marker)
-    except (readme.ReadmeError, multirun.MultiRunError) as exc:
+    except (readme.ReadmeError, tables.TableError) as exc:
         raise UsageError(str(exc)) from None
     show(f"{args.readme}: {'table updated' if changed else 'already up to date'} "
          f"from run{'s' if len(runs) > 1 else ''} {', '.join(str(r.directory) for r in runs)}")
