@@ -534,6 +534,8 @@ def save_baseline(run: Run, name: str, root: Path, replace: bool = False) -> Pat
     try:
         for filename in (RUNS_CSV, STEPS_CSV, ENV_JSON):
             shutil.copyfile(run.directory / filename, staging / filename)
+        if (run.directory / CURVES_CSV).is_file():     # the held-out curves, where the run has them
+            shutil.copyfile(run.directory / CURVES_CSV, staging / CURVES_CSV)
         meta = {"schema": BASELINE_SCHEMA, "name": name, "run_id": run.run_id,
                 "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "machine": machine_id(run.env), "cells": int(len(ok))}

@@ -86,7 +86,7 @@ def main():
         math = "tf32"
     per_epoch = settings.max_steps_per_epoch or 4
     curve, steps = fake_curve(settings, per_epoch, steps, step)
-    result = fake_result(settings.batch_size, [step * 3] + [step] * (steps - 1), min(warmup, steps - 1),
+    result = fake_result(settings.batch_size, [step * 3] + [step] * (steps - 1), warmup,
                          spec.data.kind, spec.data.split, settings.backend, precision=settings.precision,
                          math=math, math_note="fake: the backend's default", epochs=settings.epochs,
                          steps_per_epoch=per_epoch, curve=curve, curve_eval_seconds=sum(p.eval_seconds for p in curve),
