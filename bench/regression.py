@@ -471,8 +471,10 @@ def target_verdict(baseline: pd.DataFrame, current: pd.DataFrame, max_slowdown: 
     if len(base_times) < base_n or len(cur_times) < cur_n:
         return TargetVerdict("missed", said)
     later = min(cur_times) > max(base_times) * (1 + max_slowdown)
-    return TargetVerdict("later" if later else "same", said + (f": every run repeat more than {max_slowdown:.0%} later than the "
-                                             "slowest baseline repeat" if later else ""))
+    if not later:
+        return TargetVerdict("same", said)
+    return TargetVerdict("later", f"{said}: every run repeat more than {max_slowdown:.0%} later than the "
+                                  "slowest baseline repeat")
 
 
 def _target_side(rows: pd.DataFrame) -> tuple[float, list[float], int] | None:

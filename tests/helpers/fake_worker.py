@@ -107,8 +107,9 @@ def fake_curve(settings, per_epoch: int, steps: int, step_s: float):
     while done < steps:
         done = min(steps, done + every)
         accuracy = min(0.9, 0.1 + float(os.environ.get("FAKE_CURVE_GAIN", "0.2")) * done / per_epoch)
+        train_s = step_s * (done + 2)            # the first step counts 3 steps' time
         curve.append(CurvePoint(epoch=(done - 1) // per_epoch + 1, step=done, images_seen=done * settings.batch_size,
-                                train_seconds=step_s * (done + 2), wall_seconds=step_s * (done + 2) + 0.05 * (len(curve) + 1),
+                                train_seconds=train_s, wall_seconds=train_s + 0.05 * (len(curve) + 1),
                                 eval_seconds=0.05, heldout_accuracy=accuracy, heldout_loss=2.3 - accuracy))
         if settings.target_accuracy is not None and accuracy >= settings.target_accuracy:
             break
