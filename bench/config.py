@@ -54,6 +54,11 @@ PROFILES = {
     # seed: the notebook's run: seed split, batch 128, Adam 1e-4, 26 full epochs, fp32
     "seed": {"batch_size": (128,), "epochs": 26, "max_steps_per_epoch": None, "warmup_steps": 5,
              "split": "seed", "precision": ("fp32",)},
+    # seed-tta: the seed recipe timed to a held-out accuracy (MLPerf's question), evaluated
+    # every epoch; the target is provisional until re-derived from measured curves
+    # (docs/method.md, "Time to accuracy")
+    "seed-tta": {"batch_size": (128,), "epochs": 26, "max_steps_per_epoch": None, "warmup_steps": 5,
+                 "split": "seed", "precision": ("fp32",), "eval_every": 1.0, "target_accuracy": 0.65},
 }
 
 
@@ -82,6 +87,28 @@ def seconds(maximum: float) -> Callable[[str], float]:
             raise ValueError(f"'{text}' is not a number of seconds above 0 and at most {maximum:,.0f}")
         return value
     return parse
+
+
+def epochs_between(text: str) -> float:
+    """A cadence in epochs: a positive number, fractions allowed (0.5: twice an epoch)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_EPOCHS:
+        raise ValueError(f"'{text}' is not a number of epochs above 0 and at most {MAX_EPOCHS:,} (0.5: twice an epoch)")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An accuracy as a fraction above 0 and at most 1 (0.65 means 65 %)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ValueError(f"'{text}' is not a fraction above 0 and at most 1 (0.65 means 65 %)")
+    return value
 
 
 def label(text: str) -> str:
@@ -176,7 +203,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="profile", example="seed", flag="--profile", parse=choice(*PROFILES), default="quick",
             help="quick: a few minutes on a 2-core CPU (batch sizes 64,128,256, 1 epoch of 50 steps, "
                  "precision auto); seed: the notebook's full run (seed split, batch 128, 26 full "
-                 "epochs, fp32) (default: quick)"),
+                 "epochs, fp32); seed-tta: the seed run evaluated every epoch, stopped at 0.65 "
+                 "held-out accuracy and timed to it (default: quick)"),
     Setting(name="devices", example="cpu", flag="--devices", parse=devices, metavar="DEVICES",
             help="cpu, gpu (the first GPU), gpu:N, all; comma-separated (default: every device found)"),
     Setting(name="epochs", example="2", flag="--epochs", parse=integer(1, MAX_EPOCHS), profile=True,
@@ -231,6 +259,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="task_index", example="1", flag="--task-index", parse=integer(0, MAX_TASK_INDEX), default=0,
             help="this host's place in --cluster; 0, the chief, writes the rows that count "
                  "(default: $TF_CONFIG's task, else 0)"),
+    Setting(name="eval_every", example="0.5", flag="--eval-every", parse=epochs_between, profile=True,
+            metavar="EPOCHS",
+            help="also evaluate on the whole held-out split every EPOCHS epochs during training "
+                 "(0.5: twice an epoch); the curve goes to curves.csv, its time is kept out of "
+                 "train_s (default: seed-tta 1; others only at the end)"),
+    Setting(name="target_accuracy", example="0.6", flag="--target-accuracy", parse=fraction, profile=True,
+            metavar="FRACTION",
+            help="stop a cell at the first evaluation at or above this held-out accuracy and record "
+                 "its time to target (needs --eval-every and CIFAR-10) (default: seed-tta 0.65; "
+                 "others none)"),
 )
 SETTING: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -264,6 +302,8 @@ class RunConfig:
     synthetic_images: int | None = None
     machine_label: str | None = None
     no_peak: bool = False
+    eval_every: float | None = None       # epochs between held-out evaluations during training
+    target_accuracy: float | None = None  # stop a cell at the first evaluation reaching it
 
     @property
     def train_images(self) -> int:
@@ -316,9 +356,21 @@ class RunConfig:
             out.append(f"--steps-per-execution {max(self.plan.of('steps_per_execution'))} is more than "
                        f"the {shortest} step(s) of an epoch: one call would train that many steps, "
                        f"not {shortest}; lower it to at most {shortest} or raise --steps")
+        if self.target_accuracy is not None and self.eval_every is None:
+            out.append(f"--target-accuracy {self.target_accuracy} needs --eval-every: the target is "
+                       "checked at each held-out evaluation; add --eval-every 1")
         if self.seed + self.repeats - 1 > MAX_SEED:
             out.append(f"--seed {self.seed} with {self.repeats} repeat(s) passes {MAX_SEED}; lower it")
         return out
+
+    def source_problems(self) -> list[str]:
+        """What the resolved data source (``source``) rules out: a target accuracy on synthetic
+        data, whose labels carry no signal, would never be reached."""
+        if self.target_accuracy is not None and self.source.kind == "synthetic":
+            return [f"--target-accuracy {self.target_accuracy} needs CIFAR-10, but the cells would train on "
+                    f"synthetic data ({self.source.note or 'as asked'}): accuracy there means nothing; "
+                    "give --data-dir DIR, or use --profile seed / drop --target-accuracy"]
+        return []
 
     def steps_per_epoch(self, global_batch: int) -> int:
         return steps_per_epoch(self.train_images, global_batch, self.max_steps_per_epoch)
@@ -335,7 +387,8 @@ class RunConfig:
         return {"epochs": self.epochs, "max_steps_per_epoch": self.max_steps_per_epoch,
                 "warmup_steps": self.warmup_steps, "seed": self.seed + repeat,
                 "unsynced_steps": self.unsynced_steps, "eval_images": self.eval_images,
-                "connect_timeout_s": self.connect_timeout}
+                "connect_timeout_s": self.connect_timeout,
+                "eval_every": self.eval_every, "target_accuracy": self.target_accuracy}
 
     def to_dict(self) -> dict:
         """env.json's ``config``: the plan, what the cells trained on, and every setting."""

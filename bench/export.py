@@ -9,12 +9,15 @@ every worker: what a dashboard means by images/s), not one replica's.
 - Bencher Metric Format (https://bencher.dev/docs/reference/bencher-metric-format):
   ``{benchmark: {measure: {"value", "lower_value", "upper_value"}}}``. The measures are
   Bencher's built-in ``latency`` (nanoseconds: the median step, bounded by its bootstrap
-  interval) and ``throughput`` (images/s, bounded by the same interval), and ``accuracy``
-  (percent of held-out images) where it was measured. BMF has no place for a warning:
+  interval) and ``throughput`` (images/s, bounded by the same interval), ``accuracy``
+  (percent of held-out images) where it was measured, and ``time-to-target`` (seconds to
+  ``--target-accuracy``, MLPerf's clock, bounded by the fastest and slowest repeat) where
+  every repeat reached it. BMF has no place for a warning:
   :func:`warnings` says them, for the command to print.
 - github-action-benchmark's ``customSmallerIsBetter``: an array of ``{"name", "unit",
   "value", "range", "extra"}``. Everything in such a file is smaller-is-better, so it holds
-  the median step time only; images/s, accuracy and every warning go in ``extra``.
+  the median step time and, where every repeat reached the target, the time to target;
+  images/s, accuracy and every warning (a target not reached) go in ``extra``.
 - ``json`` (:func:`plain_json`) and ``summary --json`` (:func:`summary_json`): numbers as
   numbers, units in the keys, and every flag (synthetic data, a busy machine, why a cell
   failed or was skipped, a harness bug) beside the figures it qualifies.
@@ -27,11 +30,13 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from bench import matrix, summary
+from bench import matrix, summary, tta
 from bench.regression import side_contention
 from bench.store import Run
 
 FORMATS = ("bencher", "github-action-benchmark", "json")
+#: Bencher measure of the time to target (seconds, smaller is better); created on first upload.
+TIME_TO_TARGET_MEASURE = "time-to-target"
 EXPORT_SCHEMA = "cifar-bench-export/2"
 SUMMARY_SCHEMA = "cifar-bench-summary/2"
 #: Efficiency above 100 % of a peak is never a fast run: the yardstick is wrong (summary.md
@@ -116,6 +121,43 @@ class CellFigures:
     repeats: int
     steady_steps: int
     flags: Flags = field(default_factory=Flags)
+    time_to_target: TargetFigures | None = None    # None: no --target-accuracy in this cell
+
+
+@dataclass(frozen=True)
+class TargetFigures:
+    """Time to a target accuracy over a cell's repeats (runs.csv's ``time_to_target_s``, MLPerf's
+    clock). ``seconds`` is None unless every repeat reached the target (MLPerf: a run that
+    misses it fails the result); it is the olympic mean (fastest and slowest dropped) from
+    three repeats, else the median, and ``scoring`` says which."""
+
+    target_accuracy: float
+    runs: int
+    reached: int
+    seconds: float | None
+    low_s: float | None
+    high_s: float | None
+    scoring: str
+    note: str                          # "not reached in 26 epochs by 2 of 5 runs", or ""
+
+
+def target_figures(group: pd.DataFrame) -> TargetFigures | None:
+    """The time-to-target figures of one cell's ok rows, or None when it had no target."""
+    targets = group["target_accuracy"].dropna() if "target_accuracy" in group else pd.Series(dtype=float)
+    if targets.empty:
+        return None
+    times = group["time_to_target_s"].dropna().astype(float).tolist()
+    n, k = len(group), len(times)
+    low, high = (min(times), max(times)) if times else (None, None)
+    missed = [str(v) for v in group["target_note"] if isinstance(v, str) and v]
+    note = "" if k == n else f"{missed[0] if missed else 'not reached'}, by {n - k} of {n} run(s)"
+    if k < n:
+        return TargetFigures(float(targets.iloc[0]), n, k, None, low, high, "no score: not every run reached it", note)
+    olympic = tta.olympic_mean(times)
+    scoring = (f"olympic mean of {n} (fastest and slowest dropped)" if olympic is not None
+               else "a single run" if n == 1 else f"median of {n} runs (too few to drop the extremes)")
+    value = olympic if olympic is not None else float(pd.Series(times).median())
+    return TargetFigures(float(targets.iloc[0]), n, k, value, low, high, scoring, note)
 
 
 def _ok_rows(run: Run) -> pd.DataFrame:
@@ -149,7 +191,7 @@ def cell_figures(run: Run) -> list[CellFigures]:
             heldout_accuracy_fraction=float(accuracy.mean()) if len(accuracy) else None,
             heldout_images=int(measured["heldout_images"].iloc[0]) if len(measured) else 0,
             repeats=len(group), steady_steps=int(group["steady_steps"].fillna(0).sum()),
-            flags=flags_of(group)))
+            flags=flags_of(group), time_to_target=target_figures(group)))
     return out
 
 
@@ -198,6 +240,10 @@ def bencher(run: Run) -> dict:
         }
         if cell.heldout_accuracy_fraction is not None:
             measures["accuracy"] = {"value": cell.heldout_accuracy_fraction * 100}
+        target = cell.time_to_target
+        if target is not None and target.seconds is not None:
+            measures[TIME_TO_TARGET_MEASURE] = {"value": target.seconds, "lower_value": target.low_s,
+                                                "upper_value": target.high_s}
         out[cell.name] = measures
     return out
 
@@ -213,10 +259,20 @@ def github_action_benchmark(run: Run) -> list[dict]:
         if cell.heldout_accuracy_fraction is not None:
             extra.insert(-2, f"held-out accuracy: {cell.heldout_accuracy_fraction * 100:.2f} % "
                              f"({cell.heldout_images:,} images)")
+        target = cell.time_to_target
+        if target is not None and target.note:
+            extra.insert(0, f"time to {target.target_accuracy * 100:g}% held-out accuracy: {target.note}")
         out.append({"name": f"{cell.name} - median step", "unit": "ms",
                     "value": round(cell.step_median_s * 1000, 4),
                     "range": f"95% CI {cell.step_ci_low_s * 1000:.3f}-{cell.step_ci_high_s * 1000:.3f} ms",
                     "extra": "\n".join(extra)})
+        if target is not None and target.seconds is not None:
+            out.append({"name": f"{cell.name} - time to {target.target_accuracy * 100:g}% accuracy", "unit": "s",
+                        "value": round(target.seconds, 3),
+                        "range": f"runs {target.low_s:.3f}-{target.high_s:.3f} s",
+                        "extra": "\n".join([*cell.flags.texts(), f"{target.scoring}; MLPerf's clock: data "
+                                            "loading + training + held-out evaluations to the one that "
+                                            "reached the target", f"run: {run.run_id}"])})
     return out
 
 
@@ -256,6 +312,9 @@ SUMMARY_NUMBERS = {
     "efficiency_theoretical_pct": "efficiency_pct_of_theoretical_peak",
     "speedup_vs_1_replica": "speedup_vs_1_replica", "other_cpu_pct": "other_processes_cpu_pct",
     "steal_pct": "steal_pct",
+    "target_accuracy": "target_accuracy_fraction", "time_to_target_s": "time_to_target_s",
+    "train_time_to_target_s": "train_time_to_target_s", "epochs_to_target": "epochs_to_target",
+    "images_to_target": "images_to_target",
 }
 
 

@@ -11,8 +11,8 @@ from bench.protocol import Event
 class Reporter:
     """What the user sees while a run goes on: plain log lines (not a terminal, CI logs)."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr     # looked up now, not at import: stderr may have been replaced
 
     def __enter__(self):
         return self

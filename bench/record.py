@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, make_dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_type_hints
 
 import numpy as np
 
 from bench import matrix, stats
 from bench.contention import Contention
 from bench.protocol import WorkerResult
-from cifar_model.results import StepRecord
+from bench.tta import CURVE_COLUMNS
+from cifar_model.results import CurvePoint, StepRecord, TrainResult
 from cifar_model.settings import SEED_RUN
 
 if TYPE_CHECKING:                        # bench.yardsticks reads the peak cache through store,
@@ -132,6 +133,24 @@ _MEASURED = {
     "started_at": Column("when the cell started (UTC)", "text"),
     "git_commit": Column("the project's commit", "text"),
 }
+#: Time to a target accuracy (--target-accuracy): MLPerf Training's figure. Empty when no
+#: target was asked; a target not reached has no time, only ``target_note``.
+_TIME_TO_TARGET = {
+    "target_accuracy": Column("the held-out accuracy the cell trained to reach (--target-accuracy); "
+                              "training stopped at the first evaluation at or above it"),
+    "time_to_target_s": Column("MLPerf's clock: data_load_s + wall time from the start of training to the "
+                               "end of the evaluation that reached the target, evaluations included"),
+    "train_time_to_target_s": Column("training time alone to that evaluation: evaluations and data "
+                                     "loading excluded"),
+    "epochs_to_target": Column("epochs trained when the target was reached: steps / steps_per_epoch "
+                               "(fractional with --eval-every below 1)"),
+    "images_to_target": Column("training images seen when the target was reached: steps x global batch", "int"),
+    "target_note": Column("'not reached in N epochs' when the budget ended first (no time is given then)",
+                          "text"),
+    "curve_evals": Column("held-out evaluations during training (--eval-every); each is a row of curves.csv",
+                          "int"),
+    "curve_eval_s": Column("their time in total, kept out of train_s"),
+}
 _RUN_SETTINGS = ("data", "split", "epochs", "warmup_steps")
 
 
@@ -140,7 +159,7 @@ def _cell_columns() -> dict[str, Column]:
 
 
 #: runs.csv, in order: column -> what it holds and its dtype. Times are seconds of wall time.
-RUN_COLUMNS: dict[str, Column] = {**_IDENTITY, **_cell_columns(), **_MEASURED}
+RUN_COLUMNS: dict[str, Column] = {**_IDENTITY, **_cell_columns(), **_MEASURED, **_TIME_TO_TARGET}
 STEP_COLUMNS: dict[str, Column] = {
     "run_id": Column("the run", "text"),
     "cell_id": Column("the cell (runs.csv)", "text"),
@@ -150,6 +169,21 @@ STEP_COLUMNS: dict[str, Column] = {
     "seconds": Column("wall time of the record, device synced"),
     "warmup": Column("True for warm-up steps (excluded from the steady statistics)", "bool"),
 }
+
+
+_CURVE_DOCS = {
+    "cell_id": "the cell (runs.csv)", "repeat": "0-based repeat of the cell",
+    "epoch": "1-based epoch the evaluation fell in", "step": "training steps done when it ran",
+    "images_seen": "training images seen: step x global batch",
+    "train_seconds": "training wall time so far, evaluations excluded",
+    "wall_seconds": "wall time since training started, evaluations included (add data_load_s for MLPerf's clock)",
+    "eval_seconds": "this evaluation's own time", "heldout_accuracy": "accuracy on the whole held-out split",
+    "heldout_loss": "mean softmax cross-entropy on it"}
+#: curves.csv: one row per held-out evaluation during training (bench.tta.CURVE_COLUMNS, in order).
+CURVE_SCHEMA: dict[str, Column] = {
+    name: Column(_CURVE_DOCS[name], "text" if name == "cell_id" else
+                 "int" if name == "repeat" or get_type_hints(CurvePoint)[name] is int else "float")
+    for name in CURVE_COLUMNS}
 
 
 def columns_of(dtype: str, schema: dict[str, Column] = RUN_COLUMNS) -> tuple[str, ...]:
@@ -220,7 +254,7 @@ def ok_row(planned_: dict, result: WorkerResult, yardstick: Yardstick | None = N
         total_replicas=train.total_replicas, global_batch_size=train.global_batch_size,
         framework_version=versions.get(train.backend),
         **{f"{name}_version": versions.get(name) for name in ("tensorflow", "keras", "numpy", "python")},
-        **_contention_columns(contention),
+        **_contention_columns(contention), **_target_columns(train),
     )
     if result.device_name:
         values["device_name"] = result.device_name
@@ -285,6 +319,24 @@ def _contention_columns(contention: dict | None) -> dict:
     if not contention:
         return {}
     return {k: contention[k] for k in Contention.COLUMNS if k in contention}
+
+
+def _target_columns(train: TrainResult) -> dict:
+    """The curve's count and time, and the time to target when one was asked."""
+    out = {"curve_evals": len(train.curve), "curve_eval_s": train.curve_eval_seconds} if train.curve else {}
+    if train.target_accuracy is None:
+        return out
+    out["target_accuracy"] = train.target_accuracy
+    reached = train.reached
+    if reached is None:
+        out["target_note"] = f"not reached in {train.epochs} epochs"
+        return out
+    return {**out, "time_to_target_s": train.time_to_target_seconds, "train_time_to_target_s": reached.train_seconds,
+            "epochs_to_target": reached.step / train.steps_per_epoch, "images_to_target": reached.images_seen}
+
+
+def curve_rows(cell_id: str, repeat: int, points: Sequence[CurvePoint]) -> list[dict]:
+    return [{"cell_id": cell_id, "repeat": repeat, **p.as_dict()} for p in points]
 
 
 def step_rows(run_id: str, cell_id: str, records: Sequence[StepRecord]) -> list[dict]:

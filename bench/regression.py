@@ -260,6 +260,7 @@ class CellComparison:
     baseline_pressure_pct: float | None = None   # other processes' CPU + steal, % of usable CPUs
     current_pressure_pct: float | None = None
     attempts: list[str] = field(default_factory=list)  # with --retry: earlier attempts' verdicts
+    time_to_target: str = ""        # the time-to-target comparison (target_verdict), "" when no target
 
 
 @dataclass
@@ -436,6 +437,72 @@ def _short(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+@dataclass(frozen=True)
+class TargetVerdict:
+    """Time to a target accuracy (runs.csv's ``time_to_target_s``), baseline against run.
+
+    ``kind``: ``stopped`` (the run no longer reaches a target every baseline repeat reached),
+    ``later`` (reaches it markedly later), ``missed`` (not reached by some repeat on a side,
+    no verdict), ``not compared`` (the targets differ) or ``same``."""
+
+    kind: str
+    text: str
+
+    @property
+    def regression(self) -> bool:
+        return self.kind in ("stopped", "later")
+
+
+def target_verdict(baseline: pd.DataFrame, current: pd.DataFrame, max_slowdown: float = 0.10) -> TargetVerdict | None:
+    """One cell's time to target across its repeats on both sides, or None when neither had a target.
+
+    A regression when the run stops reaching the target that every baseline repeat reached,
+    or reaches it markedly later: its fastest repeat slower than the baseline's slowest by more
+    than ``max_slowdown`` (time to target moves by whole evaluation intervals from seed to
+    seed, so only a gap beyond both sides' spread counts). A target not reached on a side is
+    said in words, never given a time.
+    """
+    sides = [_target_side(rows) for rows in (baseline, current)]
+    if sides[0] is None and sides[1] is None:
+        return None
+    if sides[0] is None or sides[1] is None or sides[0][0] != sides[1][0]:
+        targets = ["none" if side is None else f"{side[0]:.0%}" for side in sides]
+        return TargetVerdict("not compared", f"time to target not compared: target {targets[0]} in the baseline, "
+                                    f"{targets[1]} in the run")
+    (target, base_times, base_n), (_, cur_times, cur_n) = sides
+    said = f"time to {target:.0%}: baseline {_reached_text(base_times, base_n)}, run {_reached_text(cur_times, cur_n)}"
+    if len(base_times) == base_n and len(cur_times) < cur_n:
+        return TargetVerdict("stopped", f"{said}: the run stopped reaching the target")
+    if len(base_times) < base_n or len(cur_times) < cur_n:
+        return TargetVerdict("missed", said)
+    later = min(cur_times) > max(base_times) * (1 + max_slowdown)
+    if not later:
+        return TargetVerdict("same", said)
+    return TargetVerdict("later", f"{said}: every run repeat more than {max_slowdown:.0%} later than the "
+                                  "slowest baseline repeat")
+
+
+def _target_side(rows: pd.DataFrame) -> tuple[float, list[float], int] | None:
+    """(target, times of the repeats that reached it, repeats) of one side's ok rows, or None."""
+    if "target_accuracy" not in rows or rows["target_accuracy"].isna().all():
+        return None
+    times = pd.to_numeric(rows["time_to_target_s"], errors="coerce").dropna().astype(float).tolist()
+    return float(rows["target_accuracy"].dropna().iloc[0]), times, len(rows)
+
+
+def _reached_text(times: list[float], runs: int) -> str:
+    if not times:
+        return f"not reached in {runs} run(s)"
+    spread = f"{min(times):.1f} s" if len(times) == 1 else f"{min(times):.1f}–{max(times):.1f} s"
+    return f"{spread} ({len(times)}/{runs} reached)"
+
+
+def _ok_groups(run: Run, keys: tuple[str, ...]) -> dict[tuple, pd.DataFrame]:
+    ok = run.runs[run.runs["status"] == "ok"]
+    return {tuple(str(matrix.plain(v)) for v in key): group
+            for key, group in ok.groupby(list(keys), sort=False, dropna=False)}
+
+
 def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             confidence: float = 0.95, match_keys: tuple[str, ...] = MATCH_KEYS) -> Comparison:
     """Match cells (on ``match_keys``) and decide each; BaselineError when nothing matches.
@@ -466,6 +533,7 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
     resources_changed = any(d.startswith(f"{item.label}:") for d in comparison.environment_differences
                             for item in ENV_FIELDS if item.resource)
     base_maths, cur_maths = _maths(baseline, match_keys), _maths(current, match_keys)
+    base_groups, cur_groups = _ok_groups(baseline, match_keys), _ok_groups(current, match_keys)
     for key in matched:
         spec, base, base_load = base_cells[key]
         _, cur, cur_load = cur_cells[key]
@@ -478,6 +546,12 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             why = f"likely cause: {changed}"
         elif final == INCONCLUSIVE and changed and verdict.kind == REGRESSION:
             why += f"; the environment changed too: {changed}"
+        target = target_verdict(base_groups[key], cur_groups[key], max_slowdown)
+        if target is not None and target.kind != "same":
+            # a busy machine delays reaching the target but cannot stop it: only "later" waits for a quiet one
+            if target.kind == "stopped" or (target.kind == "later" and final != INCONCLUSIVE):
+                final = REGRESSION
+            why = f"{why}; {target.text}" if why else target.text
         batch = float(spec["batch_size"])
         comparison.cells.append(CellComparison(
             cell=_cell_label(spec), key={k: str(matrix.plain(v)) for k, v in spec.items()},
@@ -491,7 +565,8 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             baseline_contention=_contention_text(base_load),
             current_contention=_contention_text(cur_load),
             baseline_pressure_pct=base_load.pressure_pct if base_load else None,
-            current_pressure_pct=cur_load.pressure_pct if cur_load else None))
+            current_pressure_pct=cur_load.pressure_pct if cur_load else None,
+            time_to_target=target.text if target else ""))
     return comparison
 
 

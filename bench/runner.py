@@ -282,12 +282,12 @@ def execute(cells: list[matrix.Cell], writer: RunWriter, context: RunContext, re
         reporter.cell_started(index, len(cells), cell)
         planned = record.planned(cell, run_wide, context.row_values())
         try:
-            row, steps = _run_cell(cell, planned, writer, context, reporter)
+            row, steps, curves = _run_cell(cell, planned, writer, context, reporter)
         except Stopped as stop:
             outcome.stopped_by = stop.signum
             return outcome
         try:
-            writer.add(row, steps)
+            writer.add(row, steps, curves)
         except OSError as exc:
             outcome.write_error = (f"could not write the results of {cell.cell_id} to {writer.directory}: "
                                    f"{exc.strerror or exc}; the run stopped there (earlier cells are on disk)")
@@ -298,12 +298,12 @@ def execute(cells: list[matrix.Cell], writer: RunWriter, context: RunContext, re
 
 
 def _run_cell(cell: matrix.Cell, planned, writer: RunWriter, context: RunContext,
-              reporter: Reporter) -> tuple[object, list[dict]]:
-    """One cell's row and step rows: skipped, failed (with why) or measured."""
+              reporter: Reporter) -> tuple[object, list[dict], list[dict]]:
+    """One cell's row, step rows and curve rows: skipped, failed (with why) or measured."""
     config = context.config
     reason = skip_reason(cell, config, context.gpu_count)
     if reason:
-        return record.skipped_row(planned, reason), []
+        return record.skipped_row(planned, reason), [], []
     env = worker_environment(cell.device, cell["backend"], replicas=cell["replicas"])
     cluster, task, peers, timeout, result = (), 0, [], config.cell_timeout, None
     if cell["workers"] > 1:
@@ -327,11 +327,12 @@ def _run_cell(cell: matrix.Cell, planned, writer: RunWriter, context: RunContext
     try:
         contention = context.contention_columns(result.watched) if result.watched is not None else None
         if result.result is None:
-            return record.failed_row(planned, result.reason, contention), []
+            return record.failed_row(planned, result.reason, contention), [], []
         yardstick = yardsticks.for_cell(cell, result.result.train, context.measured_peaks, context.theoretical)
         row = record.ok_row(planned, result.result, yardstick, contention=contention, peers=peer_results)
         row = record.with_scaling(row, writer.rows, scaling_note(cell, config, context.usable_cpus))
-        return row, record.step_rows(context.run_id, cell.cell_id, result.result.train.records)
+        return (row, record.step_rows(context.run_id, cell.cell_id, result.result.train.records),
+                record.curve_rows(cell.cell_id, cell.repeat, result.result.train.curve))
     except Exception as exc:  # noqa: BLE001 - whatever the worker sent, the cell is a row and the run goes on
         return record.failed_row(planned, f"the worker's result could not be recorded "
-                                          f"({type(exc).__name__}: {str(exc)[:200]})", contention), []
+                                          f"({type(exc).__name__}: {str(exc)[:200]})", contention), [], []

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import config as config_module
-from bench import devices, environment, matrix, plots, regression, runner, store, tables, yardsticks
+from bench import devices, environment, matrix, plots, regression, runner, store, tables, tta, yardsticks
 from bench.config import RunConfig
 from bench.errors import UsageError, WriteError
 from bench.files import write_atomically
@@ -141,7 +141,7 @@ class Session:
         self.missing = [r for r in requested if r.found is None or not r.found.usable]
         if self.request.require_devices and self.missing:
             raise UsageError("--require-devices: " + "; ".join(f"{r.id}: {r.reason}" for r in self.missing))
-        problems = self.config.problems(len(requested))
+        problems = self.config.problems(len(requested)) + self.config.source_problems()
         if problems:
             raise UsageError(problems[0])
         self.here = environment.fingerprint(self.inventory)
@@ -198,7 +198,8 @@ class Session:
             ["ok", "skipped"] + ([] if self.request.rerun_failed else ["failed"]))])
         self.todo = [c for c in self.planned if c.cell_id not in done]
         self.out, self.env = out, previous.env
-        self.writer = store.RunWriter(out, previous.run_id, _records(previous.runs), _records(previous.steps))
+        self.writer = store.RunWriter(out, previous.run_id, _records(previous.runs), _records(previous.steps),
+                                      _records(previous.curves))
         if not self.todo:
             failed = int((previous.runs["status"] == "failed").sum())
             self.say(f"resuming {out}: nothing to run, all {len(self.planned)} cell(s) are done"
@@ -269,7 +270,8 @@ class Session:
 
     def current(self) -> store.Run:
         """This run as it is in memory now (never read back from disk)."""
-        return store.Run(self.out, self.writer.frame(), steps_frame(self.writer.steps), self.env)
+        return store.Run(self.out, self.writer.frame(), steps_frame(self.writer.steps), self.env,
+                         self.writer.curve_frame())
 
     def retry_checks(self, reporter: Reporter) -> regression.Comparison | None:
         check = self.request.check
@@ -295,6 +297,7 @@ class Session:
             try:
                 write_atomically(self.out / store.SUMMARY_MD, text)
                 plots.write_plots(rows, steps_frame(self.writer.steps), self.out)
+                self.write_accuracy_plot(rows)
             except OSError as exc:
                 outcome.write_error = (outcome.write_error
                                        or f"could not write the summary to {self.out}: {exc.strerror or exc}")
@@ -305,6 +308,27 @@ class Session:
             failed=rows.loc[rows["status"] == "failed", "cell_id"].tolist() if len(rows) else [],
             comparison=None if self.interrupted else comparison, stopped_by=outcome.stopped_by,
             write_error=outcome.write_error, summary=text)
+
+
+    def write_accuracy_plot(self, rows):
+        """accuracy.png when any cell was evaluated more than once during training: one line
+        per cell (the repeats' median), labelled by the device and the dimensions that vary."""
+        curves = self.writer.curve_frame()
+        if curves.empty:
+            return None
+        ok = rows[rows["status"] == "ok"]
+        varying = matrix.varying_dimensions([ok])
+        cells = {}        # runs.csv's cell id -> the cell without its repeat, which repeats share
+        labels = {}
+        for _, row in ok.iterrows():
+            key = str(row["cell_id"]).removesuffix(f"_r{int(row['repeat'])}")
+            cells[row["cell_id"]] = key
+            labels[key] = matrix.describe(row.to_dict(), varying)
+        shown = curves[curves["cell_id"].isin(cells)].assign(cell_id=lambda f: f["cell_id"].map(cells))
+        target = self.config.target_accuracy
+        return tta.accuracy_plot(shown, labels, target, self.out / tta.ACCURACY_PNG,
+                                 "Held-out accuracy during training"
+                                 + (f" (target {target:.0%}: MLPerf-style time to accuracy)" if target else ""))
 
 
 def run(request: RunRequest, say: Callable[[str], None], reporter_class: type[Reporter]) -> RunOutcome:

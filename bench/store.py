@@ -26,7 +26,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,11 +37,12 @@ from filelock import FileLock, Timeout
 from bench import matrix
 from bench.environment import machine_id
 from bench.files import LOCK_TIMEOUT_S, write_atomically
-from bench.record import RUN_COLUMNS, STATUSES, STEP_COLUMNS, as_dict, columns_of
+from bench.record import CURVE_SCHEMA, RUN_COLUMNS, STATUSES, STEP_COLUMNS, as_dict, columns_of
 from bench.text import csv_cell, plain_text
 from cifar_model.results import seconds_per_step
 
 RUNS_CSV, STEPS_CSV, ENV_JSON, SUMMARY_MD = "runs.csv", "steps.csv", "env.json", "summary.md"
+CURVES_CSV = "curves.csv"       # held-out evaluations during training (--eval-every); absent in older runs
 BASELINE_JSON = "baseline.json"
 RUN_LOCK = ".lock"
 BASELINE_SCHEMA = "cifar-bench-baseline/1"
@@ -233,37 +234,46 @@ class RunWriter:
     """
 
     def __init__(self, directory: Path, run_id: str, existing_rows: list[dict] = (),
-                 existing_steps: list[dict] = ()):
+                 existing_steps: list[dict] = (), existing_curves: list[dict] = ()):
         self.directory = Path(directory)
         self.run_id = run_id
         self.rows: list[dict] = list(existing_rows)
         self.steps: list[dict] = list(existing_steps)
+        self.curves: list[dict] = list(existing_curves)
 
     def write_env(self, env: dict) -> None:
         env = {**env, "schema_version": SCHEMA_VERSION}
         write_atomically(self.directory / ENV_JSON, json.dumps(env, indent=2, sort_keys=True) + "\n")
 
-    def add(self, row, steps: list[dict] = ()) -> None:
-        """Keep ``row`` (a RunRow) in memory, then on disk; OSError if the disk refuses.
+    def add(self, row, steps: list[dict] = (), curves: list[dict] = ()) -> None:
+        """Keep ``row`` (a RunRow), its ``steps`` and its held-out ``curves`` rows in memory,
+        then on disk; OSError if the disk refuses.
 
         In memory first: a row the disk refused is still in the summary printed at the end.
         """
         self.rows.append(as_dict(row) if not isinstance(row, dict) else row)
         self.steps.extend(steps)
+        self.curves.extend(curves)
         self.flush()
 
     def replace_cells(self, cell_ids: set[str]) -> None:
         """Forget rows (and steps) of ``cell_ids``: they are about to be measured again."""
         self.rows = [r for r in self.rows if r["cell_id"] not in cell_ids]
         self.steps = [s for s in self.steps if s["cell_id"] not in cell_ids]
+        self.curves = [c for c in self.curves if c["cell_id"] not in cell_ids]
 
     def flush(self) -> None:
-        # steps first: runs.csv never names a cell whose steps are not on disk yet
+        # steps and curves first: runs.csv never names a cell whose steps are not on disk yet
         write_atomically(self.directory / STEPS_CSV, _schema_frame(self.steps, STEP_COLUMNS).to_csv(index=False))
+        if self.curves or (self.directory / CURVES_CSV).exists():
+            write_atomically(self.directory / CURVES_CSV, self.curve_frame().to_csv(index=False))
         write_atomically(self.directory / RUNS_CSV, _neutralised(self.frame()).to_csv(index=False))
 
     def frame(self) -> pd.DataFrame:
         return _schema_frame(self.rows, RUN_COLUMNS)
+
+    def curve_frame(self) -> pd.DataFrame:
+        return _schema_frame(self.curves, CURVE_SCHEMA)
 
 
 def _neutralised(frame: pd.DataFrame) -> pd.DataFrame:
@@ -285,6 +295,7 @@ class Run:
     runs: pd.DataFrame
     steps: pd.DataFrame
     env: dict
+    curves: pd.DataFrame = field(default_factory=lambda: _schema_frame([], CURVE_SCHEMA))
 
     @property
     def run_id(self) -> str:
@@ -535,7 +546,23 @@ def read_run(directory: str | os.PathLike, started: bool = False) -> Run:
         version += 1
     _validate_runs(directory / RUNS_CSV, runs)
     _validate_steps(directory / STEPS_CSV, steps)
-    return Run(directory, runs, steps, env)
+    return Run(directory, runs, steps, env, read_curves(directory))
+
+
+def read_curves(directory: Path) -> pd.DataFrame:
+    """curves.csv, checked; an empty frame for a run without one (older runs, no --eval-every)."""
+    path = directory / CURVES_CSV
+    if not path.exists():
+        return _schema_frame([], CURVE_SCHEMA)
+    curves = read_table(path, CURVE_SCHEMA)
+    accuracy = curves["heldout_accuracy"]
+    _check(path, curves, "heldout_accuracy", accuracy.notna() & (accuracy >= 0) & (accuracy <= 1),
+           "a fraction from 0 to 1")
+    for name in ("repeat", "step", "wall_seconds"):
+        value = curves[name]
+        _check(path, curves, name, value.notna() & np.isfinite(value.fillna(-1)) & (value >= 0),
+               "a finite number >= 0")
+    return curves
 
 
 def latest_run(root: str | os.PathLike) -> Path:
@@ -688,6 +715,8 @@ def save_baseline(run: Run, name: str, root: Path, replace: bool = False) -> Pat
     try:
         for filename in (RUNS_CSV, STEPS_CSV, ENV_JSON):
             shutil.copyfile(run.directory / filename, staging / filename)
+        if (run.directory / CURVES_CSV).is_file():     # the held-out curves, where the run has them
+            shutil.copyfile(run.directory / CURVES_CSV, staging / CURVES_CSV)
         meta = {"schema": BASELINE_SCHEMA, "name": name, "run_id": run.run_id,
                 "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "machine": machine_id(run.env), "cells": int(len(ok))}

@@ -161,8 +161,10 @@ def example_args(tmp_path: Path, skip: set[str]) -> list[str]:
     return out
 
 
-# ``--data synthetic`` and ``--data-dir`` exclude each other: each group is started once
-GROUPS = [{"data_dir"}, {"data", "synthetic_images"}]
+# ``--data synthetic`` and ``--data-dir`` exclude each other, as do a target accuracy and
+# synthetic data, and evaluation during training and the two workers of ``--cluster``: each
+# group is started once
+GROUPS = [{"data_dir", "eval_every", "target_accuracy"}, {"data", "synthetic_images", "cluster", "task_index"}]
 
 
 @pytest.mark.parametrize("skip", GROUPS, ids=["synthetic", "data-dir"])

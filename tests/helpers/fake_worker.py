@@ -84,10 +84,36 @@ def main():
     math = PRECISIONS[settings.precision].math
     if math == "ieee" and spec.device_type == "GPU":
         math = "tf32"
+    per_epoch = settings.max_steps_per_epoch or 4
+    curve, steps = fake_curve(settings, per_epoch, steps, step)
     result = fake_result(settings.batch_size, [step * 3] + [step] * (steps - 1), warmup,
                          spec.data.kind, spec.data.split, settings.backend, precision=settings.precision,
-                         math=math, math_note="fake: the backend's default")
+                         math=math, math_note="fake: the backend's default", epochs=settings.epochs,
+                         steps_per_epoch=per_epoch, curve=curve, curve_eval_seconds=sum(p.eval_seconds for p in curve),
+                         target_accuracy=settings.target_accuracy)
     emit("result", result=result.to_dict())
+
+
+def fake_curve(settings, per_epoch: int, steps: int, step_s: float):
+    """With ``eval_every``: an evaluation every that many epochs whose accuracy is 0.1 +
+    ``$FAKE_CURVE_GAIN`` (default 0.2) per epoch trained (capped at 0.9), training stopped at
+    the first reaching ``target_accuracy``; each evaluation takes 0.05 s. Returns the curve and the steps trained."""
+    from cifar_model.curves import eval_interval_steps
+    from cifar_model.results import CurvePoint
+
+    if settings.eval_every is None:
+        return [], steps
+    every, curve, done = eval_interval_steps(settings.eval_every, per_epoch), [], 0
+    while done < steps:
+        done = min(steps, done + every)
+        accuracy = min(0.9, 0.1 + float(os.environ.get("FAKE_CURVE_GAIN", "0.2")) * done / per_epoch)
+        train_s = step_s * (done + 2)            # the first step counts 3 steps' time
+        curve.append(CurvePoint(epoch=(done - 1) // per_epoch + 1, step=done, images_seen=done * settings.batch_size,
+                                train_seconds=train_s, wall_seconds=train_s + 0.05 * (len(curve) + 1),
+                                eval_seconds=0.05, heldout_accuracy=accuracy, heldout_loss=2.3 - accuracy))
+        if settings.target_accuracy is not None and accuracy >= settings.target_accuracy:
+            break
+    return curve, done
 
 
 if __name__ == "__main__":
