@@ -93,26 +93,34 @@ class TimeToTarget:
 
     def describe(self) -> str:
         """The time-to-target cell of a table, saying how it was scored."""
-        n, k = len(self.runs), len(self.reached)
-        if k == 0:
-            return f"not reached in {self.epochs_budget} epochs ({n} run{'s' if n != 1 else ''})"
-        low, high = self.spread
-        score = self.score_seconds
-        if score is not None:
-            return (f"{format_seconds(score)} (olympic mean of {n}: fastest and slowest dropped; "
-                    f"range {format_seconds(low)}–{format_seconds(high)}; {k}/{n} reached)")
-        if k < n:
-            return (f"{k}/{n} runs reached it ({format_seconds(low)}–{format_seconds(high)}); "
-                    f"not reached in {self.epochs_budget} epochs by {n - k}: no score")
-        if n == 1:
-            return f"{format_seconds(low)} (a single run)"
-        return f"{format_seconds(low)}–{format_seconds(high)} ({n} single runs: too few to score)"
+        return describe_times([r.mlperf_seconds for r in self.runs], self.epochs_budget)
 
     def describe_accuracy(self) -> str:
         mean, std, n = self.final_accuracy
         if std is None:
             return f"{mean:.2%} (a single run)"
         return f"{mean:.2%} ± {std * 100:.2f} (n = {n})"
+
+
+def describe_times(times: list[float | None], epochs_budget: int) -> str:
+    """A cell's time to target over its repeats (None or NaN: that repeat never reached it),
+    scored as MLPerf scores it, saying how; never a number for a target not reached."""
+    n = len(times)
+    reached = [t for t in times if t is not None and math.isfinite(t)]
+    k = len(reached)
+    if k == 0:
+        return f"not reached in {epochs_budget} epochs ({n} run{'s' if n != 1 else ''})"
+    low, high = min(reached), max(reached)
+    score = olympic_mean(reached) if k == n else None
+    if score is not None:
+        return (f"{format_seconds(score)} (olympic mean of {n}: fastest and slowest dropped; "
+                f"range {format_seconds(low)}–{format_seconds(high)}; {k}/{n} reached)")
+    if k < n:
+        return (f"{k}/{n} runs reached it ({format_seconds(low)}–{format_seconds(high)}); "
+                f"not reached in {epochs_budget} epochs by {n - k}: no score")
+    if n == 1:
+        return f"{format_seconds(low)} (a single run)"
+    return f"{format_seconds(low)}–{format_seconds(high)} ({n} single runs: too few to score)"
 
 
 def format_seconds(seconds: float) -> str:
