@@ -206,7 +206,9 @@ def test_each_machine_gets_its_run_dir_one_cell_at_a_time_and_one_table(cluster,
         assert run.env["command"] == "python -m bench run --ray test"
         assert sorted(run.runs["batch_size"]) == [32, 64, 128]
         assert set(run.runs["status"]) == {"ok"} and set(run.runs["machine_label"]) == {label}
-        assert run.runs["peak_tflops"].notna().all()             # measured on the node, by its worker
+        # the peak was measured on the node, by its worker: a yardstick, or (a busy machine) said why not
+        busy_peak = run.runs["peak_note"].fillna("").str.contains("the peak was measured while")
+        assert (run.runs["peak_tflops"].notna() | busy_peak).all(), run.runs["peak_note"].tolist()
         assert run.runs["contention_note"].notna().all()         # contention sampled there
         assert run.runs["usable_cpus"].notna().all()
         assert (directory / "summary.md").is_file() and (directory / "logs").is_dir()
