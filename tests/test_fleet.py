@@ -236,6 +236,23 @@ def test_a_selector_matching_no_node_is_a_one_line_error(cluster, tmp_path):
     assert [m.label for m in machines] == ["lab-beta"]
 
 
+@pytest.mark.slow
+def test_bench_run_ray_through_the_command_line_writes_the_fleet_and_prints_its_table(cluster, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--ray", cluster.address, "--ray-nodes", "bench-machine=beta",
+         "--machine-label", "lab-", "--data", "synthetic", "--devices", "cpu", "--batch-sizes", "32,64",
+         "--precision", "fp32", "--epochs", "1", "--steps", "4", "--warmup", "1", "--no-peak", "--out", "fleet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), "BENCH_RESULTS_DIR": "results"})
+    assert done.returncode == 0, done.stderr
+    assert "| lab-beta" in done.stdout and f"results: {Path('fleet')}" in done.stderr
+    run = store.read_run(tmp_path / "fleet" / "lab-beta")
+    assert sorted(run.runs["batch_size"]) == [32, 64] and set(run.runs["status"]) == {"ok"}
+    assert run.env["command"].startswith("python -m bench run --ray ")
+    written = sorted(p.name for p in (tmp_path / "fleet").iterdir() if not p.name.startswith("."))
+    assert written == ["fleet.json", "lab-beta", "summary.md"]         # only the selected node ran
+
+
 def started_batches(pids: Path) -> list[tuple[int, int]]:
     try:
         return [tuple(map(int, line.split())) for line in pids.read_text().splitlines() if line.strip()]
