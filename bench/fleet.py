@@ -25,9 +25,9 @@ to protect (docs/guarantees.md, "Ray fleets").
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
-import math
 import re
 import signal
 import socket
@@ -40,7 +40,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import devices as devices_module
-from bench import environment, matrix, runner, store
+from bench import environment, matrix, process, runner, store, yardsticks
+from bench.config import RunConfig
+from bench.files import read_json_object, write_atomically
+from bench.progress import Reporter, finished_text
 
 INSTALL_HINT = "install it with pip install 'cifar-bench[ray]'"
 #: A node label naming the machine in the table (``ray start --labels bench-machine=NAME``);
@@ -95,19 +98,18 @@ def parse_node_selector(text: str) -> NodeSelector:
 
 @dataclass(frozen=True)
 class FleetRequest:
-    """A fleet run as the session asks for it (``out`` is the fleet directory to create, or,
-    with ``resume``, the one to finish: its fleet.json then supplies the config, devices and
-    selector, and ``config``/``device_ids``/``selector`` are ignored)."""
+    """A fleet run as the command asks for it (``out`` is the fleet directory to create, or,
+    with ``resume``, the one to finish: its fleet.json then supplies the config and selector,
+    and ``config``/``selector`` are ignored). The config says the devices (``--devices``, on
+    each machine), the label put before each machine's name (``--machine-label``) and
+    whether peaks are measured (``--no-peak``)."""
 
     address: str                           # host:port of the cluster's head (--ray)
-    config: runner.RunConfig | None
+    config: RunConfig | None
     out: Path | None                       # None: a new directory under <results>/runs/
     results_root: Path
     command: str                           # the command line, recorded in each run's env.json
     selector: NodeSelector = NodeSelector()
-    device_ids: tuple[str, ...] = ("all",)
-    label_prefix: str = ""                 # --machine-label, put before each machine's name
-    measure_peaks: bool = True             # False: --no-peak
     resume: bool = False
     rerun_failed: bool = False
 
@@ -138,6 +140,8 @@ class FleetOutcome:
     stopped_by: int | None = None                             # the signal that stopped it
     summary: str = ""                                         # the combined table (summary.md)
     write_error: str = ""
+    planned: int = 0                                          # cells of every machine
+    finished: int = 0                                         # rows on disk for them
 
 
 # --------------------------------------------------------------------------- connecting
@@ -166,6 +170,8 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         raise FleetError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc}); "
                          "start one (docs/fleet.md) or fix the address") from None
     if ray.is_initialized():
+        if ray.get_runtime_context().gcs_address == address.strip():
+            return                         # already joined (the command connects before it resolves data)
         ray.shutdown()
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -191,8 +197,8 @@ def select_machines(selector: NodeSelector, label_prefix: str = "") -> list[Mach
         if names.count(name) > 1:                      # two nodes on one host, or the same label
             name = f"{name}-{node['NodeID'][:6]}"
         resources = node.get("Resources") or {}
-        machines.append(Machine(node["NodeID"], _clean_label(f"{label_prefix}{name}"), node.get("NodeManagerAddress", ""),
-                                resources.get("CPU", 0), resources.get("GPU", 0)))
+        machines.append(Machine(node["NodeID"], _clean_label(f"{label_prefix}{name}"),
+                                node.get("NodeManagerAddress", ""), resources.get("CPU", 0), resources.get("GPU", 0)))
     return machines
 
 
@@ -221,29 +227,27 @@ class MachineFacts:
     """What only the machine itself can say: taken by a task on it, never by the driver."""
 
     env: dict                              # environment.fingerprint
-    requested: list                        # devices.Requested, as --devices resolves there
-    peaks: dict                            # measured peaks, as runner.execute takes them
-    theoretical: dict                      # runner.theoretical_peaks of its cells
+    requested: list[devices_module.Requested]   # --devices, as resolved there
+    peaks: dict[tuple, yardsticks.MeasuredPeak]           # measured there (none with --no-peak)
+    theoretical: dict[tuple, yardsticks.TheoreticalPeak]  # of its cells, for its CPUs and GPUs
     gpu_count: int
     said: list[str]                        # what measuring the peaks reported
 
 
-def describe_machine(device_ids: tuple[str, ...], config: runner.RunConfig, measure_peaks: bool) -> MachineFacts:
-    """Runs on the node: its devices, fingerprint and peaks (measured in a fresh worker there)."""
-    from bench import peak
-
+def describe_machine(config: RunConfig) -> MachineFacts:
+    """Runs on the node: its devices, fingerprint and peaks (measured in a fresh worker there,
+    with an empty peak cache: a node keeps no results of its own)."""
     inventory = devices_module.detect()
-    requested = devices_module.resolve(list(device_ids), inventory)
+    requested = devices_module.resolve(config.device_ids, inventory)
     env = environment.fingerprint(inventory)
     cells = runner.plan_cells(config, requested)
     said: list[str] = []
     peaks = {}
-    if measure_peaks:
-        versions = {b: v.get("version") for b, v in (env.get("backends") or {}).items() if isinstance(v, dict)}
+    if not config.no_peak:
         with tempfile.TemporaryDirectory(prefix="bench-peak-") as tmp:
-            peaks = peak.peaks_for(runner.peak_combinations(cells), env, versions, Path(tmp),
-                                   Path(tmp) / "logs", say=said.append)
-    return MachineFacts(env, requested, peaks, runner.theoretical_peaks(cells), len(inventory.gpus), said)
+            peaks = yardsticks.measured_peaks(yardsticks.peak_combinations(cells), env, Path(tmp),
+                                              Path(tmp) / "logs", refresh=True, say=said.append)
+    return MachineFacts(env, requested, peaks, yardsticks.theoretical_peaks(cells), len(inventory.gpus), said)
 
 
 @dataclass(frozen=True)
@@ -258,21 +262,21 @@ class CellDone:
     ended: float
 
 
-def run_cell(config: runner.RunConfig, cell: matrix.Cell, facts: MachineFacts, context: dict,
-             earlier_rows: list[dict]) -> CellDone:
+def run_cell(context: runner.RunContext, cell: matrix.Cell, earlier_rows: list[dict]) -> CellDone:
     """Runs on the node: the ordinary cell loop for one cell, in a scratch directory there.
 
-    ``earlier_rows`` are the machine's rows so far (a speed-up over 1 replica needs them).
+    ``context`` is the machine's, from the driver; the worker command, the log directory and
+    the contention sampler are this node's own. ``earlier_rows`` are the machine's rows so far
+    (a speed-up over 1 replica needs them).
     """
     with tempfile.TemporaryDirectory(prefix="bench-cell-") as tmp:
         scratch = Path(tmp)
-        writer = store.RunWriter(scratch, context["run_id"], earlier_rows)
+        writer = store.RunWriter(scratch, context.run_id, earlier_rows)
         said = io.StringIO()
-        usable = (facts.env.get("cpu") or {}).get("usable_cpus")
+        here = dataclasses.replace(context, log_dir=scratch / "logs", worker_command=process.WORKER_COMMAND,
+                                   watch=runner.contention_sampler(context.usable_cpus))
         started = time.time()
-        outcome = runner.execute(config, [cell], writer, context, runner.Reporter(said), scratch / "logs",
-                                 peaks=facts.peaks, theoretical=facts.theoretical, gpu_count=facts.gpu_count,
-                                 usable_cpus=usable, **runner.contention_hooks(usable))
+        outcome = runner.execute([cell], writer, here, Reporter(said))
         ended = time.time()
         notes = [line for line in said.getvalue().splitlines() if line.startswith("warning:")]
         if outcome.write_error:
@@ -298,13 +302,18 @@ class _MachineRun:
     writer: store.RunWriter
     env: dict
     todo: deque
+    planned: int = 0                       # its cells, kept ones included
     lost: str = ""
 
-    @property
-    def context(self) -> dict:
-        """The run-wide values of its rows; each row keeps the git commit of the node that ran it."""
-        return {"run_id": self.writer.run_id, "system": self.env["system"],
-                "git_commit": (self.facts.env.get("git") or {}).get("commit"), "machine_label": self.machine.label}
+    def context(self, config: RunConfig) -> runner.RunContext:
+        """What its cells share: its yardsticks, and the run-wide values of its rows (each row
+        keeps the git commit of the node that ran it). The node fills in its own log directory,
+        worker command and contention sampler (:func:`run_cell`)."""
+        return runner.RunContext(
+            config=config, run_id=self.writer.run_id, log_dir=Path("logs"), system=self.env["system"],
+            git_commit=(self.facts.env.get("git") or {}).get("commit"), machine_label=self.machine.label,
+            measured_peaks=self.facts.peaks, theoretical=self.facts.theoretical, gpu_count=self.facts.gpu_count,
+            usable_cpus=(self.facts.env.get("cpu") or {}).get("usable_cpus"))
 
 
 def lost_reason(machine: Machine, why: str) -> str:
@@ -320,7 +329,7 @@ def run_fleet(request: FleetRequest, say: Callable[[str], None]) -> FleetOutcome
     ray = _ray()
     fleet = _read_fleet(request)
     connect(request.address)
-    machines = select_machines(fleet["selector"], fleet["label_prefix"])
+    machines = select_machines(fleet["selector"], fleet["config"].machine_label or "")
     _claim(fleet, request)
     outcome = FleetOutcome(out=fleet["out"])
     runs: list[_MachineRun] = []
@@ -341,6 +350,8 @@ def run_fleet(request: FleetRequest, say: Callable[[str], None]) -> FleetOutcome
             outcome.stopped_by = stop.signum
             _cancel(ray, list(running), say)
         _finish(fleet, runs, outcome, say)
+    if outcome.stopped_by is not None:
+        say(f"finish it with: python -m bench run --ray {request.address} --resume {fleet['out']}")
     return outcome
 
 
@@ -373,23 +384,21 @@ def _read_fleet(request: FleetRequest) -> dict:
     if not request.resume:
         if request.config is None:
             raise FleetError("a new fleet run needs its config")
-        return {"out": request.out, "config": request.config, "device_ids": list(request.device_ids),
-                "selector": request.selector, "label_prefix": request.label_prefix, "machines": {},
+        return {"out": request.out, "config": request.config, "selector": request.selector, "machines": {},
                 "timeline": [], "command": request.command}
     out = Path(request.out) if request.out is not None else None
     if out is None or not (out / FLEET_JSON).is_file():
         raise FleetError(f"--resume {out}: not a fleet directory (no {FLEET_JSON}); give the directory "
                          "a bench run --ray wrote")
     try:
-        raw = store.read_json_object(out / FLEET_JSON)
+        raw = read_json_object(out / FLEET_JSON)
         machines = dict(raw["machines"])
         for label, known in machines.items():
             name = known["directory"]
             if name is not None and (not isinstance(name, str) or Path(name).name != name or name.startswith(".")):
                 raise ValueError(f"machine {label!r}: directory {name!r} is not a name inside the fleet directory")
-        return {"out": out, "config": runner.RunConfig.from_dict(raw["config"]),
-                "device_ids": [str(d) for d in raw["device_ids"]], "selector": parse_node_selector(raw["selector"]),
-                "label_prefix": str(raw.get("label_prefix", "")), "machines": machines,
+        return {"out": out, "config": RunConfig.from_dict(raw["config"]),
+                "selector": parse_node_selector(raw["selector"]), "machines": machines,
                 "timeline": list(raw.get("timeline", [])), "command": str(raw.get("command", ""))}
     except (KeyError, TypeError, ValueError, OSError, store.ResultsError) as exc:
         raise FleetError(f"--resume {out}: {FLEET_JSON} cannot be used ({exc}); start a new run") from None
@@ -414,10 +423,9 @@ def _save_fleet(fleet: dict, runs: list[_MachineRun]) -> None:
     for run in runs:
         fleet["machines"][run.machine.label] = {"directory": run.writer.directory.name,
                                                 "node_id": run.machine.node_id, "address": run.machine.address}
-    store.write_atomically(fleet["out"] / FLEET_JSON, json.dumps({
-        "command": fleet["command"], "config": fleet["config"].to_dict(), "device_ids": fleet["device_ids"],
-        "selector": str(fleet["selector"]), "label_prefix": fleet["label_prefix"], "machines": fleet["machines"],
-        "timeline": fleet["timeline"]}, indent=2) + "\n")
+    write_atomically(fleet["out"] / FLEET_JSON, json.dumps({
+        "command": fleet["command"], "config": fleet["config"].to_dict(), "selector": str(fleet["selector"]),
+        "machines": fleet["machines"], "timeline": fleet["timeline"]}, indent=2) + "\n")
 
 
 def _describe(ray, machines: list[Machine], fleet: dict, request: FleetRequest, stop: _StopSignal,
@@ -433,8 +441,7 @@ def _describe(ray, machines: list[Machine], fleet: dict, request: FleetRequest, 
             say(f"{machine.label}: not a machine of this fleet; not used")
         machines = [m for m in machines if m.label in fleet["machines"]]
     remote = ray.remote(describe_machine)
-    pending = {remote.options(**_on(m)).remote(tuple(fleet["device_ids"]), fleet["config"], request.measure_peaks): m
-               for m in machines}
+    pending = {remote.options(**_on(m)).remote(fleet["config"]): m for m in machines}
     described: dict[str, _MachineRun] = {}
     while pending and stop.signum is None:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -464,7 +471,7 @@ def _open_machine(machine: Machine, facts: MachineFacts, request: FleetRequest, 
     """The machine's run directory: new, or (resuming) reopened with only its missing cells to run."""
     from bench import regression
 
-    config, device_ids = fleet["config"], fleet["device_ids"]
+    config = fleet["config"]
     planned = runner.plan_cells(config, facts.requested)
     known = fleet["machines"].get(machine.label) or {}
     if request.resume and known.get("directory"):
@@ -479,15 +486,16 @@ def _open_machine(machine: Machine, facts: MachineFacts, request: FleetRequest, 
             say(f"{machine.label}: not the machine or software its run started on "
                 f"({'; '.join(differences) or 'another machine'}); not resumed")
             return None
-        done = {row["cell_id"] for row in _records(previous.runs) if row["status"] in ("ok", "skipped")
+        rows = store.records(previous.runs)
+        done = {row["cell_id"] for row in rows if row["status"] in ("ok", "skipped")
                 or (row["status"] == "failed" and not request.rerun_failed
                     and not LOST_REASON.match(str(row["reason"] or "")))}
-        writer = store.RunWriter(directory, previous.run_id, _records(previous.runs), _records(previous.steps))
+        writer = store.RunWriter(directory, previous.run_id, rows, store.records(previous.steps))
         todo = [c for c in planned if c.cell_id not in done]
         writer.replace_cells({c.cell_id for c in todo})
         if not todo:
             say(f"{machine.label}: {directory}: nothing to run, all {len(planned)} cell(s) are done")
-            return _MachineRun(machine, facts, writer, previous.env, deque())
+            return _MachineRun(machine, facts, writer, previous.env, deque(), len(planned))
         env = {**previous.env, "resumed": [*previous.env.get("resumed", []), {
             "command": request.command, "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "git": facts.env.get("git"), "cells": len(todo)}]}
@@ -498,17 +506,11 @@ def _open_machine(machine: Machine, facts: MachineFacts, request: FleetRequest, 
         directory.mkdir()
         writer = store.RunWriter(directory, f"{fleet['out'].name}-{machine.directory_name}")
         env = {**facts.env, "command": fleet["command"], "config": config.to_dict(),
-               "devices_requested": list(device_ids), "machine_label": machine.label}
+               "devices_requested": config.device_ids, "machine_label": machine.label}
         todo = planned
         say(f"{machine.label}: {len(todo)} cell(s) -> {directory}")
     writer.write_env(env)
-    return _MachineRun(machine, facts, writer, env, deque(todo))
-
-
-def _records(frame) -> list[dict]:
-    """A table read back, as the writer's rows: empty cells None again."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in frame.to_dict(orient="records")]
+    return _MachineRun(machine, facts, writer, env, deque(todo), len(planned))
 
 
 def _submit(ray, run: _MachineRun, config, running: dict, say) -> None:
@@ -517,18 +519,11 @@ def _submit(ray, run: _MachineRun, config, running: dict, say) -> None:
         return
     cell = run.todo.popleft()
     say(f"{run.machine.label}: {cell.cell_id}: starting")
-    ref = ray.remote(run_cell).options(**_on(run.machine)).remote(
-        config, cell, run.facts, run.context, run.writer.rows)
+    ref = ray.remote(run_cell).options(**_on(run.machine)).remote(run.context(config), cell, run.writer.rows)
     running[ref] = (run, cell, time.time())
 
 
-def _run_wide(config: runner.RunConfig) -> dict:
-    """The run-wide values every row states (as runner.execute gives them)."""
-    return {"data": config.data.kind, "split": config.data.split, "epochs": config.epochs,
-            "warmup_steps": config.warmup}
-
-
-def _collect(ray, ref, run: _MachineRun, cell: matrix.Cell, submitted: float, config: runner.RunConfig,
+def _collect(ray, ref, run: _MachineRun, cell: matrix.Cell, submitted: float, config: RunConfig,
              timeline: list, outcome: FleetOutcome, say) -> None:
     """Write a finished cell's rows; a failed task becomes a failed row, a lost node fails the rest."""
     from bench import record
@@ -547,7 +542,7 @@ def _collect(ray, ref, run: _MachineRun, cell: matrix.Cell, submitted: float, co
         else:
             cells = [cell]
         for failed in cells:
-            planned = record.planned(failed, _run_wide(config), run.context)
+            planned = run.context(config).planned(failed)
             _add(run, record.failed_row(planned, run.lost or f"the Ray task running the cell failed: {why}"),
                  [], outcome)
         return
@@ -557,12 +552,12 @@ def _collect(ray, ref, run: _MachineRun, cell: matrix.Cell, submitted: float, co
     try:
         logs.mkdir(exist_ok=True)
         for name, text in done.logs.items():
-            store.write_atomically(logs / Path(name).name, text)
+            write_atomically(logs / Path(name).name, text)
     except OSError as exc:
         say(f"{run.machine.label}: warning: logs of {cell.cell_id} not written ({exc.strerror or exc})")
     for row in done.rows:
         _add(run, row, [s for s in done.steps if s["cell_id"] == row["cell_id"]], outcome)
-        say(f"{run.machine.label}: {cell.cell_id}: {runner.finished_text(cell, row)}")
+        say(f"{run.machine.label}: {cell.cell_id}: {finished_text(cell, row)}")
     timeline.append({"machine": run.machine.label, "cell_id": cell.cell_id, "started": done.started,
                      "ended": done.ended, "submitted": submitted, "returned": time.time()})
 
@@ -604,24 +599,24 @@ def _finish(fleet: dict, runs: list[_MachineRun], outcome: FleetOutcome, say) ->
 
     Made from the rows on the driver: what reached it is kept whatever stopped the run.
     """
-    from bench import multirun, plots, summary
+    from bench import plots, session, tables
 
+    outcome.planned = sum(run.planned for run in runs)
+    outcome.finished = sum(len(run.writer.rows) for run in runs)
     try:
         for run in runs:
             run.writer.flush()
             rows = run.writer.frame()
             if len(rows):
-                store.write_atomically(run.writer.directory / store.SUMMARY_MD,
-                                       summary.summary_markdown(rows, run.env))
-                plots.write_plots(rows, _steps_frame(run.writer), run.writer.directory)
+                write_atomically(run.writer.directory / store.SUMMARY_MD, tables.markdown([tables.in_memory(rows, run.env, run.writer.directory)]))
+                plots.write_plots(rows, session.steps_frame(run.writer.steps), run.writer.directory)
             outcome.failed += [f"{run.machine.label}: {r['cell_id']}: {r['reason']}"
                                for r in run.writer.rows if r["status"] == "failed"]
         finished = [store.read_run(fleet["out"] / m["directory"]) for m in fleet["machines"].values()
                     if m["directory"] and (fleet["out"] / m["directory"] / store.RUNS_CSV).is_file()]
         if finished:
-            # bench/multirun.py is being merged into bench/tables.py: call the table builder there then
-            outcome.summary = multirun.markdown(finished)
-            store.write_atomically(fleet["out"] / SUMMARY_MD, outcome.summary)
+            outcome.summary = tables.markdown(finished)
+            write_atomically(fleet["out"] / SUMMARY_MD, outcome.summary)
         _save_fleet(fleet, runs)
     except (OSError, store.ResultsError) as exc:
         outcome.write_error = outcome.write_error or f"{fleet['out']}: {getattr(exc, 'strerror', None) or exc}"
@@ -629,14 +624,3 @@ def _finish(fleet: dict, runs: list[_MachineRun], outcome: FleetOutcome, say) ->
         fleet["lock"].release()
     if outcome.stopped_by is None:
         say(f"results: {fleet['out']}")
-    else:
-        say(f"stopped: finished cells kept in {fleet['out']}; finish it with: "
-            f"python -m bench run --ray ADDRESS --resume {fleet['out']}")
-
-
-def _steps_frame(writer: store.RunWriter):
-    import pandas as pd
-
-    from bench.record import STEP_COLUMNS
-
-    return pd.DataFrame(writer.steps, columns=list(STEP_COLUMNS))

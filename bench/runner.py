@@ -135,6 +135,13 @@ class RunContext:
         return {"run_id": self.run_id, "system": self.system, "git_commit": self.git_commit,
                 "machine_label": self.machine_label}
 
+    def planned(self, cell: matrix.Cell) -> dict:
+        """``cell``'s columns known before it runs: the cell, this run's names and settings."""
+        config = self.config
+        run_wide = {"data": config.source.kind, "split": config.source.split, "epochs": config.epochs,
+                    "warmup_steps": config.warmup_steps}
+        return record.planned(cell, run_wide, self.row_values())
+
 
 @dataclass
 class Outcome:
@@ -269,18 +276,15 @@ def execute(cells: list[matrix.Cell], writer: RunWriter, context: RunContext, re
     is followed as any cell's worker and writes the row; the others' logs (each ending
     with its full result, step times included) stay beside the chief's.
     """
-    config = context.config
     outcome = Outcome(rows=writer.rows)
     try:
         context.log_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         outcome.write_error = f"cannot create {context.log_dir}: {exc.strerror or exc}"
         return outcome
-    run_wide = {"data": config.source.kind, "split": config.source.split, "epochs": config.epochs,
-                "warmup_steps": config.warmup_steps}
     for index, cell in enumerate(cells):
         reporter.cell_started(index, len(cells), cell)
-        planned = record.planned(cell, run_wide, context.row_values())
+        planned = context.planned(cell)
         try:
             row, steps, curves = _run_cell(cell, planned, writer, context, reporter)
         except Stopped as stop:

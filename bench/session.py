@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import os
 import shlex
 from collections.abc import Callable
@@ -198,8 +197,8 @@ class Session:
             ["ok", "skipped"] + ([] if self.request.rerun_failed else ["failed"]))])
         self.todo = [c for c in self.planned if c.cell_id not in done]
         self.out, self.env = out, previous.env
-        self.writer = store.RunWriter(out, previous.run_id, _records(previous.runs), _records(previous.steps),
-                                      _records(previous.curves))
+        self.writer = store.RunWriter(out, previous.run_id, store.records(previous.runs),
+                                      store.records(previous.steps), store.records(previous.curves))
         if not self.todo:
             failed = int((previous.runs["status"] == "failed").sum())
             self.say(f"resuming {out}: nothing to run, all {len(self.planned)} cell(s) are done"
@@ -430,12 +429,6 @@ def _reopen(directory: Path, held: contextlib.ExitStack) -> tuple[store.Run, Run
         except ValueError:
             pass
     return run, config
-
-
-def _records(frame) -> list[dict]:
-    """A table read back, as the writer's rows: empty cells None again."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in frame.to_dict(orient="records")]
 
 
 def steps_frame(steps: list[dict]):

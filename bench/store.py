@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -225,6 +226,12 @@ def _schema_frame(rows: list[dict], schema: dict) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(schema))
     # whole numbers stay whole in the CSV even where a skipped row leaves a gap
     return frame.astype({c: "Int64" for c in columns_of("int", schema)})
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """A table read back (a run to resume), as the writer's rows: empty cells None again."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
 
 
 class RunWriter:

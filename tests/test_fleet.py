@@ -24,7 +24,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench import fleet, matrix, runner, store
+from bench import fleet, matrix, store
+from bench.config import RunConfig
+from bench.files import read_json_object
 from bench.protocol import DataSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,15 +41,16 @@ os.environ.update(LOOPBACK_ONLY)
 SMALL_NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 80 * 2**20}
 
 
-def config(*batch_sizes: int) -> runner.RunConfig:
-    return runner.RunConfig(plan=matrix.Plan({"batch_size": batch_sizes, "precision": ("fp32",)}), epochs=1,
-                            steps=4, warmup=1, data=DataSpec("synthetic", synthetic_images=2048), cell_timeout=120)
+def config(*batch_sizes: int, no_peak: bool = True, machine_label: str | None = None) -> RunConfig:
+    return RunConfig(plan=matrix.Plan({"batch_size": batch_sizes, "precision": ("fp32",)}), epochs=1,
+                     max_steps_per_epoch=4, warmup_steps=1, data="synthetic", devices=("cpu",),
+                     source=DataSpec("synthetic", synthetic_images=2048), synthetic_images=2048, cell_timeout=120,
+                     no_peak=no_peak, machine_label=machine_label)
 
 
-def request(tmp_path: Path, address: str, cfg: runner.RunConfig | None, **kwargs) -> fleet.FleetRequest:
+def request(tmp_path: Path, address: str, cfg: RunConfig | None, **kwargs) -> fleet.FleetRequest:
     return fleet.FleetRequest(address=address, config=cfg, out=kwargs.pop("out", tmp_path / "fleet"),
-                              results_root=tmp_path / "results", command="python -m bench run --ray test",
-                              device_ids=("cpu",), **kwargs)
+                              results_root=tmp_path / "results", command="python -m bench run --ray test", **kwargs)
 
 
 def free_port() -> int:
@@ -105,12 +108,47 @@ def test_resume_refuses_a_fleet_json_pointing_outside_its_directory(tmp_path, di
     out = tmp_path / "fleet"
     out.mkdir()
     (out / fleet.FLEET_JSON).write_text(json.dumps({
-        "config": config(32).to_dict(), "device_ids": ["cpu"], "selector": "all",
+        "config": config(32).to_dict(), "selector": "all",
         "machines": {"alpha": {"directory": directory, "node_id": "x", "address": "127.0.0.1"}}}))
     with pytest.raises(fleet.FleetError) as caught:
         fleet.run_fleet(request(tmp_path, "127.0.0.1:1", None, resume=True), print)
     assert "is not a name inside the fleet directory" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_bench_run_ray_with_nothing_listening_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    pytest.importorskip("ray")
+    done = subprocess.run([sys.executable, "-m", "bench", "run", "--ray", "127.0.0.1:1", "--data", "synthetic",
+                           "--devices", "cpu", "--out", "fleet"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "BENCH_RESULTS_DIR": "results"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("bench: error: --ray 127.0.0.1:1: no Ray cluster answers there")
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, refused", [(["--check-against", "main"], "--check-against"),
+                                            (["--retry", "2"], "--retry"), (["--dry-run"], "--dry-run")])
+def test_bench_run_ray_refuses_what_a_fleet_cannot_do(tmp_path, capsys, extra, refused):
+    from bench import cli
+
+    status = cli.main(["run", "--ray", "127.0.0.1:1", "--data", "synthetic", "--results-dir", str(tmp_path), *extra])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error == f"bench: error: {refused} is not available with --ray (each node is a machine of its own); " \
+                    f"drop {refused} or --ray\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ray_nodes_needs_ray_and_a_resume_keeps_the_fleet_s_selector(tmp_path, capsys):
+    from bench import cli
+
+    assert cli.main(["run", "--ray-nodes", "zone=lab", "--results-dir", str(tmp_path)]) == 2
+    assert "add --ray HOST:PORT" in capsys.readouterr().err
+    assert cli.main(["run", "--ray", "127.0.0.1:1", "--resume", str(tmp_path), "--ray-nodes", "zone=lab"]) == 2
+    assert "--resume takes its settings from the run; drop --ray-nodes" in capsys.readouterr().err
+    assert cli.main(["run", "--ray", "127.0.0.1:1", "--ray-nodes", "zone"]) == 2
+    assert "LABEL=VALUE" in capsys.readouterr().err
 
 
 def test_no_bench_module_imports_ray():
@@ -158,7 +196,7 @@ def said() -> tuple[list[str], callable]:
 @pytest.mark.slow
 def test_each_machine_gets_its_run_dir_one_cell_at_a_time_and_one_table(cluster, tmp_path):
     lines, say = said()
-    outcome = fleet.run_fleet(request(tmp_path, cluster.address, config(32, 64, 128), measure_peaks=True), say)
+    outcome = fleet.run_fleet(request(tmp_path, cluster.address, config(32, 64, 128, no_peak=False)), say)
 
     assert outcome.stopped_by is None and not outcome.failed and not outcome.lost, lines
     assert sorted(outcome.run_dirs) == ["alpha", "beta"]
@@ -168,7 +206,9 @@ def test_each_machine_gets_its_run_dir_one_cell_at_a_time_and_one_table(cluster,
         assert run.env["command"] == "python -m bench run --ray test"
         assert sorted(run.runs["batch_size"]) == [32, 64, 128]
         assert set(run.runs["status"]) == {"ok"} and set(run.runs["machine_label"]) == {label}
-        assert run.runs["peak_tflops"].notna().all()             # measured on the node, by its worker
+        # the peak was measured on the node, by its worker: a yardstick, or (a busy machine) said why not
+        busy_peak = run.runs["peak_note"].fillna("").str.contains("the peak was measured while")
+        assert (run.runs["peak_tflops"].notna() | busy_peak).all(), run.runs["peak_note"].tolist()
         assert run.runs["contention_note"].notna().all()         # contention sampled there
         assert run.runs["usable_cpus"].notna().all()
         assert (directory / "summary.md").is_file() and (directory / "logs").is_dir()
@@ -177,7 +217,7 @@ def test_each_machine_gets_its_run_dir_one_cell_at_a_time_and_one_table(cluster,
     assert combined == outcome.summary and "2 machines" in combined
     assert "| alpha" in combined and "| beta" in combined
 
-    timeline = store.read_json_object(tmp_path / "fleet" / fleet.FLEET_JSON)["timeline"]
+    timeline = read_json_object(tmp_path / "fleet" / fleet.FLEET_JSON)["timeline"]
     assert len(timeline) == 6
     for label in ("alpha", "beta"):
         spans = sorted((c["started"], c["ended"]) for c in timeline if c["machine"] == label)
@@ -194,6 +234,23 @@ def test_a_selector_matching_no_node_is_a_one_line_error(cluster, tmp_path):
     assert "\n" not in message
     machines = fleet.select_machines(fleet.parse_node_selector("bench-machine=beta"), label_prefix="lab-")
     assert [m.label for m in machines] == ["lab-beta"]
+
+
+@pytest.mark.slow
+def test_bench_run_ray_through_the_command_line_writes_the_fleet_and_prints_its_table(cluster, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--ray", cluster.address, "--ray-nodes", "bench-machine=beta",
+         "--machine-label", "lab-", "--data", "synthetic", "--devices", "cpu", "--batch-sizes", "32,64",
+         "--precision", "fp32", "--epochs", "1", "--steps", "4", "--warmup", "1", "--no-peak", "--out", "fleet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), "BENCH_RESULTS_DIR": "results"})
+    assert done.returncode == 0, done.stderr
+    assert "| lab-beta" in done.stdout and f"results: {Path('fleet')}" in done.stderr
+    run = store.read_run(tmp_path / "fleet" / "lab-beta")
+    assert sorted(run.runs["batch_size"]) == [32, 64] and set(run.runs["status"]) == {"ok"}
+    assert run.env["command"].startswith("python -m bench run --ray ")
+    written = sorted(p.name for p in (tmp_path / "fleet").iterdir() if not p.name.startswith("."))
+    assert written == ["fleet.json", "lab-beta", "summary.md"]         # only the selected node ran
 
 
 def started_batches(pids: Path) -> list[tuple[int, int]]:
@@ -225,8 +282,7 @@ def test_a_lost_machine_fails_its_unfinished_cells_keeps_the_rest_and_resume_fin
     remover.start()
     lines, say = said()
     first = fleet.run_fleet(request(tmp_path, cluster.address, config(32, SLOW_BATCH, 64),
-                                    selector=fleet.parse_node_selector("bench-machine=gamma"),
-                                    measure_peaks=False), say)
+                                    selector=fleet.parse_node_selector("bench-machine=gamma")), say)
     remover.join()
 
     assert first.lost == ["gamma"], lines
@@ -246,7 +302,7 @@ def test_a_lost_machine_fails_its_unfinished_cells_keeps_the_rest_and_resume_fin
         assert any("1 of 3 cell(s) kept, 2 to run" in line for line in lines), lines
         runs = store.read_run(second.run_dirs["gamma"]).runs
         assert sorted(runs["batch_size"]) == sorted([32, SLOW_BATCH, 64]) and set(runs["status"]) == {"ok"}
-        ran = [c["cell_id"] for c in store.read_json_object(tmp_path / "fleet" / fleet.FLEET_JSON)["timeline"]]
+        ran = [c["cell_id"] for c in read_json_object(tmp_path / "fleet" / fleet.FLEET_JSON)["timeline"]]
         assert len(ran) == 3 and len(set(ran)) == 3                # the kept cell was not run again
         lines, say = said()
         fleet.run_fleet(request(tmp_path, cluster.address, None, resume=True,

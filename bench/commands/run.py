@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
-from bench import session, store
+from bench import fleet, session, store
 from bench.options import (EXIT_OK, EXIT_STATUSES, UsageError, add_compare_options, add_run_options,
                            gate_status, given_settings, load_baseline_arg, non_negative_int, path_arg,
                            results_dir_parent, run_config_from, show, show_if_read, stderr,
-                           stopped_or_write_status)
+                           stopped_or_write_status, typed)
 from bench.progress import reporter_for
 
 
@@ -34,14 +35,25 @@ def add_parser(subparsers) -> None:
                              "fresh workers (as many repeats as the run has); the latest attempt "
                              "decides, earlier ones are named in the report and every row stays in "
                              "runs.csv (default: 0)")
+    ray = parser.add_argument_group("a fleet (docs/fleet.md; needs pip install 'cifar-bench[ray]')")
+    ray.add_argument("--ray", metavar="HOST:PORT",
+                     help="run the matrix on every selected node of the Ray cluster whose head is at "
+                          "HOST:PORT, one cell at a time per node, each node a machine of the table; "
+                          "writes one run directory per machine plus the combined table. With "
+                          "--resume, give the fleet directory")
+    ray.add_argument("--ray-nodes", type=typed(fleet.parse_node_selector, "selector"), metavar="SELECTOR",
+                     help="with --ray: all, or LABEL=VALUE,... (the nodes carrying every pair, e.g. "
+                          f"{fleet.MACHINE_LABEL_KEY}=gpu-box) (default: all)")
 
 
 def run(args) -> int:
     if args.rerun_failed and not args.resume:
         raise UsageError("--rerun-failed goes with --resume DIR; add it or drop --rerun-failed")
     root = store.results_root(args.results_dir)
+    if args.ray_nodes and not args.ray:
+        raise UsageError("--ray-nodes picks the nodes of a --ray cluster; add --ray HOST:PORT or drop it")
     if args.resume:
-        given = given_settings(args) + (["--out"] if args.out else [])
+        given = given_settings(args) + (["--out"] if args.out else []) + (["--ray-nodes"] if args.ray_nodes else [])
         if given:  # the run keeps every setting it was started with
             raise UsageError(f"--resume takes its settings from the run; drop {given[0]}")
         if args.dry_run:
@@ -49,6 +61,8 @@ def run(args) -> int:
         config = None
     else:
         config = run_config_from(args)
+    if args.ray:
+        return run_fleet(args, config, root)
     if args.retry and not args.check_against:
         raise UsageError("--retry re-measures cells a check found slower or inconclusive; "
                          "add --check-against BASELINE or drop --retry")
@@ -61,6 +75,30 @@ def run(args) -> int:
         check=check, dry_run=args.dry_run)
     outcome = session.run(request, stderr, reporter_for(sys.stderr))
     return report(outcome, dry_run=args.dry_run)
+
+
+def run_fleet(args, config, root) -> int:
+    """``--ray``: the matrix on every selected machine of a Ray cluster (:mod:`bench.fleet`)."""
+    refused = [flag for flag, given in (("--check-against", args.check_against), ("--retry", args.retry),
+                                        ("--dry-run", args.dry_run), ("--require-devices", args.require_devices),
+                                        ("--cluster", config is not None and config.cluster)) if given]
+    if refused:
+        raise UsageError(f"{refused[0]} is not available with --ray (each node is a machine of its own); "
+                         f"drop {refused[0]} or --ray")
+    try:
+        fleet.connect(args.ray)          # before the data is looked for (and maybe downloaded)
+        if config is not None:
+            config = replace(config, source=session.resolve_source(config))
+        outcome = fleet.run_fleet(fleet.FleetRequest(
+            address=args.ray, config=config, out=args.resume or args.out, results_root=root,
+            command=session.display_command(args.argv), selector=args.ray_nodes or fleet.NodeSelector(),
+            resume=bool(args.resume), rerun_failed=args.rerun_failed), stderr)
+    except fleet.FleetError as exc:
+        raise UsageError(str(exc)) from None
+    if outcome.summary:
+        show_if_read(outcome.summary)
+    status = stopped_or_write_status(outcome, resume_hint=False)
+    return status if status is not None else gate_status(None, outcome.failed)
 
 
 def report(outcome: session.RunOutcome, dry_run: bool = False, resume_hint: bool = True) -> int:

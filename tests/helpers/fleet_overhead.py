@@ -29,6 +29,8 @@ from test_fleet import SMALL_NODE, config, request
 
 from bench import fleet, process, runner
 from bench.devices import Device, Requested
+from bench.files import read_json_object
+from bench.launch import worker_environment
 
 
 def main(cells: int) -> None:
@@ -36,15 +38,15 @@ def main(cells: int) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={**SMALL_NODE, "include_dashboard": False})
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            outcome = fleet.run_fleet(request(Path(tmp), cluster.address, cfg, measure_peaks=False), lambda _: None)
-            timeline = fleet.store.read_json_object(outcome.out / fleet.FLEET_JSON)["timeline"]
+            outcome = fleet.run_fleet(request(Path(tmp), cluster.address, cfg), lambda _: None)
+            timeline = read_json_object(outcome.out / fleet.FLEET_JSON)["timeline"]
             through_ray = [c["returned"] - c["submitted"] for c in timeline]
             on_node = [c["ended"] - c["started"] for c in timeline]
             cpu = Requested("cpu", Device("cpu", "CPU", "CPU"))
             direct = []
             for cell in runner.plan_cells(cfg, [cpu]):
                 started = time.monotonic()
-                done = process.run_worker(runner.cell_spec(cell, cfg).to_json(), runner.worker_environment(cpu),
+                done = process.run_worker(runner.cell_spec(cell, cfg).to_json(), worker_environment(cpu),
                                           Path(tmp) / "direct.log", 120)
                 assert done.result is not None, done.reason
                 direct.append(time.monotonic() - started)
