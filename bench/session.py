@@ -28,6 +28,7 @@ from bench.protocol import DataSpec
 from bench.record import STEP_COLUMNS
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+REPORT_HTML = "report.html"               # each run's page, beside summary.md
 SYNTHETIC_FIX = ("to measure accuracy, point the run at CIFAR-10: --data-dir DIR or "
                  "CIFAR10_DIR=DIR (the 'CIFAR-10 python version' archive or its extracted "
                  "cifar-10-batches-py folder, from https://www.cs.toronto.edu/~kriz/cifar.html)")
@@ -296,8 +297,8 @@ class Session:
     # ----------------------------------------------------------------------- finish
 
     def finish(self, comparison: regression.Comparison | None = None, comparison_error: str = "") -> RunOutcome:
-        """Flush, then the summary and plots from memory. Files first: a closed stdout must
-        cost neither the summary on disk nor the exit status (the caller prints)."""
+        """Flush, then the summary, report page and plots from memory. Files first: a closed stdout
+        must cost neither the summary on disk nor the exit status (the caller prints)."""
         outcome = self.outcome
         try:
             self.writer.flush()          # a row kept in memory when a signal cut its write short
@@ -309,6 +310,7 @@ class Session:
             text = summary.summary_markdown(rows, self.env)
             try:
                 write_atomically(self.out / store.SUMMARY_MD, text)
+                self.write_report_page()
                 plots.write_plots(rows, steps_frame(self.writer.steps), self.out)
             except OSError as exc:
                 outcome.write_error = (outcome.write_error
@@ -322,6 +324,16 @@ class Session:
             write_error=outcome.write_error, summary=text,
             nothing_measured=(regression.nothing_measured(rows) or "") if len(rows) else "",
             comparison_error="" if self.interrupted else comparison_error)
+
+    def write_report_page(self) -> None:
+        """``report.html`` beside ``summary.md``: this run's page (:mod:`bench.report`), from memory.
+        A refused write is an OSError, as the summary's is."""
+        from bench import report
+
+        try:
+            report.write_report([self.current()], self.out / REPORT_HTML, title=f"cifar-bench run {self.out.name}")
+        except report.ReportError as exc:
+            self.say(f"WARNING: {self.out / REPORT_HTML} not written: {exc}")
 
 
 def run(request: RunRequest, say: Callable[[str], None], reporter_class: type[Reporter]) -> RunOutcome:
