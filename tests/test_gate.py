@@ -399,6 +399,8 @@ def test_runs_command_lists_the_published_runs(tmp_path):
     done = bench("runs", PUBLISHED, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert {r["id"] for r in json.loads(done.stdout)} >= {"2026-11-24-quick", "gpu-quick"}
+    missing = bench("runs", tmp_path / "nowhere", cwd=tmp_path)
+    assert missing.returncode == 2 and "no such directory" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def generated_blocks(document: Path) -> list[tuple[str, str]]:
