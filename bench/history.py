@@ -105,13 +105,17 @@ def _commit(run: store.Run) -> str | None:
 
 def read_sources(root: Path, baselines: bool = True) -> tuple[list[_Source], list[str]]:
     """Every readable run (and baseline) under ``root``, oldest first, and the unreadable ones.
+    ``root`` is a results root (its runs/ and baselines/) or any folder of runs, such as
+    ``results/published`` (:func:`bench.store.list_directory`).
 
     A baseline is a copy of a run: when that run is here too, it is one measurement, kept once
     as the run, which names the baselines saved from it."""
+    root = Path(root)
     sources, problems = [], []
-    for listing in store.list_runs(Path(root), baselines=baselines):
-        if Path(listing.path).name.endswith(NOISE_SUFFIX):
-            continue                                  # identical runs: the noise band, not history
+    results_root = store.runs_dir(root).is_dir() or store.baselines_dir(root).is_dir()
+    for listing in store.list_runs(root, baselines=baselines) if results_root else store.list_directory(root):
+        if any(part.endswith(NOISE_SUFFIX) for part in Path(listing.path).parts[-2:]):
+            continue                                  # identical runs (<id>-noise/run-N): the noise band, not history
         if listing.error:
             problems.append(f"{listing.kind} {listing.id}: {listing.error}")
             continue

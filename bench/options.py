@@ -21,10 +21,12 @@ from bench.errors import UsageError, WriteError
 from bench.protocol import DataSpec
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_CELL_FAILED, EXIT_WRITE = 0, 1, 2, 3, 4, 5
+EXIT_NOTHING_MEASURED = 6
 EXIT_STATUSES = (
     "0 ok; 1 a regression (check, run --check-against, ab); 2 bad input (nothing written); "
     "3 inconclusive: no regression found, but the machine was too busy to judge a cell; "
-    "4 a cell failed; 5 results could not be written (disk full, permissions); 128+N stopped "
+    "4 a cell failed; 5 results could not be written (disk full, permissions); 6 nothing measured "
+    "(every cell skipped: a missing device or backend); 128+N stopped "
     "by signal N (130 Ctrl-C, 143 SIGTERM). When several apply, 1 wins over 4, and 4 over 3: "
     "a failed cell never hides a regression; stderr names every regressed, failed and "
     "inconclusive cell")

@@ -27,6 +27,7 @@ from bench.protocol import DataSpec
 from bench.record import STEP_COLUMNS
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+REPORT_HTML = "report.html"               # each run's page, beside summary.md
 SYNTHETIC_FIX = ("to measure accuracy, point the run at CIFAR-10: --data-dir DIR or "
                  "CIFAR10_DIR=DIR (the 'CIFAR-10 python version' archive or its extracted "
                  "cifar-10-batches-py folder, from https://www.cs.toronto.edu/~kriz/cifar.html)")
@@ -39,6 +40,7 @@ class CheckRequest:
     baseline: store.Run
     max_slowdown: float = 0.10
     retries: int = 0
+    name: str = ""                        # the baseline as given (--check-against NAME), for messages
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class RunOutcome:
     write_error: str = ""
     summary: str = ""                     # the table, as summary.md holds it ("" when no row)
     estimate: config_module.Estimate | None = None
+    nothing_measured: str = ""            # why no cell was measured (or failed): exit 6, not 0
+    comparison_error: str = ""            # why the check could not compare, once the run was done
 
 
 def display_command(argv: list[str], cwd: Path | None = None) -> str:
@@ -147,11 +151,23 @@ class Session:
         self.planned = runner.plan_cells(self.config, requested)
         self.todo = list(self.planned)
         for cell in self.planned:   # each cell's TrainSettings validates what no check above knew
+            if cell.device.found is None or not cell.device.found.usable:
+                continue            # a skipped row: its device is not there to resolve 'auto' against
             try:
                 runner.cell_spec(cell, self.config)
             except ValueError as exc:
                 raise UsageError(f"{cell.cell_id}: {exc}") from None
+        self.refuse_unmatchable()
         return config_module.estimate(self.config, self.planned)
+
+    def refuse_unmatchable(self) -> None:
+        """A baseline no planned cell can match is refused before anything is measured or written."""
+        check = self.request.check
+        if check is None:
+            return
+        problems = regression.matchable(check.baseline, self.planned)
+        if problems:
+            raise UsageError(f"--check-against {check.name or check.baseline.directory}: " + "; ".join(problems))
 
     def open(self) -> None:
         """Claim a new directory (or reopen the resumed one) and write env.json. From here on
@@ -281,9 +297,9 @@ class Session:
 
     # ----------------------------------------------------------------------- finish
 
-    def finish(self, comparison: regression.Comparison | None = None) -> RunOutcome:
-        """Flush, then the summary and plots from memory. Files first: a closed stdout must
-        cost neither the summary on disk nor the exit status (the caller prints)."""
+    def finish(self, comparison: regression.Comparison | None = None, comparison_error: str = "") -> RunOutcome:
+        """Flush, then the summary, report page and plots from memory. Files first: a closed stdout
+        must cost neither the summary on disk nor the exit status (the caller prints)."""
         outcome = self.outcome
         try:
             self.writer.flush()          # a row kept in memory when a signal cut its write short
@@ -295,6 +311,7 @@ class Session:
             text = tables.markdown([tables.in_memory(rows, self.env, self.out)])
             try:
                 write_atomically(self.out / store.SUMMARY_MD, text)
+                self.write_report_page()
                 plots.write_plots(rows, steps_frame(self.writer.steps), self.out)
                 self.write_accuracy_plot(rows)
             except OSError as exc:
@@ -306,7 +323,19 @@ class Session:
             finished=sum(1 for r in self.writer.rows if r["cell_id"] in planned_ids),
             failed=rows.loc[rows["status"] == "failed", "cell_id"].tolist() if len(rows) else [],
             comparison=None if self.interrupted else comparison, stopped_by=outcome.stopped_by,
-            write_error=outcome.write_error, summary=text)
+            write_error=outcome.write_error, summary=text,
+            nothing_measured=(regression.nothing_measured(rows) or "") if len(rows) else "",
+            comparison_error="" if self.interrupted else comparison_error)
+
+    def write_report_page(self) -> None:
+        """``report.html`` beside ``summary.md``: this run's page (:mod:`bench.report`), from memory.
+        A refused write is an OSError, as the summary's is."""
+        from bench import report
+
+        try:
+            report.write_report([self.current()], self.out / REPORT_HTML, title=f"cifar-bench run {self.out.name}")
+        except report.ReportError as exc:
+            self.say(f"WARNING: {self.out / REPORT_HTML} not written: {exc}")
 
 
     def write_accuracy_plot(self, rows):
@@ -343,16 +372,19 @@ def run(request: RunRequest, say: Callable[[str], None], reporter_class: type[Re
         estimate = config_module.estimate(session.config, session.todo)   # a resume runs only what is missing
         session.warn(estimate)
         say(f"{len(session.todo)} cell(s) -> {session.out}: {estimate.describe()}")
-        comparison = None
+        comparison, comparison_error = None, ""
         try:
             with reporter_class() as reporter:
                 session.measure_yardsticks(reporter.say)
                 session.execute(session.todo, reporter)
-                comparison = session.retry_checks(reporter)
+                try:
+                    comparison = session.retry_checks(reporter)
+                except UsageError as exc:   # after the run: it costs the comparison, never the summary
+                    comparison_error = str(exc)
         except runner.Stopped as stop:
             session.outcome.stopped_by = stop.signum
         stops.hold()  # a signal from here on must not cut the summary short
-        outcome = session.finish(comparison)
+        outcome = session.finish(comparison, comparison_error)
         outcome.estimate = estimate
         return outcome
 

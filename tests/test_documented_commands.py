@@ -27,7 +27,8 @@ FENCE = re.compile(r"^```(?:sh|bash|shell|console)?\s*$")
 INLINE = re.compile(r"`(python -m bench[^`]*)`")
 #: an inline command with one of these is a template (``--run DIR``), not one to run
 PLACEHOLDER = re.compile(r"[<>\[\]|…]|\.\.\.|\b(DIR|NAME|PATH|FILE|N|S|A|B|RUN_A|RUN_B|BASELINE)\b")
-CHEAP = {"summary", "readme", "check", "compare", "runs", "export", "baseline"}  # devices: test_cli
+#: commands that only read committed results (devices: test_cli)
+CHEAP = {"summary", "readme", "check", "compare", "runs", "export", "baseline", "report", "history"}
 
 
 def documented_commands() -> list[tuple[str, str]]:
@@ -81,6 +82,7 @@ def workspace(tmp_path_factory) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(document, target)
     shutil.copytree(REPO / "results" / "published", root / "results" / "published")
+    shutil.copytree(REPO / "docs" / "img", root / "docs" / "img", dirs_exist_ok=True)   # docs/report.md redraws one
     if (REPO / "results" / "baselines").is_dir():
         shutil.copytree(REPO / "results" / "baselines", root / "results" / "baselines")
     # "the latest run" of a user who has run once: the newest published run

@@ -29,10 +29,6 @@ PUBLISHED = REPO / "results" / "published"
 FAKE_WORKER = [sys.executable, str(REPO / "tests" / "helpers" / "fake_worker.py")]
 TINY = ["--devices", "cpu", "--steps", "6", "--warmup", "2", "--data", "synthetic",
         "--synthetic-images", "256", "--no-peak"]
-#: The call sites that live in the run's session and commands (helper "cli" is rewriting them);
-#: these tests pass once the calls in the gate report are made there, and then lose the mark.
-NEEDS_SESSION_CALL = pytest.mark.xfail(strict=True, reason="needs the call site in bench/session.py or "
-                                                           "the command (see the gate report)")
 
 
 def fake_environment(**extra: str) -> dict:
@@ -133,7 +129,6 @@ def test_a_baseline_without_a_successful_cell_cannot_match(tmp_path):
     assert "no successful cell" in problem
 
 
-@NEEDS_SESSION_CALL
 def test_run_refuses_an_unmatchable_baseline_before_measuring(tmp_path):
     store.save_baseline(store.load_baseline(str(PUBLISHED / "2026-11-24-quick"), tmp_path), "nightly",
                         tmp_path / "results")
@@ -163,7 +158,6 @@ def test_a_measured_or_failed_cell_is_not_nothing_measured():
     assert regression.nothing_measured(rows_of(("failed", "cpu", "crashed"))) is None   # status 4 says it
 
 
-@NEEDS_SESSION_CALL
 def test_run_on_a_missing_gpu_exits_nothing_measured(tmp_path):
     done = bench("run", *TINY, "--devices", "gpu", "--batch-sizes", "32", "--out", tmp_path / "run", cwd=tmp_path)
     assert done.returncode == 6 and "nothing measured" in done.stderr
@@ -277,14 +271,12 @@ def test_summary_json_of_several_runs_keeps_each_runs_cells_and_machine(tmp_path
     assert out["runs"][1]["cells"][1]["median_step_s"] == pytest.approx(second.runs["step_median_s"].iloc[1])
 
 
-@NEEDS_SESSION_CALL
 def test_summary_json_command_prints_numbers(tmp_path):
     done = bench("summary", "--run", write_run(tmp_path / "run", {32: steps(0.1)}), "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert isinstance(json.loads(done.stdout)["cells"][0]["images_per_s"], float)
 
 
-@NEEDS_SESSION_CALL
 def test_export_json_command_reports_the_number_of_cells(tmp_path):
     directory = write_run(tmp_path / "run", {32: steps(0.1), 64: steps(0.2), 128: steps(0.3)})
     done = bench("export", "--run", directory, "--format", "json", "--out", tmp_path / "x.json", cwd=tmp_path)
@@ -364,7 +356,6 @@ def test_the_readme_gate_runs_end_to_end(tmp_path):
 
 
 
-@NEEDS_SESSION_CALL
 def test_a_comparison_that_fails_after_the_run_keeps_the_summary(tmp_path):
     """Every cell of the checked run fails (its worker cannot start): nothing to compare, but the
     run's summary is written and the status says a cell failed."""
@@ -404,11 +395,12 @@ def test_a_noise_folder_lists_its_runs_not_itself_as_damaged(tmp_path):
         store.list_directory(tmp_path / "nowhere")
 
 
-@NEEDS_SESSION_CALL
 def test_runs_command_lists_the_published_runs(tmp_path):
     done = bench("runs", PUBLISHED, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert {r["id"] for r in json.loads(done.stdout)} >= {"2026-11-24-quick", "gpu-quick"}
+    missing = bench("runs", tmp_path / "nowhere", cwd=tmp_path)
+    assert missing.returncode == 2 and "no such directory" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def generated_blocks(document: Path) -> list[tuple[str, str]]:

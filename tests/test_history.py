@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import history
-from bench.commands_drafts import history as history_command
+from bench import cli, history
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from runs import ENV, write_run
@@ -102,18 +100,16 @@ def test_cells_filter_keeps_matching_series(tmp_path):
     assert {p.cell.split(", ")[1] for p in history.history(root, cells=["bs64"]).points} == {"bs64"}
 
 
-# --------------------------------------------------------------------------- the command, through argparse
+# --------------------------------------------------------------------------- the command, through the real CLI
 
-def command(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench")
-    history_command.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+def command(argv: list[str]) -> int:
+    """``python -m bench ARGV``'s exit status, through the real command line."""
+    return cli.main(argv)
 
 
 def test_command_prints_json_of_the_last_runs(tmp_path, capsys):
     root = make_root(tmp_path, [0.10, 0.10, 0.25])
-    args = command(["history", "--results-dir", str(root), "--last", "2", "--json"])
-    assert args.run(args) == 0
+    assert command(["history", "--results-dir", str(root), "--last", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [p["run_id"] for p in data["points"]] == ["20260101-000001", "20260101-000002"]
     assert data["points"][-1]["verdict"] == "regression"
@@ -126,13 +122,12 @@ def test_command_prints_json_of_the_last_runs(tmp_path, capsys):
 def test_command_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     root = make_root(tmp_path, [0.10])
     argv = [a.replace("{missing}", str(tmp_path / "missing")) for a in argv]
-    args = command(["history", "--results-dir", str(root), *argv])
-    assert args.run(args) == 2
+    assert command(["history", "--results-dir", str(root), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_command_refuses_a_last_of_zero(capsys):
-    with pytest.raises(SystemExit) as exited:
-        command(["history", "--last", "0"])
-    assert exited.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+    assert command(["history", "--last", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--last" in err and "'0'" in err and err.count("\n") == 1

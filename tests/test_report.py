@@ -7,26 +7,27 @@ Set ``BENCH_REPORT_SCREENS=DIR`` to keep a copy of each screenshot there.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import history, report, store
-from bench.commands_drafts import report as report_command
+from bench import cli, history, report, store
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from runs import ENV, write_run
 
 from bench.devices import Device, Requested
 
-PUBLISHED = Path(__file__).parent.parent / "results" / "published"
+REPO = Path(__file__).resolve().parent.parent
+PUBLISHED = REPO / "results" / "published"
 HOSTILE = "<script>alert(1)</script>\"'</script><img src=x onerror=alert(2)>"
 TEST_GPU = Requested("gpu:0", Device("gpu:0", "GPU", "Test GPU", 1, 1, 2**34))
 
@@ -126,12 +127,11 @@ def test_the_headline_png_is_written(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-# --------------------------------------------------------------------------- the command, through argparse
+# --------------------------------------------------------------------------- the command, through the real CLI
 
-def command(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench")
-    report_command.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+def command(argv: list[str]) -> int:
+    """``python -m bench ARGV``'s exit status, through the real command line."""
+    return cli.main(argv)
 
 
 def test_command_writes_one_file_from_the_latest_run(tmp_path, capsys):
@@ -139,8 +139,8 @@ def test_command_writes_one_file_from_the_latest_run(tmp_path, capsys):
     cpu_and_gpu_run(root / "runs" / "20260101-000000")
     out = tmp_path / "report.html"
     png = tmp_path / "cpu-vs-gpu.png"
-    args = command(["report", "--results-dir", str(root), "--out", str(out), "--history", "--headline-png", str(png)])
-    assert args.run(args) == 0
+    assert command(["report", "--results-dir", str(root), "--out", str(out), "--history", "--headline-png",
+                    str(png)]) == 0
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "history of 3 cell(s)" in capsys.readouterr().err
@@ -149,15 +149,51 @@ def test_command_writes_one_file_from_the_latest_run(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--out", "{tmp}"], "is a directory"),
     (["--out", "{tmp}/no/such/dir/r.html"], "its directory does not exist"),
-    (["--out", "{tmp}/r.html", "--run", "{tmp}/missing-run"], "not found"),
+    (["--out", "{tmp}/r.html", "--run", "{tmp}/missing-run"], "no such run directory"),
     (["--out", "{tmp}/r.html", "--headline-png", "{tmp}/no/dir/h.png"], "--headline-png"),
 ])
 def test_command_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, argv, message):
-    args = command(["report", "--results-dir", str(tmp_path), *[a.replace("{tmp}", str(tmp_path)) for a in argv]])
-    assert args.run(args) == 2
+    assert command(["report", "--results-dir", str(tmp_path), *[a.replace("{tmp}", str(tmp_path)) for a in argv]]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "r.html").exists()
+
+
+def python_m_bench(*args, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``python -m bench ARGS`` in a fresh process, as a user runs it (the fake worker for ``run``)."""
+    fake_worker = [sys.executable, str(REPO / "tests" / "helpers" / "fake_worker.py")]
+    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, text=True, capture_output=True,
+                          timeout=300, check=False, env={**os.environ, "PYTHONPATH": str(REPO),
+                                                         "BENCH_WORKER_COMMAND": shlex.join(fake_worker), **env})
+
+
+def test_a_run_writes_its_report_page_beside_its_summary(tmp_path):
+    done = python_m_bench("run", "--devices", "cpu", "--batch-sizes", "32,64", "--steps", "6", "--warmup", "2",
+                          "--data", "synthetic", "--synthetic-images", "256", "--no-peak", "--out", tmp_path / "run",
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert (tmp_path / "run" / store.SUMMARY_MD).is_file()
+    assert page.startswith("<!DOCTYPE html>") and "</html>" in page
+    rows = json.loads(re.search(r'<script type="application/json" id="report-rows">(.*?)</script>', page,
+                                re.DOTALL).group(1))
+    assert sorted(r["batch_size"] for r in rows) == [32, 64]       # the run's own cells, from memory
+
+
+def test_report_of_a_published_run_through_the_cli(tmp_path):
+    out = tmp_path / "gpu-seed.html"
+    done = python_m_bench("report", "--run", "results/published/gpu-seed", "--out", out, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>") and f"report: {out}" in done.stderr
+
+
+def test_history_of_the_published_runs_through_the_cli():
+    done = python_m_bench("history", "--results-dir", "results/published", "--json", cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    points = json.loads(done.stdout)["points"]
+    published = {p.name for p in PUBLISHED.iterdir() if (p / store.RUNS_CSV).is_file()}
+    assert {Path(p["path"]).name for p in points} <= published and len(points) > len(published)
+    assert all(p["images_per_s"] > 0 for p in points)
 
 
 # --------------------------------------------------------------------------- in a browser
@@ -323,16 +359,10 @@ def test_hostile_labels_are_shown_as_text_and_never_run(browser, tmp_path):
 
 
 def test_the_documented_report_and_history_commands_parse():
-    """docs/report.md's commands, against the drafts' parsers (until they join bench.cli's parser,
-    where tests/test_documented_commands.py takes over)."""
+    """docs/report.md's commands, against the real parser (tests/test_documented_commands.py runs them)."""
     import shlex
 
-    from bench.commands_drafts import history as history_command
-
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    report_command.add_parser(subparsers)
-    history_command.add_parser(subparsers)
+    parser = cli.build_parser()
     text = (Path(__file__).parent.parent / "docs" / "report.md").read_text(encoding="utf-8")
     commands = [line.split(" #")[0].strip() for line in text.splitlines() if line.startswith("python -m bench ")]
     assert {shlex.split(c)[3] for c in commands} == {"report", "history"}

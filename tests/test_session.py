@@ -45,9 +45,10 @@ def bench(tmp_path: Path, *args, env: dict | None = None, script: str | None = N
 
 
 def fake_python(directory: Path, name: str = "python-arm") -> Path:
-    """An arm's Python for ``ab``: ``-m bench.worker`` is the fake worker, anything else the real one."""
+    """An arm's Python for ``ab``: starting ``bench.worker`` (:func:`bench.isolation.worker_command`)
+    starts the fake worker, anything else the real Python."""
     script = directory / name
-    script.write_text(f"#!/bin/sh\nif [ \"$1\" = \"-m\" ]; then exec {shlex.join(FAKE_WORKER)}; fi\n"
+    script.write_text(f"#!/bin/sh\ncase \"$*\" in *\"'bench.worker'\"*) exec {shlex.join(FAKE_WORKER)};; esac\n"
                       f"exec {sys.executable} \"$@\"\n")
     script.chmod(0o755)
     return script

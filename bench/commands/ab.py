@@ -12,10 +12,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench import regression, runner, session, store
-from bench.options import (EXIT_CELL_FAILED, EXIT_OK, EXIT_STATUSES, UsageError, add_compare_options, add_run_options,
-                           check_report_path, gate_status, path_arg, results_dir_parent, run_config_from,
-                           show, stderr, stopped_or_write_status, write_report)
+from bench import isolation, regression, runner, session, store
+from bench.options import (EXIT_CELL_FAILED, EXIT_NOTHING_MEASURED, EXIT_OK, EXIT_STATUSES, UsageError,
+                           add_compare_options, add_run_options, check_report_path, gate_status, path_arg,
+                           results_dir_parent, run_config_from, show, stderr, stopped_or_write_status, write_report)
 from bench.progress import reporter_for
 
 ARMS = ("a", "b")
@@ -56,7 +56,8 @@ def arm_versions(python: Path) -> dict:
     import subprocess
 
     try:
-        done = subprocess.run([str(python), "-c", ARM_VERSIONS], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([str(python), "-E", "-c", ARM_VERSIONS], capture_output=True, text=True,
+                              timeout=120)
         versions = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
         raise UsageError(f"--python {python}: cannot run it ({exc})") from None
@@ -107,7 +108,7 @@ def run(args) -> int:
         for arm, python, arm_versions_ in zip(ARMS, args.python, versions):
             request = session.RunRequest(
                 config=config, command=command, results_root=root, require_devices=args.require_devices,
-                dry_run=args.dry_run, worker_command=(str(python), "-m", "bench.worker"),
+                dry_run=args.dry_run, worker_command=tuple(isolation.worker_command(python)),
                 describe_env=lambda env, v=arm_versions_, p=python, a=arm: arm_env(env, v, p, a))
             sessions[arm] = session.Session(request, held, stderr)
         estimate = sessions["a"].plan()
@@ -148,6 +149,10 @@ def run(args) -> int:
                                                finished=sum(o.finished for o in outcomes.values())),
                                        resume_hint=False)
     failed = [f"arm {arm.upper()} {c}" for arm in ARMS for c in outcomes[arm].failed]
+    nothing = next((o.nothing_measured for o in outcomes.values() if o.nothing_measured), "")
+    if nothing:           # the arms share the plan: what one skipped entirely, the other did too
+        stderr(f"bench: error: {nothing}")
+        return EXIT_NOTHING_MEASURED
     try:
         comparison = regression.compare(sessions["a"].current(), sessions["b"].current(), args.max_slowdown,
                                         args.confidence)

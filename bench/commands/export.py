@@ -28,12 +28,14 @@ def run(args) -> int:
     out = check_report_path("--out", args.out)
     run_ = load_run_or_baseline(str(args.run), root) if args.run else load_run_arg(None, root)
     data = export.export(run_, args.format)
-    if not data:
+    if not export.count(args.format, data):
         raise UsageError(f"{run_.directory}: no measured cell to export")
+    for warning in export.warnings(run_):
+        stderr(f"warning: {warning}")
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     if out is None:
         show(text.rstrip("\n"))
         return EXIT_OK
     write_report(out, text)
-    stderr(f"{args.format}: {out} ({len(data)} benchmark(s) from {run_.directory})")
+    stderr(f"{args.format}: {out} ({export.count(args.format, data)} benchmark(s) from {run_.directory})")
     return EXIT_OK

@@ -6,10 +6,10 @@ import sys
 from dataclasses import replace
 
 from bench import fleet, session, store
-from bench.options import (EXIT_OK, EXIT_STATUSES, UsageError, add_compare_options, add_run_options,
-                           gate_status, given_settings, load_baseline_arg, non_negative_int, path_arg,
-                           results_dir_parent, run_config_from, show, show_if_read, stderr,
-                           stopped_or_write_status, typed)
+from bench.options import (EXIT_NOTHING_MEASURED, EXIT_OK, EXIT_STATUSES, EXIT_USAGE, UsageError,
+                           add_compare_options, add_run_options, gate_status, given_settings, load_baseline_arg,
+                           non_negative_int, path_arg, results_dir_parent, run_config_from, show, show_if_read,
+                           stderr, stopped_or_write_status, typed)
 from bench.progress import reporter_for
 
 
@@ -68,7 +68,8 @@ def run(args) -> int:
                          "add --check-against BASELINE or drop --retry")
     check = None
     if args.check_against:
-        check = session.CheckRequest(load_baseline_arg(args.check_against, root), args.max_slowdown, args.retry)
+        check = session.CheckRequest(load_baseline_arg(args.check_against, root), args.max_slowdown, args.retry,
+                                     name=args.check_against)
     request = session.RunRequest(
         config=config, command=session.display_command(args.argv), results_root=root, out=args.out,
         resume=args.resume, rerun_failed=args.rerun_failed, require_devices=args.require_devices,
@@ -112,6 +113,12 @@ def report(outcome: session.RunOutcome, dry_run: bool = False, resume_hint: bool
     if status is not None:
         return status
     stderr(f"results: {outcome.out}")
+    if outcome.nothing_measured:        # a CI job must not pass on a run that measured nothing
+        stderr(f"bench: error: {outcome.nothing_measured}")
+        return EXIT_NOTHING_MEASURED
+    if outcome.comparison_error:        # the run and its summary are kept; only the check is lost
+        stderr(f"bench: error: {outcome.comparison_error}")
+        return gate_status(None, outcome.failed) if outcome.failed else EXIT_USAGE
     if outcome.comparison is not None:
         from bench import regression
 

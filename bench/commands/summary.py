@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from bench import multirun, plots, store
+from bench import export, multirun, plots, store
 from bench import summary as summary_module
 from bench.options import (EXIT_OK, EXIT_WRITE, REFERENCE_HELP, UsageError, check_report_path, load_runs_arg,
                            path_arg, reference_arg, results_dir_parent, show, stderr)
@@ -32,13 +32,16 @@ def run(args) -> int:
     root = store.results_root(args.results_dir)
     plot_path = check_report_path("--plot", args.plot)
     runs, reference = load_runs_arg(args.run, root), reference_arg(args.reference)
+    if args.json and reference.machine is not None:
+        raise UsageError("--reference picks what the table's Speed-up column divides by; --json gives every "
+                         "cell's numbers with units instead, to divide as you need: drop one of them")
     try:
         if several(runs, reference):
-            text = (json.dumps(multirun.as_json(runs, reference), indent=2, ensure_ascii=False)
+            text = (json.dumps(export.summary_json_of_runs(runs), indent=2, ensure_ascii=False)
                     if args.json else multirun.markdown(runs, reference))
         else:
             one = runs[0]
-            text = (json.dumps(summary_module.summary_json(one.runs, one.env), indent=2, ensure_ascii=False)
+            text = (json.dumps(export.summary_json(one.runs, one.env), indent=2, ensure_ascii=False)
                     if args.json else summary_module.summary_markdown(one.runs, one.env))
     except multirun.MultiRunError as exc:
         raise UsageError(str(exc)) from None
