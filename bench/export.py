@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from bench import matrix, summary, tta
+from bench import matrix, tables, tta
 from bench.regression import side_contention
 from bench.store import Run
 
@@ -161,7 +161,7 @@ def target_figures(group: pd.DataFrame) -> TargetFigures | None:
 
 
 def _ok_rows(run: Run) -> pd.DataFrame:
-    runs = summary.numeric(run.runs)
+    runs = tables.numeric(run.runs)
     return runs[(runs["status"] == "ok") & runs["step_median_s"].notna()]
 
 
@@ -322,7 +322,7 @@ def summary_json(runs: pd.DataFrame, env: dict) -> dict:
     """``summary --json``: one entry per row of runs.csv (every repeat, every status), numbers as
     numbers (None: not measured) with their units in the keys, and the cell's flags; the
     table's notes as text."""
-    frame = summary.numeric(runs)
+    frame = tables.numeric(runs)
     label = env.get("machine_label") or next(
         (v for v in frame.get("machine_label", []) if isinstance(v, str) and v), None)
     rows = []
@@ -343,8 +343,9 @@ def summary_json(runs: pd.DataFrame, env: dict) -> dict:
             entry.update(synthetic=None, busy=None, busy_note=None, harness_bugs=[],
                          warnings=[f"{values['status']}: {values.get('reason') or 'no reason recorded'}"])
         rows.append(entry)
-    return {"schema": SUMMARY_SCHEMA, "header": summary.header(runs, env), "machine_label": label,
-            "cells": rows, "notes": summary.describe_settings(runs, env)}
+    table = tables.build([tables.in_memory(runs, env)])
+    return {"schema": SUMMARY_SCHEMA, "header": tables.header(table), "machine_label": label,
+            "cells": rows, "notes": tables.notes(table)}
 
 
 def summary_json_of_runs(runs: list[Run]) -> dict:

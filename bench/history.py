@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import matrix, multirun, regression, store
+from bench import matrix, regression, store, tables
 from bench.regression import MATCH_KEYS, cell_key
 
 #: A directory under ``<root>/runs`` whose name ends so holds ``bench noise --repeat``'s runs.
@@ -183,7 +183,7 @@ def _cells(run: store.Run, varying: set[str]) -> dict[tuple, tuple[str, float]]:
 def build(sources: Sequence[_Source], problems: Sequence[str] = (), noise: Sequence = (),
           max_slowdown: float = 0.10, confidence: float = 0.95) -> History:
     """The history of every cell on every machine; each point judged against the previous one."""
-    names = multirun.machine_names([s.run for s in sources])
+    names = tables.machine_names([s.run for s in sources])
     varying = _varying([s.run for s in sources] + [run for _, runs in noise for run in runs])
     points: list[HistoryPoint] = []
     previous: dict[tuple, tuple[int, float]] = {}      # series -> (its last source, images/s)
@@ -231,7 +231,7 @@ def noise_bands(groups: Sequence[tuple[Path, list[store.Run]]], series: dict[tup
     """Per cell of a noise group: the lowest and highest images/s of its identical runs."""
     bands = []
     for directory, runs in groups:
-        machine = multirun.machine_names(runs)[0]
+        machine = tables.machine_names(runs)[0]
         measured: dict[tuple, list[float]] = {}
         labels: dict[tuple, str] = {}
         for run in runs:

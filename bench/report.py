@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import matrix, multirun, store, summary
+from bench import matrix, store, tables
 from bench.history import History, history_frame
 from bench.record import NOTABLE_CONTENTION_PCT, NOTEBOOK_EPOCHS, NOTEBOOK_TRAIN_IMAGES
 
@@ -142,10 +142,13 @@ def _badges(ok: pd.DataFrame) -> list[list[str]]:
 
 def report_cells(runs: Sequence[store.Run]) -> list[ReportCell]:
     """Every cell of every run, measured or not (a failure or skip keeps its reason)."""
-    frame = multirun.combined(runs)
+    table = tables.build(runs)
+    frame = table.frame
     if frame.empty:
         return []
-    frame["speedup"] = multirun._speedups(frame, multirun.Reference())
+    frame["speedup"] = math.nan
+    for group, speedup in zip(table.groups, table.speedups):
+        frame.loc[group.index, "speedup"] = speedup.ratio
     energy_columns = [c for c in frame.columns if ENERGY_COLUMN.search(c) or c.startswith("time_to_")]
     cells = []
     frame["cell_key"] = frame["cell_id"].astype(str).str.replace(r"_r\d+$", "", regex=True)
@@ -156,7 +159,7 @@ def report_cells(runs: Sequence[store.Run]) -> list[ReportCell]:
         first = group.iloc[0]
         ok = group[group["status"] == "ok"]
         shown = ok if len(ok) else group
-        settings = ", ".join(f"{matrix.BY_NAME[d].label} {summary.dimension_text(d, first[d], first.get('xla'))}"
+        settings = ", ".join(f"{matrix.BY_NAME[d].label} {tables.dimension_text(d, first[d], first.get('xla'))}"
                              for d in other_dims if pd.notna(first.get(d)) and first.get(d) != "")
         evaluated = ok[ok["heldout_images"].fillna(0) > 0]
         accuracy = _median(evaluated, "heldout_accuracy", 100) if len(evaluated) else None
@@ -167,7 +170,7 @@ def report_cells(runs: Sequence[store.Run]) -> list[ReportCell]:
             run_id=str(first["run_id"]), machine=str(first["machine"]),
             device=str(first["device_name"] or first["device_id"]), device_type=str(first["device_type"]),
             batch_size=int(first["batch_size"]), backend=str(first["backend"]),
-            precision=summary.dimension_text("precision", first["precision"], None, math_value),
+            precision=tables.dimension_text("precision", first["precision"], None, math_value),
             status="ok" if len(ok) else str(last["status"]),
             reason="" if len(ok) else _text(last["reason"]), engine=engine,
             images_per_s=_median(ok, "images_per_s"), notebook_s=_median(ok, "projected_seed_run_s"),
@@ -212,9 +215,9 @@ def headline_bars(cells: Sequence[ReportCell]) -> Headline | None:
     several_runs = len({c.run_id for c in shown}) > len({c.machine for c in shown})
     bars = [{"label": c.label + (f" · bs{c.batch_size}" if not at_notebook_batch else "")
              + (f" ({c.run_id})" if several_runs else ""),
-             "device_type": c.device_type, "minutes": seconds[id(c)] / 60, "time": summary.format_duration(seconds[id(c)]),
+             "device_type": c.device_type, "minutes": seconds[id(c)] / 60, "time": tables.format_duration(seconds[id(c)]),
              "ratio": slowest / seconds[id(c)],
-             "text": f"{summary.format_duration(seconds[id(c)])} · "
+             "text": f"{tables.format_duration(seconds[id(c)])} · "
                      + ("reference" if c is reference else f"{slowest / seconds[id(c)]:,.1f}×"),
              "run": c.run_id, "batch": c.batch_size, "images_per_s": c.images_per_s}
             for c in shown]
@@ -224,7 +227,7 @@ def headline_bars(cells: Sequence[ReportCell]) -> Headline | None:
                f"{batch_text}) would take, projected from each row's mean steady step time: an estimate, "
                "not a measurement. The ratio after each time divides the reference row's time by the "
                f"bar's: the reference is {reference.label}, run {reference.run_id} "
-               f"({summary.format_duration(slowest)}), the slowest "
+               f"({tables.format_duration(slowest)}), the slowest "
                f"{'CPU ' if cpus else ''}row of the chart. Rows of different machines, backends and "
                "precisions are different settings, not one change.")
     return Headline(bars, reference, caption)
@@ -325,7 +328,7 @@ def throughput_spec(cells: Sequence[ReportCell]) -> dict | None:
 def step_spec(runs: Sequence[store.Run]) -> dict | None:
     """Per cell: the steady step times' 5th-95th percentile (line), quartiles (bar) and median
     (tick), and every warm-up step as a red point."""
-    names = multirun.machine_names(runs)
+    names = tables.machine_names(runs)
     stats_rows, warmups = [], []
     for run, machine in zip(runs, names):
         ok = run.runs[run.runs["status"] == "ok"]
@@ -397,7 +400,7 @@ def read_curves(run: store.Run) -> pd.DataFrame | None:
 def curves_spec(runs: Sequence[store.Run]) -> dict | None:
     """Accuracy (and loss) per epoch for every run that wrote ``curves.csv``."""
     points = []
-    for run, machine in zip(runs, multirun.machine_names(runs)):
+    for run, machine in zip(runs, tables.machine_names(runs)):
         curves = read_curves(run)
         if curves is None:
             continue
@@ -546,11 +549,12 @@ def _clean(value):
 
 def _run_section(run: store.Run, machine: str) -> str:
     """One run: where and when it ran, and every note its summary carries, beside it."""
-    notes = summary.describe_settings(run.runs, run.env)
+    table = tables.build([run])
+    notes = tables.notes(table)
     items = "".join(f"<li>{_markdown_inline(n)}</li>" for n in notes)
     command = _text(run.env.get("command"))
     return (f'<details class="run"><summary><strong>{html.escape(run.run_id)}</strong> on '
-            f"{html.escape(machine)}: {_markdown_inline(summary.header(run.runs, run.env))}</summary>"
+            f"{html.escape(machine)}: {_markdown_inline(tables.header(table))}</summary>"
             f"<ul>{items}</ul>"
             + (f"<p>Produced by <code>{html.escape(command)}</code></p>" if command else "")
             + "</details>")
@@ -747,7 +751,7 @@ def render(runs: Sequence[store.Run], found: History | None = None, out_dir: Pat
     if not runs and found is None:
         raise ReportError("nothing to report: give at least one run (--run DIR) or --history")
     cells = report_cells(runs)
-    names = multirun.machine_names(runs) if runs else []
+    names = tables.machine_names(runs) if runs else []
     head_spec, head_caption = headline(cells)
     charts = {"chart-headline": head_spec, "chart-throughput": throughput_spec(cells),
               "chart-steps": step_spec(runs) if runs else None, "chart-curves": curves_spec(runs),

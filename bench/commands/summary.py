@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from bench import export, multirun, plots, store
-from bench import summary as summary_module
+from bench import export, plots, store, tables
 from bench.options import (EXIT_OK, EXIT_WRITE, REFERENCE_HELP, UsageError, check_report_path, load_runs_arg,
                            path_arg, reference_arg, results_dir_parent, show, stderr)
 
@@ -23,11 +22,6 @@ def add_parser(subparsers) -> None:
                         help="also draw images/s by batch size, one line per machine and device")
 
 
-def several(runs: list[store.Run], reference: multirun.Reference) -> bool:
-    """The multi-run table: several runs, or a reference other than each machine's CPU."""
-    return len(runs) > 1 or reference.machine is not None
-
-
 def run(args) -> int:
     root = store.results_root(args.results_dir)
     plot_path = check_report_path("--plot", args.plot)
@@ -36,21 +30,20 @@ def run(args) -> int:
         raise UsageError("--reference picks what the table's Speed-up column divides by; --json gives every "
                          "cell's numbers with units instead, to divide as you need: drop one of them")
     try:
-        if several(runs, reference):
-            text = (json.dumps(export.summary_json_of_runs(runs), indent=2, ensure_ascii=False)
-                    if args.json else multirun.markdown(runs, reference))
+        if args.json:
+            data = (export.summary_json(runs[0].runs, runs[0].env) if len(runs) == 1
+                    else export.summary_json_of_runs(runs))
+            text = json.dumps(data, indent=2, ensure_ascii=False)
         else:
-            one = runs[0]
-            text = (json.dumps(export.summary_json(one.runs, one.env), indent=2, ensure_ascii=False)
-                    if args.json else summary_module.summary_markdown(one.runs, one.env))
-    except multirun.MultiRunError as exc:
+            text = tables.markdown(runs, reference)
+    except tables.TableError as exc:
         raise UsageError(str(exc)) from None
     show(text)
     if plot_path:
         try:
-            drawn = plots.comparison_plot(multirun.combined(runs), plot_path,
+            drawn = plots.comparison_plot(tables.combined(runs), plot_path,
                                           "Training throughput: " + ", ".join(
-                                              dict.fromkeys(multirun.machine_names(runs))))
+                                              dict.fromkeys(tables.machine_names(runs))))
         except OSError as exc:
             stderr(f"bench: error: could not write {plot_path}: {exc.strerror or exc}")
             return EXIT_WRITE
