@@ -28,14 +28,15 @@ import numpy as np
 import pandas as pd
 
 from bench import matrix, store, tables
+from bench.contention import BUSY_PCT
 from bench.history import History, history_frame
-from bench.record import NOTABLE_CONTENTION_PCT, NOTEBOOK_EPOCHS, NOTEBOOK_TRAIN_IMAGES
+from cifar_model.settings import SEED_RUN
 
 VENDOR = Path(__file__).parent / "vendor"
 #: Loaded in this order: vega-lite and vega-embed expect the globals of the ones before.
 SCRIPTS = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 #: The notebook's batch size: the headline compares rows at it when there are any.
-NOTEBOOK_BATCH = 128
+NOTEBOOK_BATCH = SEED_RUN.batch_size
 CURVES_CSV = "curves.csv"
 MAX_CURVES_BYTES = 16 * 2**20
 #: Columns that hold energy or cost, when runs.csv gains them: shown where measured.
@@ -121,7 +122,7 @@ def _badges(ok: pd.DataFrame) -> list[list[str]]:
                                "10-bit mantissa)" + (f": {note}" if note else "") + "."])
     other = _median(ok, "other_cpu_pct")
     steal = _median(ok, "steal_pct") or 0.0
-    if other is not None and (other >= NOTABLE_CONTENTION_PCT or steal >= NOTABLE_CONTENTION_PCT):
+    if other is not None and (other >= BUSY_PCT or steal >= BUSY_PCT):
         note = next((_text(n) for n in ok.get("contention_note", []) if _text(n)), "")
         badges.append([f"busy {other:.0f} %", f"Machine busy: other processes used {other:.0f} % of the "
                        "usable CPUs while this cell ran" + (f" ({note})" if note else "")
@@ -223,7 +224,7 @@ def headline_bars(cells: Sequence[ReportCell]) -> Headline | None:
             for c in shown]
     batch_text = (f"at batch size {NOTEBOOK_BATCH}, the notebook's" if at_notebook_batch
                   else "at each row's batch size (no row at the notebook's 128)")
-    caption = (f"Time the notebook's training ({NOTEBOOK_EPOCHS} epochs of {NOTEBOOK_TRAIN_IMAGES:,} images, "
+    caption = (f"Time the notebook's training ({SEED_RUN.epochs} epochs of {SEED_RUN.train_images:,} images, "
                f"{batch_text}) would take, projected from each row's mean steady step time: an estimate, "
                "not a measurement. The ratio after each time divides the reference row's time by the "
                f"bar's: the reference is {reference.label}, run {reference.run_id} "
@@ -247,8 +248,8 @@ def headline(cells: Sequence[ReportCell]) -> tuple[dict | None, str]:
                   "axis": {"labelLimit": 420}},
             "x": {"field": "minutes", "type": "quantitative",
                   "scale": {"domainMax": max(b["minutes"] for b in bars) * 1.3},
-                  "title": f"Est. notebook run (minutes): {NOTEBOOK_EPOCHS} epochs × "
-                           f"{NOTEBOOK_TRAIN_IMAGES:,} images"},
+                  "title": f"Est. notebook run (minutes): {SEED_RUN.epochs} epochs × "
+                           f"{SEED_RUN.train_images:,} images"},
             "tooltip": [{"field": "label", "title": "row"}, {"field": "time", "title": "est. notebook run"},
                         {"field": "ratio", "format": ",.1f", "title": "× faster than reference"},
                         {"field": "images_per_s", "format": ",.0f", "title": "images/s"},
@@ -289,7 +290,7 @@ def write_headline_png(cells: Sequence[ReportCell], path: Path) -> Path | None:
     axes.set_yticks(list(positions), [b["label"] for b in bars], fontsize=9)
     axes.invert_yaxis()
     axes.set_xlim(0, max(b["minutes"] for b in bars) * 1.35)
-    axes.set_xlabel(f"Est. notebook run, minutes ({NOTEBOOK_EPOCHS} epochs × {NOTEBOOK_TRAIN_IMAGES:,} images)")
+    axes.set_xlabel(f"Est. notebook run, minutes ({SEED_RUN.epochs} epochs × {SEED_RUN.train_images:,} images)")
     figure.suptitle("CPU vs GPU: the notebook's training, estimated per row (ratio = the reference row's time "
                     "÷ the row's)", x=0.01, ha="left", fontsize=11)
     figure.text(0.01, 0.005, "\n".join(textwrap.wrap(found.caption, 190)), fontsize=7, va="bottom")
@@ -615,7 +616,7 @@ COLUMNS = (
 
 COLUMN_HELP = {
     "images_per_s": "batch size ÷ median steady step time (warm-up excluded, device synced)",
-    "notebook_s": f"the notebook's training ({NOTEBOOK_EPOCHS} epochs of {NOTEBOOK_TRAIN_IMAGES:,} images) "
+    "notebook_s": f"the notebook's training ({SEED_RUN.epochs} epochs of {SEED_RUN.train_images:,} images) "
                   "projected at the mean steady step time: an estimate",
     "accuracy_pct": "on the held-out images after training (hover a row's note for which images)",
     "speedup_vs_cpu": "the median step of the CPU row of the same machine, batch size and settings ÷ this "
