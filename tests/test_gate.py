@@ -410,8 +410,6 @@ def generated_blocks(document: Path) -> list[tuple[str, str]]:
             for name, body in re.findall(r"<!-- bench:([\w-]+):start -->(.*?)<!-- bench:\1:end -->", text, re.DOTALL)]
 
 
-@pytest.mark.xfail(strict=True, reason="needs bench/summary.py's _theoretical_basis fix (helper tables): "
-                                       "runs without theoretical peaks print 'cpu fp32: ;' (see the gate report)")
 def test_the_methods_generated_blocks_regenerate_byte_for_byte(tmp_path):
     copy = tmp_path / "method.md"
     copy.write_bytes((REPO / "docs" / "method.md").read_bytes())
