@@ -102,3 +102,14 @@ def test_native_accuracy_within_keras_seed_spread(backend, real_cifar_dir):
         assert min(keras_acc) - spread <= accuracy <= max(keras_acc) + spread, result
     assert result["native"]["compile_note"].startswith("native engine")
     assert result["native"]["params"] == 1_454_922
+
+
+def test_devices_lists_each_backends_engines(monkeypatch):
+    from bench import devices
+
+    assert devices.engines("torch") == {"keras": "", "native": ""}
+    assert "no native engine" in devices.engines("tensorflow")["native"]
+    real_find_spec = devices.importlib.util.find_spec
+    monkeypatch.setattr(devices.importlib.util, "find_spec",
+                        lambda name: None if name == "optax" else real_find_spec(name))
+    assert devices.engines("jax") == {"keras": "", "native": "needs optax: pip install 'cifar-bench[jax]'"}

@@ -15,13 +15,14 @@ Every trick is named, as airbench does:
 - **autocast** for ``mixed_bfloat16``/``mixed_float16``: float32 weights, bf16/fp16 matmuls and
   convolutions (Keras's mixed policies), float32 logits; fp16 adds torch's dynamic loss
   scaling (``GradScaler``), as Keras adds a LossScaleOptimizer;
-- **the step** (``jit_compile``): ``off`` runs it eagerly, ``on`` through ``torch.compile``
-  (the whole step: forward, backward and the optimizer update); on a GPU, ``off`` captures the
-  eager step in one explicit CUDA graph and ``on`` uses ``torch.compile(mode="reduce-overhead")``,
-  which captures CUDA graphs itself; ``auto`` is ``on`` on a GPU and ``off`` on a CPU, where
-  inductor's kernels were no faster than oneDNN's eager ones and compiling costs a minute
-  (docs/method.md, "Engines"). fp16 (its loss scaler checks for infinities on the host) is
-  never graphed;
+- **the step** (``jit_compile``): ``off`` and ``auto`` run it eagerly, ``on`` through
+  ``torch.compile`` (the whole step: forward, backward and the optimizer update). On a GPU,
+  eager means the whole step captured in one explicit CUDA graph (no Python, no launches
+  between kernels; a second to capture), and ``on`` means ``torch.compile(mode="reduce-overhead")``,
+  which captures CUDA graphs of inductor's fused kernels (a minute or more to compile: the
+  GPU script measures whether that pays). On a CPU ``auto`` stays eager: the convolutions are
+  oneDNN's either way and compiling costs a minute (docs/method.md, "Engines"). fp16 (its loss
+  scaler reads for infinities on the host) is never graphed;
 - **data on the device** (``data_placement`` device): the training set and its labels are
   one tensor each on the device and each batch is gathered there, inside the graph.
 """
@@ -114,7 +115,7 @@ class TorchEngine:
         self.autocast_dtype = AUTOCAST_DTYPES.get(settings.precision)
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if settings.precision == "mixed_float16" else None)
-        compiled = settings.jit_compile == "on" or (settings.jit_compile == "auto" and on_gpu)
+        compiled = settings.jit_compile == "on"
         self.graphed = on_gpu and self.scaler is None and not compiled  # explicit capture
         self.optimizer = torch_keras_adam(self.net.parameters(), LEARNING_RATE)
         self.resident = data_placement == "device"

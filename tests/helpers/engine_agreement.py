@@ -20,7 +20,7 @@ from cifar_model.model import compile_model
 from cifar_model.pipelines import one_hot, shuffled_index_batches
 
 precision, steps = sys.argv[1], int(sys.argv[2])
-backend, batch, seed = backends.backend_name(), 32, 3
+backend, batch, seed = backends.backend_name(), int(sys.argv[3]) if len(sys.argv) > 3 else 64, 3
 data = synthetic_dataset("seed", n_train=batch * 8, n_test=64, seed=seed)
 settings = TrainSettings(batch_size=batch, precision=precision, backend=backend, engine="native", seed=seed)
 keras.utils.set_random_seed(seed)
