@@ -10,7 +10,8 @@
 # Sized for about 8 minutes of GPU time; nothing here needs the machine to be quiet.
 #
 # Usage: scripts/gpu-run.sh [OUT_DIR]      (default results/published/<date>-engines-gpu)
-#   GPU_RUN_DRY=1   dry run on this machine's CPU: --devices cpu, a few steps, 1 epoch
+#   GPU_RUN_DRY=1   dry run on this machine's CPU: --devices cpu, batch 128 only, a few steps, a
+#                   seed run of a few steps; no torch.compile run (it compiles for minutes on a CPU)
 #   CIFAR10_DIR     CIFAR-10 (python layout); absent, every cell trains on synthetic data
 #                   (timings hold, accuracy is not measured: CIFAR-10 is 163 MB and a lent
 #                   machine receives at most 64 MiB)
@@ -30,9 +31,9 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 
 if [ "$DRY" = 1 ]; then
-    devices=cpu; gpu=cpu; steps=6; warmup=2; seed_epochs=(--epochs 1 --steps 6 --eval-images 256)
+    devices=cpu; gpu=cpu; batches=128; steps=4; warmup=1; seed_epochs=(--epochs 1 --steps 4 --eval-images 256)
 else
-    devices=cpu,gpu; gpu=gpu; steps=40; warmup=10; seed_epochs=()
+    devices=cpu,gpu; gpu=gpu; batches=128,512; steps=40; warmup=10; seed_epochs=()
 fi
 backends=$("$PY" -c "import importlib.util as u; print(','.join(b for b in ('tensorflow', 'jax', 'torch') if u.find_spec(b)))")
 if [ -n "${CIFAR10_DIR:-}" ] && [ -d "$CIFAR10_DIR" ]; then
@@ -46,9 +47,9 @@ echo "gpu-run: backends $backends, devices $devices, ${data[*]}, into $OUT"
 bench() { "$PY" -m bench run --no-peak "$@"; }
 
 bench --devices "$devices" --backend "$backends" --engine keras,native --precision fp32,mixed_bfloat16 \
-      --batch-sizes 128,512 --steps "$steps" --warmup "$warmup" "${data[@]}" --out "$OUT/matrix" || true
+      --batch-sizes "$batches" --steps "$steps" --warmup "$warmup" "${data[@]}" --out "$OUT/matrix" || true
 
-if [[ ,$backends, == *,torch,* ]]; then
+if [[ ,$backends, == *,torch,* ]] && [ "$DRY" != 1 ]; then
     bench --devices "$gpu" --backend torch --engine native --jit-compile on --precision fp32,mixed_bfloat16 \
           --batch-sizes 128,512 --steps "$steps" --warmup "$warmup" "${data[@]}" --out "$OUT/torch-compile" || true
 fi

