@@ -108,7 +108,9 @@ def make_train_steps(dtype, dropout_rate: float, resident: bool):
 
     @partial(jax.jit, donate_argnums=(0,))
     def train_steps(state, data, all_labels, batches):
-        return jax.lax.scan(lambda s, b: one_step(s, b, data, all_labels), state, batches)
+        # unrolled: inside a while loop XLA:CPU ran the convolutions ~100x slower (180 s for one
+        # batch-32 step on a busy 2-core machine)
+        return jax.lax.scan(lambda s, b: one_step(s, b, data, all_labels), state, batches, unroll=True)
 
     return train_steps
 
