@@ -12,6 +12,7 @@ was skipped.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ import psutil
 
 from bench import nvml, process
 from bench.protocol import PROBE_MARK
-from cifar_model.settings import backend_entry
+from cifar_model.settings import ENGINE_KINDS, backend_entry, native_engine_limitation
 
 PROBE_TIMEOUT_S = 180
 DEVICE_ID = re.compile(r"^(cpu|gpu|gpu:\d+|all)$")
@@ -309,6 +310,25 @@ def backend_probe(backend: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
             return json.loads(line[len(PROBE_MARK):])
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
     return {"error": f"{name} probe failed (exit {done.returncode}): {tail}"}
+
+
+#: What each native engine needs besides its backend (module -> how to install it).
+NATIVE_ENGINE_NEEDS = {"jax": ("optax", "pip install 'cifar-bench[jax]'")}
+
+
+def engines(backend: str) -> dict[str, str]:
+    """Each engine (cifar_model's ENGINE_KINDS) on ``backend``: "" where it can run, else why not.
+
+    For ``bench devices``; asks only whether modules are installed, starts no framework."""
+    out = {}
+    for engine in ENGINE_KINDS:
+        why = native_engine_limitation(backend) if engine == "native" else None
+        if not why and engine == "native" and backend in NATIVE_ENGINE_NEEDS:
+            module, install = NATIVE_ENGINE_NEEDS[backend]
+            if importlib.util.find_spec(module) is None:
+                why = f"needs {module}: {install}"
+        out[engine] = why or ""
+    return out
 
 
 def detect(probe: dict | None = None, nvml: NvmlView | None = None) -> Inventory:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.devices import Device, Requested, auto_precision
-from cifar_model.settings import (BACKENDS, DATA_PLACEMENTS, DEFAULT_BACKEND, JIT_COMPILE,
-                                  PRECISIONS, TrainSettings, resolve_data_placement,
-                                  training_set_bytes)
+from cifar_model.settings import (BACKENDS, DATA_PLACEMENTS, DEFAULT_BACKEND, DEFAULT_ENGINE,
+                                  ENGINE_KINDS, JIT_COMPILE, NATIVE_ENGINE_BACKENDS, PRECISIONS,
+                                  TrainSettings, resolve_data_placement, training_set_bytes)
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -124,6 +124,13 @@ DIMENSIONS: tuple[Dimension, ...] = (
               "the Keras 3 backend that trained the cell (tensorflow, jax or torch)", "text",
               "backend", lambda v: {"tensorflow": "tf", "jax": "jax", "torch": "torch"}[v],
               legacy="tensorflow"),
+    Dimension("engine", "Engine", "--engine", _choice(ENGINE_KINDS), (DEFAULT_ENGINE,), "keras,native",
+              "how the network is trained, comma-separated: keras (the Keras network and model.fit: "
+              f"the reference), native (the same network from the same weights in the backend's own "
+              f"fastest step; {', '.join(NATIVE_ENGINE_BACKENDS)} only)",
+              "keras (Keras model.fit, the reference) or native (the same network written in the "
+              "backend's framework: cifar_model.engines)", "text", "engine",
+              lambda v: "" if v == DEFAULT_ENGINE else v, legacy=DEFAULT_ENGINE),
     Dimension("precision", "Precision", "--precision", _choice(("auto", *PRECISIONS)), ("auto",),
               "fp32,mixed_bfloat16",
               "comma-separated: auto (bf16 where the device computes in it, else fp32), "

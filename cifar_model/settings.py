@@ -74,6 +74,15 @@ SPLIT_SIZES = {"standard": (50_000, 10_000), "seed": (SEED_RUN.train_images, SEE
 DATA_PLACEMENTS = ("auto", "host", "device")
 #: ``auto`` keeps the training set on a GPU when it takes at most this share of its memory.
 RESIDENT_MAX_FRACTION = 0.25
+#: How the network is written and trained: ``keras`` (the seed network in Keras 3, trained by
+#: ``model.fit``: the reference) or ``native`` (the same network, from the same initial
+#: weights, written in the backend's own framework with its fastest training step:
+#: :mod:`cifar_model.engines`). TensorFlow has no native engine: Keras's TensorFlow path is
+#: already one compiled ``tf.function`` step (docs/method.md, "Engines").
+ENGINE_KINDS = ("keras", "native")
+DEFAULT_ENGINE = "keras"
+#: The backends that have a ``native`` engine.
+NATIVE_ENGINE_BACKENDS = ("jax", "torch")
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,7 @@ class TrainSettings:
     connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S
     eval_every: float | None = None          # epochs between held-out evaluations (None: at the end only)
     target_accuracy: float | None = None     # stop at the first evaluation at or above it
+    engine: str = DEFAULT_ENGINE
 
     def __post_init__(self):
         problems = []
@@ -234,7 +244,8 @@ class TrainSettings:
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             problems.append(f"seed must be None or an integer from 0 to {MAX_SEED} (got {self.seed!r})")
         for name, allowed in (("precision", PRECISIONS), ("jit_compile", JIT_COMPILE),
-                              ("data_placement", DATA_PLACEMENTS), ("backend", BACKENDS)):
+                              ("data_placement", DATA_PLACEMENTS), ("backend", BACKENDS),
+                              ("engine", ENGINE_KINDS)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
         if self.cluster and _is_int(self.workers) and len(self.cluster) != self.workers:
@@ -316,11 +327,16 @@ def strategy_name(replicas: int, workers: int, backend: str = DEFAULT_BACKEND) -
 
 
 def backend_limitation(backend: str, jit_compile: str, cpu_threads: int, replicas: int = 1,
-                       workers: int = 1, steps_per_execution: int = 1) -> str | None:
+                       workers: int = 1, steps_per_execution: int = 1,
+                       engine: str = DEFAULT_ENGINE) -> str | None:
     """Why a combination cannot run on ``backend`` (so the harness skips it), or None."""
-    if backend == "torch" and steps_per_execution > 1:
+    if engine == "native":
+        why = native_engine_limitation(backend, replicas, workers)
+        if why:
+            return why
+    elif backend == "torch" and steps_per_execution > 1:
         return ("Keras's torch backend runs one step per call (it refuses steps_per_execution > 1); "
-                "use --steps-per-execution 1 with --backend torch")
+                "use --steps-per-execution 1 with --backend torch, or --engine native")
     if backend == "torch" and replicas * workers > 1:
         return ("data parallelism is not implemented for torch: Keras's torch backend has no "
                 "keras.distribution engine and torch DDP is not wired in; use --backend "
@@ -330,6 +346,17 @@ def backend_limitation(backend: str, jit_compile: str, cpu_threads: int, replica
     if backend == "jax" and cpu_threads:
         return ("JAX's CPU thread count can only be set with XLA_FLAGS before it starts; "
                 "use --cpu-threads 0 with --backend jax")
+    return None
+
+
+def native_engine_limitation(backend: str, replicas: int = 1, workers: int = 1) -> str | None:
+    """Why ``--engine native`` cannot run on ``backend`` with this many devices, or None."""
+    if backend not in NATIVE_ENGINE_BACKENDS:
+        return (f"no native engine for {backend}: Keras's {backend} step is already one compiled "
+                f"tf.function (docs/method.md, Engines); use --engine keras, or --backend "
+                f"{' or '.join(NATIVE_ENGINE_BACKENDS)} for native")
+    if replicas * workers > 1:
+        return "the native engines train on one device; use --engine keras for --replicas/--workers > 1"
     return None
 
 

@@ -250,6 +250,14 @@ def train(
         raise ValueError(f"settings ask for the {settings.backend} backend but Keras runs on "
                          f"{backend}; set KERAS_BACKEND={settings.backend} before importing keras")
     backends.jit_compile_value(settings.jit_compile)   # refuses what this backend cannot do
+    if settings.engine == "native":   # the same network in the framework's own step (cifar_model.engines)
+        why = backend_limitation(backend, settings.jit_compile, settings.cpu_threads, settings.replicas,
+                                 settings.workers, settings.steps_per_execution, engine=settings.engine)
+        if why:
+            raise ValueError(why)
+        from cifar_model.engines import train_native
+        return train_native(dataset, settings, device=device, device_type=_device_type(device),
+                            callbacks=callbacks, device_memory_bytes=device_memory_bytes)
     n_train = len(dataset.x_train)
     data_placement = resolve_data_placement(settings.data_placement, _device_type(device),
                                             device_memory_bytes, training_set_bytes(n_train),

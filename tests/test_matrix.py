@@ -22,7 +22,8 @@ def two_values(d: matrix.Dimension) -> tuple:
     """Two distinct, concrete (non-auto) values of a dimension."""
     candidates = {"batch_size": (32, 64), "backend": ("tensorflow", "jax"), "precision": ("fp32", "mixed_bfloat16"),
                   "jit_compile": ("on", "off"), "cpu_threads": (0, 1), "steps_per_execution": (1, 4),
-                  "data_placement": ("host", "device"), "replicas": (1, 2), "workers": (1, 2)}
+                  "data_placement": ("host", "device"), "replicas": (1, 2), "workers": (1, 2),
+                  "engine": ("keras", "native")}
     return candidates[d.name]
 
 
