@@ -11,8 +11,8 @@ from bench.protocol import Event
 class Reporter:
     """What the user sees while a run goes on: plain log lines (not a terminal, CI logs)."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr   # now, not when this module loaded
 
     def __enter__(self):
         return self
