@@ -100,7 +100,7 @@ class EnergyReading:
     @classmethod
     def from_dict(cls, data: Mapping) -> EnergyReading:
         if not isinstance(data, Mapping):
-            raise ValueError(f"EnergyReading: expected an object, got {type(data).__name__}")
+            raise TypeError(f"EnergyReading: expected an object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -467,7 +467,7 @@ class EnergyResult:
     @classmethod
     def from_dict(cls, data: Mapping) -> EnergyResult:
         if not isinstance(data, Mapping):
-            raise ValueError(f"EnergyResult: expected an object, got {type(data).__name__}")
+            raise TypeError(f"EnergyResult: expected an object, got {type(data).__name__}")
         return cls(EnergyReading.from_dict(data["window"]), EnergyReading.from_dict(data["idle"]))
 
 
