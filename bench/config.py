@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import matrix
+from bench.cost import Prices, parse_prices
 from bench.devices import parse_device_ids
+from bench.energy import DEFAULT_MIN_WINDOW_S
 from bench.protocol import DataSpec
 from cifar_model.settings import DEFAULT_CONNECT_TIMEOUT_S, MAX_SEED, SPLITS, split_sizes, steps_per_epoch
 
@@ -150,6 +152,16 @@ def devices(text: str) -> tuple[str, ...]:
     return tuple(parse_device_ids(text))
 
 
+#: The longest --energy-window: an hour of extra steady steps per cell is already a lot.
+MAX_ENERGY_WINDOW_S = 3600
+
+
+def price_text(text: str) -> str:
+    """``--price`` checked by :func:`bench.cost.parse_prices` and kept as its canonical text
+    (env.json holds text); :attr:`RunConfig.prices` gives the typed prices."""
+    return ",".join(f"{key}={value:g}" for key, value in parse_prices(text).usd_per_hour.items())
+
+
 # --------------------------------------------------------------------------- the declaration
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +281,18 @@ SETTINGS: tuple[Setting, ...] = (
             help="stop a cell at the first evaluation at or above this held-out accuracy and record "
                  "its time to target (needs --eval-every and CIFAR-10) (default: seed-tta 0.65; "
                  "others none)"),
+    Setting(name="energy", example=None, flag="--energy", default=False,
+            help="measure each cell's energy over its steady window: the GPU board (NVML) or the CPU "
+                 "package and DRAM (RAPL); where it cannot be measured the row says why (docs/energy.md)"),
+    Setting(name="energy_window", example="10", flag="--energy-window", parse=seconds(MAX_ENERGY_WINDOW_S),
+            default=DEFAULT_MIN_WINDOW_S, metavar="SECONDS",
+            help=f"with --energy: a steady window shorter than this is extended with more steady steps "
+                 f"after evaluation (accuracy and train_s unchanged), at most {MAX_ENERGY_WINDOW_S:,.0f} "
+                 f"(default: {DEFAULT_MIN_WINDOW_S:g})"),
+    Setting(name="price", example="cpu=0.10,gpu:0=2.49", flag="--price", parse=price_text,
+            metavar="DEVICE_OR_MACHINE=USD_PER_HOUR,...",
+            help="hourly prices (cpu, gpu for any GPU, gpu:N, or a --machine-label): each row gains "
+                 "its cost, US dollars per notebook run and per million images (hours x price)"),
 )
 SETTING: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -304,6 +328,13 @@ class RunConfig:
     no_peak: bool = False
     eval_every: float | None = None       # epochs between held-out evaluations during training
     target_accuracy: float | None = None  # stop a cell at the first evaluation reaching it
+    energy: bool = False                  # --energy: meter each cell's steady window
+    energy_window: float = DEFAULT_MIN_WINDOW_S
+    price: str | None = None              # --price, canonical text; ``prices`` is the typed form
+
+    @property
+    def prices(self) -> Prices | None:
+        return parse_prices(self.price) if self.price else None
 
     @property
     def train_images(self) -> int:

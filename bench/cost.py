@@ -113,7 +113,6 @@ def _number(value) -> float | None:
 
 # ---------------------------------------------------------------------------- the picture
 
-TRADE_OFF_PNG = "time_vs_energy.png"
 _Y = {"energy": ("energy_seed_run_kwh", ("energy per notebook run, kWh, log scale\n"
                                         "(J per image in the steady window x 26 x 40,000 images)"), "energy"),
       "cost": ("cost_seed_run_usd", "US dollars per notebook run, log scale\n(hours x --price)", "cost")}
@@ -162,7 +161,7 @@ def trade_off_figure(runs: pd.DataFrame, measure: str = "energy"):
     None when no cell has both figures.
     """
     from bench import matrix
-    from bench.plots import _pyplot
+    from bench.plots import pyplot
 
     column, y_label, what = _Y[measure]
     ok = runs[runs["status"] == "ok"]
@@ -181,7 +180,7 @@ def trade_off_figure(runs: pd.DataFrame, measure: str = "energy"):
         labels.append(label)
     if not points:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 5.8))
     front = pareto_front(points)
     others = [i for i in range(len(points)) if i not in front]

@@ -73,6 +73,16 @@ class EnergyReading:
     steps: int = 0
     segments: int = 1                # windows summed into this one (the extension adds one)
 
+    def __post_init__(self):
+        """Checked when made: a worker's reading crosses a process boundary as untrusted JSON."""
+        from cifar_model.results import check_types
+
+        check_types(self)
+        numbers = (self.seconds, *(() if self.joules is None else (self.joules,)))
+        if not all(math.isfinite(n) and n >= 0 for n in numbers) or self.steps < 0 or self.segments < 1:
+            raise ValueError(f"EnergyReading: seconds, joules and steps must be finite and >= 0 "
+                             f"(got {self.seconds!r}, {self.joules!r}, {self.steps!r})")
+
     @property
     def watts(self) -> float | None:
         return self.joules / self.seconds if self.joules is not None and self.seconds > 0 else None
@@ -89,6 +99,8 @@ class EnergyReading:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> EnergyReading:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"EnergyReading: expected an object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -403,6 +415,8 @@ def cpu_meter(affinity: Collection[int], usable: float, root: Path = POWERCAP_RO
 def measure_idle(meter: EnergyMeter, seconds: float = IDLE_WINDOW_S,
                  sleep: Callable[[float], None] = time.sleep) -> EnergyReading:
     """The device's power while nothing is asked of it: call before the cell trains."""
+    if isinstance(meter, UnavailableMeter):     # nothing to wait for
+        return EnergyReading(meter.covers, 0.0, unavailable=meter.reason)
     meter.start()
     sleep(seconds)
     return meter.stop()
@@ -452,6 +466,8 @@ class EnergyResult:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> EnergyResult:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"EnergyResult: expected an object, got {type(data).__name__}")
         return cls(EnergyReading.from_dict(data["window"]), EnergyReading.from_dict(data["idle"]))
 
 

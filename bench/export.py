@@ -18,6 +18,9 @@ every worker: what a dashboard means by images/s), not one replica's.
   "value", "range", "extra"}``. Everything in such a file is smaller-is-better, so it holds
   the median step time and, where every repeat reached the target, the time to target;
   images/s, accuracy and every warning (a target not reached) go in ``extra``.
+- With ``--energy`` and ``--price``, each cell also exports its energy per 1,000 images (J)
+  and its dollars per notebook run, both smaller-is-better: Bencher measures ``energy`` and
+  ``cost``, and github-action-benchmark entries of their own beside the median step.
 - ``json`` (:func:`plain_json`) and ``summary --json`` (:func:`summary_json`): numbers as
   numbers, units in the keys, and every flag (synthetic data, a busy machine, why a cell
   failed or was skipped, a harness bug) beside the figures it qualifies.
@@ -122,6 +125,10 @@ class CellFigures:
     steady_steps: int
     flags: Flags = field(default_factory=Flags)
     time_to_target: TargetFigures | None = None    # None: no --target-accuracy in this cell
+    #: --energy (median of the repeats; None: not measured, ``energy_covers`` says why) and --price
+    energy_j_per_1k_images: float | None = None
+    energy_covers: str | None = None
+    cost_seed_run_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -191,8 +198,21 @@ def cell_figures(run: Run) -> list[CellFigures]:
             heldout_accuracy_fraction=float(accuracy.mean()) if len(accuracy) else None,
             heldout_images=int(measured["heldout_images"].iloc[0]) if len(measured) else 0,
             repeats=len(group), steady_steps=int(group["steady_steps"].fillna(0).sum()),
-            flags=flags_of(group), time_to_target=target_figures(group)))
+            flags=flags_of(group), time_to_target=target_figures(group),
+            energy_j_per_1k_images=_median(group, "energy_j_per_1k_images"),
+            energy_covers=_first_text(group, "energy_covers"),
+            cost_seed_run_usd=_median(group, "cost_seed_run_usd")))
     return out
+
+
+def _median(rows: pd.DataFrame, column: str) -> float | None:
+    """The median of a column's finite values (None: the column is absent or empty)."""
+    values = pd.to_numeric(rows[column], errors="coerce").dropna() if column in rows else pd.Series(dtype=float)
+    return float(values.median()) if len(values) else None
+
+
+def _first_text(rows: pd.DataFrame, column: str) -> str | None:
+    return next((v for v in rows[column] if isinstance(v, str) and v), None) if column in rows else None
 
 
 def _finite(value, fallback: float) -> float:
@@ -244,6 +264,10 @@ def bencher(run: Run) -> dict:
         if target is not None and target.seconds is not None:
             measures[TIME_TO_TARGET_MEASURE] = {"value": target.seconds, "lower_value": target.low_s,
                                                 "upper_value": target.high_s}
+        if cell.energy_j_per_1k_images is not None:
+            measures["energy"] = {"value": cell.energy_j_per_1k_images}
+        if cell.cost_seed_run_usd is not None:
+            measures["cost"] = {"value": cell.cost_seed_run_usd}
         out[cell.name] = measures
     return out
 
@@ -273,6 +297,22 @@ def github_action_benchmark(run: Run) -> list[dict]:
                         "extra": "\n".join([*cell.flags.texts(), f"{target.scoring}; MLPerf's clock: data "
                                             "loading + training + held-out evaluations to the one that "
                                             "reached the target", f"run: {run.run_id}"])})
+        out += _smaller_is_better_extras(cell, run)
+    return out
+
+
+def _smaller_is_better_extras(cell: CellFigures, run: Run) -> list[dict]:
+    """Energy per 1,000 images and dollars per notebook run, where measured: both smaller-is-better."""
+    note = f"{cell.energy_covers}; run: {run.run_id}"
+    out = []
+    if cell.energy_j_per_1k_images is not None:
+        out.append({"name": f"{cell.name} - energy per 1k images", "unit": "J",
+                    "value": round(cell.energy_j_per_1k_images, 4),
+                    "extra": f"energy over the steady window ({note}), median of {cell.repeats} repeat(s)"})
+    if cell.cost_seed_run_usd is not None:
+        out.append({"name": f"{cell.name} - cost per notebook run", "unit": "USD",
+                    "value": round(cell.cost_seed_run_usd, 6),
+                    "extra": f"projected hours x --price (26 epochs x 40,000 images); run: {run.run_id}"})
     return out
 
 
@@ -315,6 +355,9 @@ SUMMARY_NUMBERS = {
     "target_accuracy": "target_accuracy_fraction", "time_to_target_s": "time_to_target_s",
     "train_time_to_target_s": "train_time_to_target_s", "epochs_to_target": "epochs_to_target",
     "images_to_target": "images_to_target",
+    "energy_j_per_1k_images": "energy_j_per_1k_images",
+    "energy_avg_w": "energy_avg_w", "energy_seed_run_kwh": "energy_seed_run_kwh",
+    "cost_seed_run_usd": "cost_seed_run_usd", "cost_usd_per_million_images": "cost_usd_per_million_images",
 }
 
 
@@ -334,7 +377,8 @@ def summary_json(runs: pd.DataFrame, env: dict) -> dict:
                  **{k: _plain(values.get(k)) for k in ("device_id", "device_name", "device_type")},
                  **{d.name: _plain(values.get(d.name)) for d in matrix.DIMENSIONS},
                  "data": values.get("data") or None,
-                 **{key: _number(values.get(column)) for column, key in SUMMARY_NUMBERS.items()}}
+                 **{key: _number(values.get(column)) for column, key in SUMMARY_NUMBERS.items()},
+                 **{key: _first_text(frame.loc[[index]], key) for key in ("energy_covers", "cost_note")}}
         if values["status"] == "ok":
             flags = flags_of(frame.loc[[index]])
             entry.update(synthetic=flags.synthetic, busy=flags.busy, busy_note=flags.busy_note or None,

@@ -147,6 +147,8 @@ def run_config_from(args: argparse.Namespace, environ: Mapping[str, str] = os.en
         raise UsageError("--synthetic-images is used only with --data synthetic; drop one of them")
     if values["data"] == "synthetic" and values["data_dir"] is not None:
         raise UsageError("--data-dir is used only with --data cifar10; drop one of them")
+    if getattr(args, "energy_window", None) is not None and not values["energy"]:
+        raise UsageError("--energy-window is used only with --energy; add --energy or drop --energy-window")
     overrides = dict(profile)
     if values["cluster"] and not args.workers:
         overrides["workers"] = (len(values["cluster"]),)

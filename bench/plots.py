@@ -13,9 +13,12 @@ from cifar_model.settings import STRATEGY_DOCS
 THROUGHPUT_PNG = "throughput.png"
 STEP_TIMES_PNG = "step_times.png"
 SCALING_PNG = "scaling.png"
+TIME_VS_ENERGY_PNG = "time_vs_energy.png"
+TIME_VS_COST_PNG = "time_vs_cost.png"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot drawing into files only (the Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works on servers and CI without a display
@@ -37,7 +40,7 @@ def throughput_plot(runs: pd.DataFrame, path: Path) -> Path | None:
     ok = runs[(runs["status"] == "ok") & runs["images_per_s"].notna()]
     if ok.empty:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     varying = [d for d in matrix.varying_dimensions([ok]) if d != "batch_size"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     keys = ["device_id", "device_name", *varying]
@@ -70,7 +73,7 @@ def step_time_plot(runs: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path 
     steady = steps[~steps["warmup"].astype(bool)]
     if ok.empty or steady.empty:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     varying = [d for d in matrix.varying_dimensions([ok]) if d != "batch_size"]
     batches = sorted(ok["batch_size"].unique())
     most = max(len(ok[ok["batch_size"] == b].groupby(["device_id", *varying], dropna=False)) for b in batches)
@@ -117,7 +120,7 @@ def comparison_plot(cells: pd.DataFrame, path: Path, title: str = "Training thro
     ok = cells[(cells["status"] == "ok") & cells["images_per_s"].notna()]
     if ok.empty:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     varying = [d for d in matrix.varying_dimensions([ok]) if d != "batch_size"]
     fig, ax = plt.subplots(figsize=(8, 5.6))
     keys = ["machine", "device_type", "device_id", "device_name", *varying]
@@ -169,7 +172,7 @@ def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
     ok["total_replicas"] = pd.to_numeric(ok["total_replicas"], errors="coerce").fillna(1)
     if not (ok["total_replicas"] > 1).any():
         return None
-    plt = _pyplot()
+    plt = pyplot()
     varying = [d for d in matrix.varying_dimensions([ok]) if d not in ("replicas", "workers")]
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     checks = False
@@ -213,7 +216,15 @@ def scaling_plot(runs: pd.DataFrame, path: Path) -> Path | None:
 
 
 def write_plots(runs: pd.DataFrame, steps: pd.DataFrame, directory: Path) -> list[Path]:
+    """Every picture the run's rows can draw: throughput, step spread, scaling, and, where
+    --energy or --price filled their columns, time per notebook run against energy or cost."""
+    from bench.cost import trade_off_plot
+
     made = [throughput_plot(runs, directory / THROUGHPUT_PNG),
             step_time_plot(runs, steps, directory / STEP_TIMES_PNG),
             scaling_plot(runs, directory / SCALING_PNG)]
+    for measure, column, name in (("energy", "energy_covers", TIME_VS_ENERGY_PNG),
+                                  ("cost", "cost_note", TIME_VS_COST_PNG)):
+        if column in runs and runs[column].map(lambda v: isinstance(v, str) and v != "").any():
+            made.append(trade_off_plot(runs, directory / name, measure))
     return [p for p in made if p is not None]

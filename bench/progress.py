@@ -12,7 +12,7 @@ class Reporter:
     """What the user sees while a run goes on: plain log lines (not a terminal, CI logs)."""
 
     def __init__(self, stream=None):
-        self.stream = stream or sys.stderr     # looked up now, not at import: stderr may have been replaced
+        self.stream = stream if stream is not None else sys.stderr   # now, not when this module loaded
 
     def __enter__(self):
         return self

@@ -20,6 +20,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.energy import EnergyResult, EnergySpec
 from cifar_model.results import TrainResult, check_types, strict_fields
 from cifar_model.settings import TrainSettings
 
@@ -78,10 +79,12 @@ class CellSpec:
     device_type: str                 # "CPU" or "GPU" (the only one the worker can see)
     settings: TrainSettings
     data: DataSpec
+    energy: EnergySpec | None = None     # --energy: what to meter (None: nothing)
 
     def to_json(self) -> str:
         return json.dumps({"cell_id": self.cell_id, "device_type": self.device_type,
-                           "settings": self.settings.to_dict(), "data": asdict(self.data)})
+                           "settings": self.settings.to_dict(), "data": asdict(self.data),
+                           "energy": self.energy.to_dict() if self.energy is not None else None})
 
     @classmethod
     def from_json(cls, text: str) -> "CellSpec":
@@ -89,7 +92,8 @@ class CellSpec:
         try:
             return cls(cell_id=str(raw["cell_id"]), device_type=str(raw["device_type"]),
                        settings=TrainSettings.from_dict(raw["settings"]),
-                       data=_from_dict(DataSpec, raw["data"]))
+                       data=_from_dict(DataSpec, raw["data"]),
+                       energy=EnergySpec.from_dict(raw["energy"]) if raw.get("energy") is not None else None)
         except (ValueError, KeyError, TypeError) as exc:
             raise ProtocolError(f"bad cell spec: {exc}") from None
 
@@ -128,6 +132,7 @@ class WorkerResult:
     device_name: str | None
     versions: dict[str, str | int | None]
     started_at: str | None
+    energy: EnergyResult | None = None   # with --energy: the steady window and the idle power before it
 
     def __post_init__(self):
         check_types(self)
@@ -144,8 +149,10 @@ class WorkerResult:
         """From :meth:`to_dict`'s output, strictly; any problem is one :class:`ProtocolError`."""
         try:
             values = strict_fields(cls, data)
-            return cls(**{**values, "train": TrainResult.from_dict(values["train"])})
-        except (TypeError, ValueError) as exc:
+            energy = values.get("energy")
+            return cls(**{**values, "train": TrainResult.from_dict(values["train"]),
+                          "energy": EnergyResult.from_dict(energy) if energy is not None else None})
+        except (TypeError, ValueError, KeyError) as exc:
             raise ProtocolError(f"bad worker result: {exc}") from None
 
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from bench import matrix, stats
 from bench.contention import Contention
+from bench.cost import CostColumns, Prices
+from bench.energy import EnergyColumns
 from bench.protocol import WorkerResult
 from bench.tta import CURVE_COLUMNS
 from cifar_model.results import CurvePoint, StepRecord, TrainResult
@@ -158,8 +160,13 @@ def _cell_columns() -> dict[str, Column]:
     return {name: Column(doc, dtype) for name, (doc, dtype) in matrix.columns().items()}
 
 
+#: --energy and --price: declared in bench.energy and bench.cost, empty unless asked for.
+_ENERGY_AND_COST = {name: Column(doc, dtype) for name, (doc, dtype)
+                    in {**EnergyColumns.schema(), **CostColumns.schema()}.items()}
+
 #: runs.csv, in order: column -> what it holds and its dtype. Times are seconds of wall time.
-RUN_COLUMNS: dict[str, Column] = {**_IDENTITY, **_cell_columns(), **_MEASURED, **_TIME_TO_TARGET}
+RUN_COLUMNS: dict[str, Column] = {**_IDENTITY, **_cell_columns(), **_MEASURED, **_TIME_TO_TARGET,
+                                   **_ENERGY_AND_COST}
 STEP_COLUMNS: dict[str, Column] = {
     "run_id": Column("the run", "text"),
     "cell_id": Column("the cell (runs.csv)", "text"),
@@ -218,7 +225,8 @@ def failed_row(planned_: dict, reason: str, contention: dict | None = None) -> "
 
 
 def ok_row(planned_: dict, result: WorkerResult, yardstick: Yardstick | None = None,
-           contention: dict | None = None, peers: Sequence[WorkerResult] = ()) -> "RunRow":
+           contention: dict | None = None, peers: Sequence[WorkerResult] = (),
+           prices: Prices | None = None) -> "RunRow":
     """A measured cell: the worker's typed result condensed into the schema's columns.
 
     Every figure comes from :class:`cifar_model.TrainResult`'s own fields and properties;
@@ -226,6 +234,8 @@ def ok_row(planned_: dict, result: WorkerResult, yardstick: Yardstick | None = N
     chose the cell is measured against (its ``peak_note`` says why a measured peak was not
     used); ``contention`` what :mod:`bench.contention` saw while the cell ran; ``peers`` the
     other workers' results of a multi-worker cell (their slowest median step is kept).
+    With ``--energy`` the worker's reading fills the energy columns (or says why it could
+    not); with ``--price`` the cost columns are hours x price of the projected notebook run.
     A cell with no steady step is a clear ``ok`` row without steady figures, and says so.
     """
     train = result.train
@@ -262,6 +272,12 @@ def ok_row(planned_: dict, result: WorkerResult, yardstick: Yardstick | None = N
                     if peer.train.steady_step_seconds]
     if peer_medians:
         values["peer_step_median_s"] = max(peer_medians)
+    if result.energy is not None:
+        values.update(EnergyColumns.build(result.energy.window, result.energy.idle, train.global_batch_size,
+                                          SEED_RUN.epochs * SEED_RUN.train_images).as_row())
+    if prices is not None:   # before the steady figures: a cell without them still says its price
+        values.update(CostColumns.build(prices, planned_["device_id"], planned_.get("machine_label"),
+                                        None, None).as_row())
     if not train.steady_step_seconds:
         values["reason"] = (f"no steady steps: all {train.total_steps} step(s) were warm-up; "
                             "lower --warmup or raise --steps")
@@ -279,6 +295,9 @@ def ok_row(planned_: dict, result: WorkerResult, yardstick: Yardstick | None = N
         projected_seed_run_s=SEED_RUN.projected_seconds(train.global_batch_size, summary.mean),
         achieved_tflops=achieved_tflops,
     )
+    if prices is not None:
+        values.update(CostColumns.build(prices, planned_["device_id"], planned_.get("machine_label"),
+                                        values["projected_seed_run_s"], values["global_images_per_s"]).as_row())
     if train.unsynced_images_per_s is not None:
         values.update(unsynced_images_per_s=train.unsynced_images_per_s,
                       sync_overhead_pct=100 * (1 - values["images_per_s"] / train.unsynced_images_per_s))

@@ -261,6 +261,11 @@ class CellComparison:
     current_pressure_pct: float | None = None
     attempts: list[str] = field(default_factory=list)  # with --retry: earlier attempts' verdicts
     time_to_target: str = ""        # the time-to-target comparison (target_verdict), "" when no target
+    #: --energy / --price figures of each side (median of its repeats; None: not measured there)
+    baseline_energy_j_per_1k_images: float | None = None
+    current_energy_j_per_1k_images: float | None = None
+    baseline_cost_seed_run_usd: float | None = None
+    current_cost_seed_run_usd: float | None = None
 
 
 @dataclass
@@ -534,6 +539,7 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
                             for item in ENV_FIELDS if item.resource)
     base_maths, cur_maths = _maths(baseline, match_keys), _maths(current, match_keys)
     base_groups, cur_groups = _ok_groups(baseline, match_keys), _ok_groups(current, match_keys)
+    base_costs, cur_costs = _energy_and_cost(baseline, match_keys), _energy_and_cost(current, match_keys)
     for key in matched:
         spec, base, base_load = base_cells[key]
         _, cur, cur_load = cur_cells[key]
@@ -566,8 +572,29 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             current_contention=_contention_text(cur_load),
             baseline_pressure_pct=base_load.pressure_pct if base_load else None,
             current_pressure_pct=cur_load.pressure_pct if cur_load else None,
-            time_to_target=target.text if target else ""))
+            time_to_target=target.text if target else "",
+            **{f"baseline_{name}": value for name, value in base_costs.get(key, {}).items()},
+            **{f"current_{name}": value for name, value in cur_costs.get(key, {}).items()}))
     return comparison
+
+
+ENERGY_AND_COST = ("energy_j_per_1k_images", "cost_seed_run_usd")
+
+
+def _energy_and_cost(run: Run, keys: tuple[str, ...]) -> dict[tuple, dict[str, float]]:
+    """Each ok cell's key -> its measured energy per 1,000 images and cost per notebook run
+    (median over repeats), where ``--energy`` / ``--price`` recorded them."""
+    present = [c for c in ENERGY_AND_COST if c in run.runs]
+    if not present:
+        return {}
+    ok = run.runs[run.runs["status"] == "ok"]
+    out = {}
+    for key, group in ok.groupby(list(keys), sort=False, dropna=False):
+        figures = {c: float(v) for c in present
+                   if pd.notna(v := pd.to_numeric(group[c], errors="coerce").median())}
+        if figures:
+            out[tuple(str(matrix.plain(v)) for v in key)] = figures
+    return out
 
 
 def _maths(run: Run, keys: tuple[str, ...]) -> dict[tuple, str]:
@@ -699,6 +726,11 @@ def verdict_text(cell: CellComparison) -> str:
 def comparison_frame(comparison: Comparison) -> pd.DataFrame:
     level = f"{comparison.confidence * 100:g} %"
     measured = any(c.baseline_contention or c.current_contention for c in comparison.cells)
+    # energy and cost beside speed where both runs measured them for some cell
+    energy = any(c.baseline_energy_j_per_1k_images is not None and c.current_energy_j_per_1k_images is not None
+                 for c in comparison.cells)
+    cost = any(c.baseline_cost_seed_run_usd is not None and c.current_cost_seed_run_usd is not None
+               for c in comparison.cells)
     return pd.DataFrame([{
         "Cell": c.cell,
         "Baseline images/s": f"{c.baseline_images_per_s:,.1f}",
@@ -710,7 +742,18 @@ def comparison_frame(comparison: Comparison) -> pd.DataFrame:
         "Repeats": f"{c.baseline_repeats}/{c.current_repeats}",
         **({"Machine (base / current)": f"{c.baseline_contention or '?'} / {c.current_contention or '?'}"}
            if measured else {}),
+        **({"J/1k images (base / current)": _pair(c.baseline_energy_j_per_1k_images,
+                                                  c.current_energy_j_per_1k_images, "{:,.1f}")}
+           if energy else {}),
+        **({"$ per notebook run (base / current)": _pair(c.baseline_cost_seed_run_usd,
+                                                          c.current_cost_seed_run_usd, "{:,.4f}")}
+           if cost else {}),
     } for c in comparison.cells])
+
+
+def _pair(before: float | None, after: float | None, form: str) -> str:
+    """Both sides' figure; "not measured" where one side has none."""
+    return " / ".join(form.format(v) if v is not None else "not measured" for v in (before, after))
 
 
 def comparison_markdown(comparison: Comparison) -> str:
@@ -741,6 +784,11 @@ def comparison_markdown(comparison: Comparison) -> str:
                          ("only in the run", comparison.only_in_current)):
         if cells:
             lines.append(f"- Cells {label} (not compared): {'; '.join(cells)}.")
+    if any(column.startswith(("J/1k", "$ per")) for column in comparison_frame(comparison).columns):
+        lines.append("- J/1k images: energy over each cell's steady window per 1,000 images (--energy; "
+                     "what it covers is in runs.csv, energy_covers); $ per notebook run: projected "
+                     "hours of 26 epochs x 40,000 images x --price. Both: median of the repeats, "
+                     "smaller is better; shown where both runs measured them.")
     lines += [f"- {note}" for note in comparison.notes]
     if comparison.environment_differences:
         lines.append("- WARNING: the environments differ: "

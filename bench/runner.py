@@ -22,6 +22,7 @@ from pathlib import Path
 from bench import matrix, process, record, yardsticks
 from bench.config import RunConfig
 from bench.devices import Requested
+from bench.energy import EnergySpec
 from bench.launch import backend_missing, worker_environment
 from bench.errors import Stopped
 from bench.progress import Reporter
@@ -86,7 +87,18 @@ def cell_spec(cell: matrix.Cell, config: RunConfig, cluster: tuple[str, ...] = (
                     settings=cell.settings(**config.run_wide(cell.repeat),
                                            cluster=cluster if cell["workers"] > 1 else (),
                                            task_index=task_index if cell["workers"] > 1 else 0),
-                    data=config.source)
+                    data=config.source, energy=energy_spec(cell, config))
+
+
+def energy_spec(cell: matrix.Cell, config: RunConfig) -> EnergySpec | None:
+    """What a cell's worker meters with ``--energy``: its GPUs in NVML's numbering (PCI order,
+    as ``gpu:N`` is; NVML ignores CUDA_VISIBLE_DEVICES), or the CPU package ((): a CPU cell)."""
+    if not config.energy:
+        return None
+    found = cell.device.found
+    gpus = (tuple(found.index + i for i in range(cell["replicas"]))
+            if cell.device_type == "GPU" and found is not None else ())
+    return EnergySpec(min_window_s=config.energy_window, nvml_indices=gpus)
 
 
 def contention_sampler(usable_cpus: float | None, interval_s: float = 0.5):
@@ -333,7 +345,8 @@ def _run_cell(cell: matrix.Cell, planned, writer: RunWriter, context: RunContext
         if result.result is None:
             return record.failed_row(planned, result.reason, contention), [], []
         yardstick = yardsticks.for_cell(cell, result.result.train, context.measured_peaks, context.theoretical)
-        row = record.ok_row(planned, result.result, yardstick, contention=contention, peers=peer_results)
+        row = record.ok_row(planned, result.result, yardstick, contention=contention, peers=peer_results,
+                            prices=config.prices)
         row = record.with_scaling(row, writer.rows, scaling_note(cell, config, context.usable_cpus))
         return (row, record.step_rows(context.run_id, cell.cell_id, result.result.train.records),
                 record.curve_rows(cell.cell_id, cell.repeat, result.result.train.curve))

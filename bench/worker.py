@@ -25,6 +25,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 
+from bench.energy import EnergyResult, UnavailableMeter, energy_callback, measure_idle
 from bench.protocol import PROBE_MARK, CellSpec, PeakSpec, WorkerResult, emit
 PARENT_POLL_S = 0.5
 _STARTED = time.perf_counter()
@@ -88,9 +89,20 @@ def run_cell(spec: CellSpec) -> WorkerResult:
     settings = spec.settings
     progress = Progress(evaluates=not dataset.synthetic and settings.eval_images != 0)
     cpu_meter = CpuMeter(usable_cpus().count)
-    emit("phase", phase="building the model")
-    result = train(dataset, settings, device="gpu:0" if spec.device_type == "GPU" else "cpu:0",
-                   callbacks=[progress, cpu_meter])
+    meter, energy = open_energy_meter(spec), None
+    try:
+        if meter is not None:
+            emit("phase", phase="measuring idle power")
+            idle = measure_idle(meter)
+            window = energy_callback(meter, settings.warmup_steps, spec.energy.min_window_s)
+        emit("phase", phase="building the model")
+        result = train(dataset, settings, device="gpu:0" if spec.device_type == "GPU" else "cpu:0",
+                       callbacks=[progress, cpu_meter, *([window] if meter is not None else [])])
+        if meter is not None:
+            energy = EnergyResult(window.reading, idle)
+    finally:
+        if meter is not None:
+            meter.close()
     if not early:
         gpu = backends.accelerator_name()
     return WorkerResult(
@@ -98,7 +110,19 @@ def run_cell(spec: CellSpec) -> WorkerResult:
         startup_seconds=startup_seconds, peak_rss_bytes=peak_rss_bytes(),
         peak_gpu_bytes=backends.peak_device_memory_bytes(), cpu_util_pct=cpu_meter.percent,
         device_name=gpu if spec.device_type == "GPU" else None,
-        versions=backends.framework_versions(), started_at=started_at)
+        versions=backends.framework_versions(), started_at=started_at, energy=energy)
+
+
+def open_energy_meter(spec: CellSpec):
+    """The cell's energy meter (None without --energy). A multi-worker cell is not metered: each
+    worker would read the same package or boards, and the extension would stall its peers."""
+    if spec.energy is None:
+        return None
+    if spec.settings.workers > 1:
+        covers = "GPU boards" if spec.energy.nvml_indices else "CPU package"
+        return UnavailableMeter(covers, f"multi-worker cells ({spec.settings.workers} workers) are not metered: "
+                                        "each worker would count the same devices")
+    return spec.energy.open_meter()
 
 
 def run_peak(spec: PeakSpec) -> dict:

@@ -18,6 +18,7 @@ are flagged as warm-up and reported apart from the steady state.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -336,6 +337,8 @@ def train(
         train_seconds = time.perf_counter() - started - curve_eval_seconds
 
         evaluation = _evaluate(model, dataset, settings, logits_of)
+        if not multi_worker:
+            _extend_measured_windows(trainer, pipeline, steps, callbacks)
 
         unsynced_steps, unsynced_seconds = 0, None
         if settings.unsynced_steps:
@@ -373,6 +376,22 @@ def train(
         curve=tuple(curve.points) if curve is not None else (), curve_eval_seconds=curve_eval_seconds,
         target_accuracy=settings.target_accuracy,
     )
+
+
+def _extend_measured_windows(trainer: keras.Model, pipeline, steps: int,
+                             callbacks: Sequence[keras.callbacks.Callback]) -> None:
+    """Train more steady steps for callbacks that measure a window needing a minimum length.
+
+    A callback asks through an ``extra_steps_wanted()`` method (looked up by name: the energy
+    meter lives in the harness, which this package never imports). The steps run after
+    evaluation with only those callbacks, so accuracy, ``train_seconds`` and the step records
+    are those of the planned run; the model trains on, unused afterwards.
+    """
+    asking = [c for c in callbacks if callable(getattr(c, "extra_steps_wanted", None))]
+    wanted = max((c.extra_steps_wanted() for c in asking), default=0)
+    if wanted > 0:
+        trainer.fit(pipeline, epochs=math.ceil(wanted / steps), steps_per_epoch=min(wanted, steps),
+                    shuffle=False, verbose=0, callbacks=asking)
 
 
 def _evaluate(model: keras.Model, dataset: Dataset, settings: TrainSettings,

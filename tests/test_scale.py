@@ -301,7 +301,7 @@ def test_scaling_plot_draws_each_engine_and_jax_in_and_across_processes_apart(tm
     not averaged into one)."""
     from bench import plots
 
-    pyplot = plots._pyplot()
+    pyplot = plots.pyplot()
     drawn = {}
     monkeypatch.setattr(pyplot, "close", lambda fig: drawn.update(
         {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()}))

@@ -14,9 +14,11 @@ Like the real worker it exits when its parent dies (:func:`bench.worker.watch_pa
 answers ``--probe`` (no GPU, a fake TensorFlow) and ``--peak`` (1 TFLOP/s in every precision, a
 real ``bench.yardsticks.MeasuredPeak``).
 With ``FAKE_WORKER_PIDS`` set, it appends "<pid> <batch size>" to that file on start, so a test
-can find it and check it is gone.
+can find it and check it is gone. With ``--energy`` it sends an energy result: "not available"
+unless ``FAKE_ENERGY_WATTS`` gives a power (idle: half of it), see :func:`fake_energy`.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -27,6 +29,7 @@ from pathlib import Path
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # this checkout's bench, not an installed one
 from fake_results import fake_result  # same folder: on sys.path when run as a script
 
+from bench.energy import EnergyReading, EnergyResult, EnergySpec, steps_to_add
 from bench.protocol import PROBE_MARK, CellSpec, PeakSpec, emit
 from bench.worker import watch_parent
 from cifar_model.settings import PRECISIONS
@@ -91,6 +94,8 @@ def main():
                          math=math, math_note="fake: the backend's default", epochs=settings.epochs,
                          steps_per_epoch=per_epoch, curve=curve, curve_eval_seconds=sum(p.eval_seconds for p in curve),
                          target_accuracy=settings.target_accuracy)
+    if spec.energy is not None:
+        result = dataclasses.replace(result, energy=fake_energy(spec.energy, steps - warmup, step))
     emit("result", result=result.to_dict())
 
 
@@ -114,6 +119,22 @@ def fake_curve(settings, per_epoch: int, steps: int, step_s: float):
         if settings.target_accuracy is not None and accuracy >= settings.target_accuracy:
             break
     return curve, done
+
+
+def fake_energy(energy: EnergySpec, steady_steps: int, step_s: float) -> EnergyResult:
+    """With ``$FAKE_ENERGY_WATTS`` a reading at that power over the steady steps, extended to the
+    minimum window as the real worker extends it (a second segment); else why not."""
+    covers = "GPU board" if energy.nvml_indices else "CPU package-0 (fake)"
+    watts = os.environ.get("FAKE_ENERGY_WATTS")
+    if watts is None:
+        why = "fake worker: no energy counter"
+        return EnergyResult(EnergyReading(covers, 0.0, unavailable=why), EnergyReading(covers, 0.0, unavailable=why))
+    window = EnergyReading(covers, steady_steps * step_s, float(watts) * steady_steps * step_s, method="fake counter",
+                           steps=steady_steps)
+    extra = steps_to_add(window.seconds, step_s, energy.min_window_s)
+    if extra:
+        window = window.plus(EnergyReading(covers, extra * step_s, float(watts) * extra * step_s, steps=extra))
+    return EnergyResult(window, EnergyReading(covers, 3.0, 3.0 * float(watts) / 2, method="fake counter"))
 
 
 if __name__ == "__main__":
