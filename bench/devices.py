@@ -447,7 +447,9 @@ def render_devices(inventory: Inventory, probes: dict | None = None) -> str:
         version = (probe.get("versions") or {}).get(backend, "?")
         gpus = [g.get("name") for g in probe.get("gpus") or []]
         lines.append(f"backend {backend} {version}: sees the CPU"
-                     + (f" and {len(gpus)} GPU(s): {', '.join(map(str, gpus))}" if gpus else ", no GPU"))
+                     + (f" and {len(gpus)} GPU(s): {', '.join(map(str, gpus))}" if gpus else ", no GPU")
+                     + "; engines: " + ", ".join(engine if not why else f"{engine} (not here: {why})"
+                                                 for engine, why in engines(backend).items()))
     if not inventory.gpus:
         lines.append("No GPU found (NVML and TensorFlow see none).")
     lines += [f"note: {n}" for n in inventory.notes]

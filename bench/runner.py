@@ -180,7 +180,7 @@ def skip_reason(cell: matrix.Cell, config: RunConfig | None = None,
         available = gpu_count - cell.device.found.index
     return backend_missing(cell["backend"]) or backend_limitation(
         cell["backend"], cell["jit_compile"], cell["cpu_threads"], cell["replicas"], cell["workers"],
-        cell["steps_per_execution"]
+        cell["steps_per_execution"], cell["engine"]
     ) or parallel_limitation(cell.device_type, cell["replicas"], cell["workers"], cell["data_placement"],
                              cell["steps_per_execution"],
                              config.unsynced_steps if config is not None else 0, available)
