@@ -17,7 +17,7 @@ import pytest
 from bench import cli, export, process, store
 from bench.energy import EnergyReading, EnergyResult, EnergySpec
 from bench.protocol import CellSpec, ProtocolError, WorkerResult
-from bench.record import NOTEBOOK_EPOCHS, NOTEBOOK_TRAIN_IMAGES
+from cifar_model.settings import SEED_RUN
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from fake_results import fake_result
@@ -89,7 +89,7 @@ def test_a_measured_window_fills_every_energy_column_and_reaches_exports_compare
     assert a["energy_above_idle_j_per_1k_images"].tolist() == pytest.approx([25.0, 25.0])
     assert (a["energy_window_s"] >= 2).all()                         # extended to --energy-window
     assert a["energy_seed_run_kwh"].tolist() == pytest.approx(
-        [0.05 * NOTEBOOK_EPOCHS * NOTEBOOK_TRAIN_IMAGES / 3.6e6] * 2)
+        [0.05 * SEED_RUN.epochs * SEED_RUN.train_images / 3.6e6] * 2)
     assert (tmp_path / "a" / "time_vs_energy.png").is_file()
 
     run = store.read_run(tmp_path / "a")
