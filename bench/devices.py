@@ -267,9 +267,9 @@ def nvml_view() -> NvmlView:
             for index in range(lib.nvmlDeviceGetCount()):
                 handle = lib.nvmlDeviceGetHandleByIndex(index)
                 gpus.append(NvmlGpu(index=index, name=nvml.text(lib.nvmlDeviceGetName(handle)),
-                                    memory_bytes=_optional(lambda: int(
+                                    memory_bytes=_optional(lambda handle=handle: int(
                                         lib.nvmlDeviceGetMemoryInfo(handle).total)),
-                                    compute_capability=_optional(lambda: "{}.{}".format(
+                                    compute_capability=_optional(lambda handle=handle: "{}.{}".format(
                                         *lib.nvmlDeviceGetCudaComputeCapability(handle)))))
             cuda = _optional(lib.nvmlSystemGetCudaDriverVersion)
             return NvmlView(gpus=tuple(gpus),

@@ -608,7 +608,8 @@ def _finish(fleet: dict, runs: list[_MachineRun], outcome: FleetOutcome, say) ->
             run.writer.flush()
             rows = run.writer.frame()
             if len(rows):
-                write_atomically(run.writer.directory / store.SUMMARY_MD, tables.markdown([tables.in_memory(rows, run.env, run.writer.directory)]))
+                write_atomically(run.writer.directory / store.SUMMARY_MD,
+                                 tables.markdown([tables.in_memory(rows, run.env, run.writer.directory)]))
                 plots.write_plots(rows, session.steps_frame(run.writer.steps), run.writer.directory)
             outcome.failed += [f"{run.machine.label}: {r['cell_id']}: {r['reason']}"
                                for r in run.writer.rows if r["status"] == "failed"]

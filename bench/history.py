@@ -205,7 +205,8 @@ def build(sources: Sequence[_Source], problems: Sequence[str] = (), noise: Seque
                     why = "check matched no steady steps of this cell in both runs"
             points.append(HistoryPoint(
                 series=f"{machine} · {label}", machine=machine, cell=label, run_id=source.name,
-                kind=source.kind, baselines=source.baselines, path=str(source.run.directory), date=source.date, commit=source.commit,
+                kind=source.kind, baselines=source.baselines, path=str(source.run.directory), date=source.date,
+                commit=source.commit,
                 images_per_s=images, change_pct=change, verdict=verdict, why=why))
             previous[series_key] = (index, images)
     by_series = {(p.machine, p.cell): p.series for p in points}

@@ -16,10 +16,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.devices import Device, Requested, auto_precision
-from cifar_model.settings import (BACKENDS, DATA_PLACEMENTS, DEFAULT_BACKEND, DEFAULT_ENGINE,
-                                  ENGINE_KINDS, JIT_COMPILE, NATIVE_ENGINE_BACKENDS, PRECISIONS,
-                                  TrainSettings, resolve_data_placement, training_set_bytes)
-
+from cifar_model.settings import (
+    BACKENDS,
+    DATA_PLACEMENTS,
+    DEFAULT_BACKEND,
+    DEFAULT_ENGINE,
+    ENGINE_KINDS,
+    JIT_COMPILE,
+    NATIVE_ENGINE_BACKENDS,
+    PRECISIONS,
+    TrainSettings,
+    resolve_data_placement,
+    training_set_bytes,
+)
 
 # --------------------------------------------------------------------------- value parsers
 

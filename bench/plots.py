@@ -81,7 +81,7 @@ def step_time_plot(runs: pd.DataFrame, steps: pd.DataFrame, path: Path) -> Path 
                              sharey=True, squeeze=False)
     for ax, batch in zip(axes[0], batches):
         data, labels = [], []
-        for key, cells in ok[ok["batch_size"] == batch].groupby(
+        for _key, cells in ok[ok["batch_size"] == batch].groupby(
                 ["device_id", "device_name", *varying], sort=False, dropna=False):
             cell_steps = steady[steady["cell_id"].isin(cells["cell_id"])]
             if len(cell_steps):
@@ -127,7 +127,7 @@ def comparison_plot(cells: pd.DataFrame, path: Path, title: str = "Training thro
     groups = sorted(ok.groupby(keys, sort=False, dropna=False), key=lambda g: (
         list(dict.fromkeys(ok["machine"])).index(g[0][0]), g[0][1] != "CPU", str(g[0][2])))
     markers = "osD^v<>ph*"
-    for i, (key, series) in enumerate(groups):
+    for i, (_key, series) in enumerate(groups):
         points = series.groupby("batch_size")["images_per_s"].median().sort_index()
         first = series.iloc[0]
         device = first["device_name"] or first["device_id"]

@@ -24,7 +24,7 @@ from cifar_model.results import CurvePoint, StepRecord, TrainResult
 from cifar_model.settings import SEED_RUN
 
 if TYPE_CHECKING:                        # bench.yardsticks reads the peak cache through store,
-    from bench.yardsticks import Yardstick   # which imports this module
+    from bench.yardsticks import Yardstick  # which imports this module
 
 STATUSES = ("ok", "skipped", "failed")
 

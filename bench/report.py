@@ -216,7 +216,8 @@ def headline_bars(cells: Sequence[ReportCell]) -> Headline | None:
     several_runs = len({c.run_id for c in shown}) > len({c.machine for c in shown})
     bars = [{"label": c.label + (f" · bs{c.batch_size}" if not at_notebook_batch else "")
              + (f" ({c.run_id})" if several_runs else ""),
-             "device_type": c.device_type, "minutes": seconds[id(c)] / 60, "time": tables.format_duration(seconds[id(c)]),
+             "device_type": c.device_type, "minutes": seconds[id(c)] / 60,
+             "time": tables.format_duration(seconds[id(c)]),
              "ratio": slowest / seconds[id(c)],
              "text": f"{tables.format_duration(seconds[id(c)])} · "
                      + ("reference" if c is reference else f"{slowest / seconds[id(c)]:,.1f}×"),
@@ -628,7 +629,8 @@ COLUMN_HELP = {
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1180px;padding:16px 24px;color:#222}
 h1{font-size:22px;margin:8px 0} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
-.caption{color:#555;font-size:12.5px;max-width:900px} .warning{font-size:12.5px;max-width:900px;background:#fff6dc;padding:3px 6px} .absent{color:#777;font-style:italic}
+.caption{color:#555;font-size:12.5px;max-width:900px}
+.warning{font-size:12.5px;max-width:900px;background:#fff6dc;padding:3px 6px} .absent{color:#777;font-style:italic}
 table{border-collapse:collapse;font-size:12.5px;width:100%} th,td{padding:3px 6px;border-bottom:1px solid #eee;
 text-align:left;vertical-align:top;white-space:nowrap} .table-wrap{overflow-x:auto;max-height:80vh}
 td.wrap{white-space:normal;min-width:260px} th{cursor:pointer;background:#f6f6f6;position:sticky;top:0;user-select:none}
@@ -703,10 +705,12 @@ function render(){
           ' steps (epochs × steps per epoch), ' + r.split + ' split';
       }
       if (c.key === 'device'){
-        for (const [text, title] of r.badges) td.append(' ', badge(text, title, text.startsWith('⚠') || text.startsWith('busy') ? 'warn' : ''));
+        for (const [text, title] of r.badges)
+          td.append(' ', badge(text, title, text.startsWith('⚠') || text.startsWith('busy') ? 'warn' : ''));
       }
       if (c.key === 'speedup_vs_cpu' && r.status === 'ok' && r.speedup_vs_cpu === null){
-        td.replaceChildren(badge('no CPU row', 'No CPU row of this machine at the same batch size and settings: no ratio.', 'skipped'));
+        td.replaceChildren(badge('no CPU row',
+          'No CPU row of this machine at the same batch size and settings: no ratio.', 'skipped'));
       }
       tr.append(td);
     }
@@ -715,7 +719,8 @@ function render(){
   count.textContent = list.length + ' of ' + rows.length + ' rows';
 }
 for (const r of rows){
-  r._search = columns.map(c => shown(r[c.key], c.key)).concat(r.status, r.reason || '', r.badges.map(b => b[0])).join(' ').toLowerCase();
+  r._search = columns.map(c => shown(r[c.key], c.key))
+    .concat(r.status, r.reason || '', r.badges.map(b => b[0])).join(' ').toLowerCase();
 }
 columns.forEach((c, i) => {
   const th = head.cells[i];
@@ -768,7 +773,8 @@ def render(runs: Sequence[store.Run], found: History | None = None, out_dir: Pat
         _chart("chart-headline", "CPU vs GPU: the notebook's training", head_spec, head_caption,
                "No measured cell."),
     ]
-    table_head = "".join(f'<th class="{"" if c["first"] else "more"}" title="{html.escape(COLUMN_HELP.get(c["key"], ""))}">'
+    table_head = "".join(f'<th class="{"" if c["first"] else "more"}" '
+                         f'title="{html.escape(COLUMN_HELP.get(c["key"], ""))}">'
                          f'{html.escape(c["header"])}</th>' for c in columns)
     sections.append(
         '<section id="section-table"><h2>Results</h2><div class="controls">'

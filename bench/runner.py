@@ -23,8 +23,8 @@ from bench import matrix, process, record, yardsticks
 from bench.config import RunConfig
 from bench.devices import Requested
 from bench.energy import EnergySpec
-from bench.launch import backend_missing, worker_environment
 from bench.errors import Stopped
+from bench.launch import backend_missing, worker_environment
 from bench.progress import Reporter
 from bench.protocol import MARK, CellSpec, Event, ProtocolError, WorkerResult
 from bench.store import RunWriter

@@ -93,7 +93,8 @@ def display_command(argv: list[str], cwd: Path | None = None) -> str:
 
 def resolve_source(config: RunConfig) -> DataSpec:
     """What the cells train on (:func:`cifar_model.resolve_source`); an unusable explicit copy is a UsageError."""
-    from cifar_model import DataError, resolve_source as resolve
+    from cifar_model import DataError
+    from cifar_model import resolve_source as resolve
 
     split = config.split or "standard"
     if config.data == "synthetic" and config.data_dir:

@@ -582,7 +582,8 @@ def latest_run(root: str | os.PathLike) -> Path:
     candidates = sorted(p for p in base.glob("*") if (p / RUNS_CSV).is_file()) if base.is_dir() else []
     finished = [p for p in candidates if not in_use(p)]
     if not finished:
-        what = f"no finished runs here yet ({len(candidates)} still being written)" if candidates else "no runs here yet"
+        what = (f"no finished runs here yet ({len(candidates)} still being written)" if candidates
+                else "no runs here yet")
         raise ResultsError(f"{base}: {what}; run 'python -m bench run' first, pass "
                            f"--run DIR, or point --results-dir / ${RESULTS_ENV} at your results")
     return finished[-1]

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 
 from bench.energy import EnergyResult, UnavailableMeter, energy_callback, measure_idle
 from bench.protocol import PROBE_MARK, CellSpec, PeakSpec, WorkerResult, emit
+
 PARENT_POLL_S = 0.5
 _STARTED = time.perf_counter()
 

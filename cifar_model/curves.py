@@ -3,8 +3,8 @@
 MLPerf Training and DAWNBench ask how long a network takes to reach a held-out accuracy,
 not how fast a fixed number of steps runs: a device that needs more epochs at its larger
 batch, or a precision that converges worse, shows only that way. This module holds the
-framework-free half: how often to evaluate during training, how held-out loss and accuracy follow from logits, and where a
-curve first reached a target. The Keras callback that produces the points is
+framework-free half: how often to evaluate during training, how held-out loss and accuracy
+follow from logits, and where a curve first reached a target. The Keras callback that produces the points is
 :class:`cifar_model.training.HeldOutCurve`.
 """
 

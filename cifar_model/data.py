@@ -63,8 +63,14 @@ from pathlib import Path
 import numpy as np
 
 from cifar_model.settings import (  # noqa: F401 - re-exported: part of the data vocabulary
-    DATA_PLACEMENTS, IMAGE_SHAPE, NUM_CLASSES, SPLITS, resolve_data_placement, split_sizes,
-    training_set_bytes)
+    DATA_PLACEMENTS,
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    SPLITS,
+    resolve_data_placement,
+    split_sizes,
+    training_set_bytes,
+)
 
 ENV_VAR = "CIFAR10_DIR"
 PIXELS = 32 * 32 * 3

@@ -30,8 +30,14 @@ from cifar_model.data import Dataset
 from cifar_model.model import build_network, compile_model, training_flops_per_image
 from cifar_model.pipelines import host_batches, index_batches
 from cifar_model.results import CurvePoint, StepRecord, TrainResult
-from cifar_model.settings import (TrainSettings, backend_limitation, parallel_limitation,
-                                  resolve_data_placement, steps_per_epoch, training_set_bytes)
+from cifar_model.settings import (
+    TrainSettings,
+    backend_limitation,
+    parallel_limitation,
+    resolve_data_placement,
+    steps_per_epoch,
+    training_set_bytes,
+)
 
 UNSYNCED_SKIP = 2  # untimed steps before an unsynced block (the train function is already traced)
 NO_EVAL_NOTE = "not measured: evaluation skipped (--no-eval)"
@@ -238,8 +244,8 @@ def train(
     sync at the end: the cost of per-step syncing is the difference to the steady figures.
 
     Data parallelism (``settings.replicas`` / ``workers`` > 1: TensorFlow's strategies, or
-    Keras's DataParallel on JAX; see :mod:`cifar_model.distribution`): ``batch_size`` is per replica, each step trains on
-    ``global_batch_size`` images, and ``device`` names the device *type* (its first index).
+    Keras's DataParallel on JAX; see :mod:`cifar_model.distribution`): ``batch_size`` is per
+    replica, each step trains on ``global_batch_size`` images, and ``device`` names the device *type* (its first index).
     Each step is timed by the same rule: until the loss, reduced over every replica, is on
     the host.
 

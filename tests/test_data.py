@@ -8,10 +8,10 @@ import socket
 
 import numpy as np
 import pytest
+from conftest import fake_batch, write_archive, write_binary_layout, write_python_layout
 
 from cifar_model import data as cdata
 from cifar_model.data import DataError, DatasetNotFound, load_dataset, read_cifar10
-from conftest import fake_batch, write_archive, write_binary_layout, write_python_layout
 
 
 def expected_images(name: str, n: int = 20) -> np.ndarray:

@@ -17,10 +17,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import write_archive
 
 from cifar_model import data as cdata
 from cifar_model.data import DataError, read_cifar10
-from conftest import write_archive
 
 PEAK_LIMIT = 32 * 2**20  # far above these tiny files, far below what the attacks declare
 ADDRESS_SPACE_HEADROOM = 1 * 2**30

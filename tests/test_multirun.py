@@ -51,11 +51,14 @@ def two_machines(tmp_path):
     return tmp_path, laptop, server
 
 
-def table_of(runs, reference=tables.Reference()) -> pd.DataFrame:
+CPU_REFERENCE = tables.Reference()
+
+
+def table_of(runs, reference=CPU_REFERENCE) -> pd.DataFrame:
     return tables.frame_of(tables.build(runs, reference))
 
 
-def notes_of(runs, reference=tables.Reference()) -> list[str]:
+def notes_of(runs, reference=CPU_REFERENCE) -> list[str]:
     return tables.notes(tables.build(runs, reference))
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench import files, matrix, record, runner
-from bench.config import RunConfig
 from bench import yardsticks as peak
+from bench.config import RunConfig
 from bench.devices import Device, Requested
 from bench.protocol import DataSpec
 from bench.yardsticks import MeasuredPeak

@@ -16,6 +16,7 @@ from bench.environment import machine_id
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from runs import ENV, TEST_CPU, write_run  # noqa: E402
+
 from bench.devices import Device, Requested  # noqa: E402
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from bench import matrix, process, runner, store, yardsticks
 from bench.config import RunConfig
-from bench.progress import Reporter
 from bench.devices import Device, Requested
+from bench.progress import Reporter
 from bench.protocol import DataSpec
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
@@ -121,7 +121,8 @@ def test_rows_are_on_disk_before_the_next_cell_starts(tmp_path):
             seen.append(len(pd.read_csv(path)) if path.exists() else 0)
 
     cfg = config((32, 64, 128), steps=4, warmup=1)
-    runner.execute(runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"), context(cfg, tmp_path / "logs"), Spy())
+    runner.execute(runner.plan_cells(cfg, [CPU]), store.RunWriter(tmp_path, "r"), context(cfg, tmp_path / "logs"),
+                   Spy())
     assert seen == [0, 1, 2]
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from bench import matrix, record, runner, tables
 from bench.config import RunConfig
-from bench.protocol import DataSpec
 from bench.devices import Device, Requested
+from bench.protocol import DataSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU = Requested("cpu", Device("cpu", "CPU", "Test CPU", 2, 2, 2**34))

@@ -5,7 +5,21 @@ the arguments into a request, call one function below, print, return an exit sta
 one name in :data:`ALL`.
 """
 
-from bench.commands import (ab, baseline, check, compare, devices, export, history, noise, peak, readme, report, run,
-                            runs, summary)
+from bench.commands import (
+                            ab,
+                            baseline,
+                            check,
+                            compare,
+                            devices,
+                            export,
+                            history,
+                            noise,
+                            peak,
+                            readme,
+                            report,
+                            run,
+                            runs,
+                            summary,
+)
 
 ALL = (devices, run, ab, noise, baseline, check, compare, peak, summary, readme, runs, export, report, history)

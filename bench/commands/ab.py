@@ -13,9 +13,24 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import isolation, regression, runner, session, store
-from bench.options import (EXIT_CELL_FAILED, EXIT_NOTHING_MEASURED, EXIT_OK, EXIT_STATUSES, UsageError,
-                           add_compare_options, add_run_options, check_report_path, gate_status, path_arg,
-                           results_dir_parent, run_config_from, show, stderr, stopped_or_write_status, write_report)
+from bench.options import (
+    EXIT_CELL_FAILED,
+    EXIT_NOTHING_MEASURED,
+    EXIT_OK,
+    EXIT_STATUSES,
+    UsageError,
+    add_compare_options,
+    add_run_options,
+    check_report_path,
+    gate_status,
+    path_arg,
+    results_dir_parent,
+    run_config_from,
+    show,
+    stderr,
+    stopped_or_write_status,
+    write_report,
+)
 from bench.progress import reporter_for
 
 ARMS = ("a", "b")

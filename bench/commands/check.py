@@ -6,9 +6,21 @@ import json
 import sys
 
 from bench import regression, store
-from bench.options import (EXIT_STATUSES, UsageError, add_compare_options, check_report_path, check_status,
-                           load_baseline_arg, load_run_arg, path_arg, results_dir_parent, say_verdicts, show,
-                           stderr, write_report)
+from bench.options import (
+    EXIT_STATUSES,
+    UsageError,
+    add_compare_options,
+    check_report_path,
+    check_status,
+    load_baseline_arg,
+    load_run_arg,
+    path_arg,
+    results_dir_parent,
+    say_verdicts,
+    show,
+    stderr,
+    write_report,
+)
 
 
 def add_parser(subparsers) -> None:

@@ -6,8 +6,18 @@ import json
 import sys
 
 from bench import export, store
-from bench.options import (EXIT_OK, UsageError, check_report_path, load_run_arg, load_run_or_baseline, path_arg,
-                           results_dir_parent, show, stderr, write_report)
+from bench.options import (
+    EXIT_OK,
+    UsageError,
+    check_report_path,
+    load_run_arg,
+    load_run_or_baseline,
+    path_arg,
+    results_dir_parent,
+    show,
+    stderr,
+    write_report,
+)
 
 
 def add_parser(subparsers) -> None:

@@ -6,10 +6,23 @@ import sys
 from pathlib import Path
 
 from bench import regression, session, store
-from bench.options import (EXIT_CELL_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, UsageError, add_compare_options,
-                           add_run_options, load_run_arg, path_arg, positive_int, results_dir_parent,
-                           run_argv, run_config_from, show, stderr)
 from bench.commands import run as run_command
+from bench.options import (
+    EXIT_CELL_FAILED,
+    EXIT_INCONCLUSIVE,
+    EXIT_OK,
+    UsageError,
+    add_compare_options,
+    add_run_options,
+    load_run_arg,
+    path_arg,
+    positive_int,
+    results_dir_parent,
+    run_argv,
+    run_config_from,
+    show,
+    stderr,
+)
 from bench.progress import reporter_for
 
 

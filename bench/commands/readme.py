@@ -9,8 +9,16 @@ import sys
 from pathlib import Path
 
 from bench import readme, session, store, tables
-from bench.options import (EXIT_OK, REFERENCE_HELP, UsageError, load_runs_arg, path_arg, reference_arg,
-                           results_dir_parent, show)
+from bench.options import (
+    EXIT_OK,
+    REFERENCE_HELP,
+    UsageError,
+    load_runs_arg,
+    path_arg,
+    reference_arg,
+    results_dir_parent,
+    show,
+)
 
 
 def add_parser(subparsers) -> None:

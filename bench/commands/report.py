@@ -5,8 +5,17 @@ from __future__ import annotations
 import sys
 
 from bench import history, report, store
-from bench.options import (EXIT_OK, UsageError, WriteError, check_report_path, load_run_arg, load_run_or_baseline,
-                           path_arg, results_dir_parent, stderr)
+from bench.options import (
+    EXIT_OK,
+    UsageError,
+    WriteError,
+    check_report_path,
+    load_run_arg,
+    load_run_or_baseline,
+    path_arg,
+    results_dir_parent,
+    stderr,
+)
 
 
 def add_parser(subparsers) -> None:

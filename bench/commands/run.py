@@ -6,10 +6,27 @@ import sys
 from dataclasses import replace
 
 from bench import fleet, session, store
-from bench.options import (EXIT_NOTHING_MEASURED, EXIT_OK, EXIT_STATUSES, EXIT_USAGE, UsageError,
-                           add_compare_options, add_run_options, gate_status, given_settings, load_baseline_arg,
-                           non_negative_int, path_arg, results_dir_parent, run_config_from, show, show_if_read,
-                           stderr, stopped_or_write_status, typed)
+from bench.options import (
+    EXIT_NOTHING_MEASURED,
+    EXIT_OK,
+    EXIT_STATUSES,
+    EXIT_USAGE,
+    UsageError,
+    add_compare_options,
+    add_run_options,
+    gate_status,
+    given_settings,
+    load_baseline_arg,
+    non_negative_int,
+    path_arg,
+    results_dir_parent,
+    run_config_from,
+    show,
+    show_if_read,
+    stderr,
+    stopped_or_write_status,
+    typed,
+)
 from bench.progress import reporter_for
 
 

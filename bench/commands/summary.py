@@ -6,8 +6,19 @@ import json
 import sys
 
 from bench import export, plots, store, tables
-from bench.options import (EXIT_OK, EXIT_WRITE, REFERENCE_HELP, UsageError, check_report_path, load_runs_arg,
-                           path_arg, reference_arg, results_dir_parent, show, stderr)
+from bench.options import (
+    EXIT_OK,
+    EXIT_WRITE,
+    REFERENCE_HELP,
+    UsageError,
+    check_report_path,
+    load_runs_arg,
+    path_arg,
+    reference_arg,
+    results_dir_parent,
+    show,
+    stderr,
+)
 
 
 def add_parser(subparsers) -> None:

@@ -14,11 +14,11 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from step_losses import Losses  # noqa: E402
 
 from cifar_model import distribution, synthetic_dataset  # noqa: E402
 from cifar_model.model import build_network, compile_model  # noqa: E402
 from cifar_model.pipelines import tf_host_pipeline  # noqa: E402
-from step_losses import Losses  # noqa: E402
 
 BATCH, STEPS, SEED = 32, 6, 0
 

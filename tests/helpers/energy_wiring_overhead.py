@@ -35,8 +35,8 @@ def one_cell(energy: bool, steps: int) -> tuple[float, str, float, float]:
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     psutil.cpu_percent()
     load = os.getloadavg()[0]
-    done = subprocess.run([sys.executable, "-m", "bench.worker"], input=spec.to_json(), capture_output=True, check=False,
-                          text=True, env=env, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "bench.worker"], input=spec.to_json(), capture_output=True,
+                          check=False, text=True, env=env, timeout=900)
     busy, load = psutil.cpu_percent(), max(load, os.getloadavg()[0])
     line = next(line for line in reversed(done.stdout.splitlines()) if line.startswith(MARK))
     event = Event.parse(line[len(MARK):])

@@ -12,7 +12,7 @@ import sys
 
 sys.modules["tensorflow"] = None  # the native engines must not need TensorFlow
 
-from cifar_model import TrainSettings, backends, load_dataset, train
+from cifar_model import TrainSettings, backends, load_dataset, train  # noqa: E402
 
 TRAIN_IMAGES, HELDOUT_IMAGES, BATCH, STEPS = 9600, 2000, 64, 150
 SEEDS = {"keras": (1, 2, 3), "native": (1, 2)}

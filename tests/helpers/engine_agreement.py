@@ -11,13 +11,13 @@ import sys
 
 sys.modules["tensorflow"] = None  # GPU machines have no TensorFlow: the native engines must not need it
 
-import keras
-import numpy as np
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
-from cifar_model import TrainSettings, backends, synthetic_dataset
-from cifar_model.engines import make_engine, reference_weights
-from cifar_model.model import compile_model
-from cifar_model.pipelines import one_hot, shuffled_index_batches
+from cifar_model import TrainSettings, backends, synthetic_dataset  # noqa: E402
+from cifar_model.engines import make_engine, reference_weights  # noqa: E402
+from cifar_model.model import compile_model  # noqa: E402
+from cifar_model.pipelines import one_hot, shuffled_index_batches  # noqa: E402
 
 precision, steps = sys.argv[1], int(sys.argv[2])
 backend, batch, seed = backends.backend_name(), int(sys.argv[3]) if len(sys.argv) > 3 else 64, 3

@@ -1,14 +1,14 @@
 """A stand-in for ``python -m bench.worker`` that misbehaves on request, without a framework.
 
 It speaks the real protocol (:mod:`bench.protocol`) and returns a real ``WorkerResult`` holding
-a real ``cifar_model.TrainResult``, so it cannot drift from the contract unnoticed. The cell's batch size picks the behaviour: 13
-crashes, 14 hangs, 15 is killed by a signal, 16 reports an error, 17 prints a result that
-breaks the protocol, 18 reports every step as warm-up, 19 trains slowly (a progress line every
-0.2 s for ``FAKE_SLOW_SECONDS``, default 60: a cell still running when a test stops the run);
-anything else reports a plausible result whose steps take ``batch_size / 1000`` seconds each
-(``batch_size / 100`` for backend jax), times ``$FAKE_WORKER_SLOWDOWN`` (default 1): a
-deterministic slowdown no machine load can fake or hide. Its math is every backend's
-default: an fp32 cell on a GPU ran in TF32.
+a real ``cifar_model.TrainResult``, so it cannot drift from the contract unnoticed. The cell's
+batch size picks the behaviour: 13 crashes, 14 hangs, 15 is killed by a signal, 16 reports an
+error, 17 prints a result that breaks the protocol, 18 reports every step as warm-up, 19 trains
+slowly (a progress line every 0.2 s for ``FAKE_SLOW_SECONDS``, default 60: a cell still running
+when a test stops the run); anything else reports a plausible result whose steps take
+``batch_size / 1000`` seconds each (``batch_size / 100`` for backend jax), times
+``$FAKE_WORKER_SLOWDOWN`` (default 1): a deterministic slowdown no machine load can fake or
+hide. Its math is every backend's default: an fp32 cell on a GPU ran in TF32.
 
 Like the real worker it exits when its parent dies (:func:`bench.worker.watch_parent`), and
 answers ``--probe`` (no GPU, a fake TensorFlow) and ``--peak`` (1 TFLOP/s in every precision, a
@@ -45,7 +45,7 @@ def main():
         return
     watch_parent(poll_s=0.1)
     if sys.argv[1:] == ["--peak"]:
-        from bench.yardsticks import MeasuredPeak   # imports pandas: only the peak fake pays for it
+        from bench.yardsticks import MeasuredPeak  # imports pandas: only the peak fake pays for it
 
         peak = PeakSpec.from_dict(json.loads(sys.stdin.read())["peak"])
         emit("result", result={p: MeasuredPeak(p, "float32", peak.size, repeats=3, tflops=1.0, median_tflops=0.9,

@@ -24,13 +24,13 @@ os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(REPO),
                   BENCH_WORKER_COMMAND=shlex.join([sys.executable, str(REPO / "tests/helpers/fake_worker.py")]))
 sys.path.insert(0, str(REPO / "tests"))
 
-from ray.cluster_utils import Cluster
-from test_fleet import SMALL_NODE, config, request
+from ray.cluster_utils import Cluster  # noqa: E402
+from test_fleet import SMALL_NODE, config, request  # noqa: E402
 
-from bench import fleet, process, runner
-from bench.devices import Device, Requested
-from bench.files import read_json_object
-from bench.launch import worker_environment
+from bench import fleet, process, runner  # noqa: E402
+from bench.devices import Device, Requested  # noqa: E402
+from bench.files import read_json_object  # noqa: E402
+from bench.launch import worker_environment  # noqa: E402
 
 
 def main(cells: int) -> None:

@@ -17,11 +17,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from step_losses import Losses  # noqa: E402
 
 from cifar_model import distribution, synthetic_dataset  # noqa: E402
 from cifar_model.model import build_network, compile_model  # noqa: E402
 from cifar_model.pipelines import host_batches  # noqa: E402
-from step_losses import Losses  # noqa: E402
 
 BATCH, STEPS, SEED = 128, 8, 0
 

@@ -15,12 +15,11 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
 import keras  # noqa: E402
-
 import numpy as np  # noqa: E402
+from step_losses import Losses  # noqa: E402
 
 from cifar_model import TrainSettings, distribution, synthetic_dataset, train  # noqa: E402
 from cifar_model.model import build_network  # noqa: E402
-from step_losses import Losses  # noqa: E402
 
 GLOBAL_BATCH, STEPS, SEED = 32, 6, 0
 
