@@ -48,7 +48,7 @@ ESTIMATE_CELL_OVERHEAD_S = 10
 #: An estimate above this prints a warning before the run starts.
 LARGE_RUN_S = 3600
 
-PROFILES = {
+PROFILES: dict[str, dict[str, Any]] = {
     # quick: every default cell finishes on a 2-core CPU in a few minutes
     # (precision auto: bf16 where the device computes in it; docs/method.md, "Defaults, and why")
     "quick": {"batch_size": (64, 128, 256), "epochs": 1, "max_steps_per_epoch": 50, "warmup_steps": 5,
@@ -75,7 +75,7 @@ def choice(*choices: str) -> Callable[[str], str]:
         if text not in choices:
             raise ValueError(f"unknown value '{text}'; choose from {', '.join(choices)}")
         return text
-    parse.choices = choices  # type: ignore[attr-defined] - the CLI lists them as argparse choices
+    parse.choices = choices  # type: ignore[attr-defined]  # a function attribute: the CLI lists them as choices
     return parse
 
 
@@ -494,7 +494,7 @@ def _decode_source(raw: object) -> DataSpec:
         not (source.synthetic_images is None or (type(source.synthetic_images) is int
                                                  and 0 < source.synthetic_images <= MAX_IMAGES))
         and "synthetic_images"]
-    bad = [p for p in problems if p]
+    bad = [p for p in problems if isinstance(p, str)]   # each is False or the field's name
     if bad:
         raise ValueError(f"config.source.{bad[0]}: {getattr(source, bad[0])!r} is not valid")
     if source.path is not None:

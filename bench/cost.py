@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TypeGuard
 
 import pandas as pd
 
@@ -103,7 +104,7 @@ class CostColumns:
                    cost_usd_per_million_images=per_million, cost_note=note)
 
 
-def _positive(value) -> bool:
+def _positive(value) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 

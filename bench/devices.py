@@ -52,6 +52,13 @@ class Device:
         """The GPU's index in PCI bus order (as CUDA_VISIBLE_DEVICES counts), None for the CPU."""
         return int(self.id.split(":")[1]) if self.type == "GPU" else None
 
+    @property
+    def gpu_index(self) -> int:
+        """:attr:`index` of a device known to be a GPU; ValueError for the CPU."""
+        if self.index is None:
+            raise ValueError(f"{self.id} is not a GPU")
+        return self.index
+
 
 @dataclass
 class Inventory:
@@ -195,8 +202,8 @@ def _self_and_ancestors(mount: Path, path: str) -> list[Path]:
 
 def _cpu_limit(directory: Path) -> float | None:
     try:
-        quota, period = (directory / "cpu.max").read_text(encoding="utf-8").split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
+        text_quota, text_period = (directory / "cpu.max").read_text(encoding="utf-8").split()[:2]
+        return None if text_quota == "max" else int(text_quota) / int(text_period)
     except (OSError, ValueError):
         pass
     try:

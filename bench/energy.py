@@ -612,8 +612,9 @@ class EnergyColumns:
         images = window.steps * global_batch_size
         per_image = window.joules / images if images else None
         idle_w = idle.watts if idle is not None else None
-        above = (None if idle_w is None or not images
-                 else (window.watts - idle_w) * window.seconds / images)
+        window_w = window.watts
+        above = (None if idle_w is None or window_w is None or not images
+                 else (window_w - idle_w) * window.seconds / images)
         return cls(energy_covers=window.covers, energy_method=window.method,
                    energy_window_s=window.seconds, energy_window_images=images, energy_j=window.joules,
                    energy_avg_w=window.watts,

@@ -13,6 +13,7 @@ import platform
 import re
 import socket
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -81,8 +82,8 @@ def package_versions() -> dict[str, str]:
 
 def relevant_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The set variables among :data:`FRAMEWORK_VARIABLES`, by name and nothing else."""
-    environ = os.environ if environ is None else environ
-    return {name: environ[name] for name in sorted(FRAMEWORK_VARIABLES) if name in environ}
+    source: Mapping[str, str] = os.environ if environ is None else environ
+    return {name: source[name] for name in sorted(FRAMEWORK_VARIABLES) if name in source}
 
 
 def git_state(directory: Path | None = None) -> dict:
@@ -102,7 +103,7 @@ def git_state(directory: Path | None = None) -> dict:
 
 def backend_versions() -> dict:
     """Each Keras backend's installed version (None: not installed), read without importing it."""
-    out = {}
+    out: dict[str, dict[str, str | None]] = {}
     for backend, package in ((name, info.package) for name, info in BACKEND_INFO.items()):
         try:
             out[backend] = {"version": metadata.version(package)}
@@ -129,7 +130,7 @@ def cpu_identity(info: dict | None = None, proc_cpuinfo: str | None = None) -> d
                 proc_cpuinfo = handle.read(_PROC_CPUINFO_LIMIT)
         except OSError:
             proc_cpuinfo = ""
-    first = {}
+    first: dict[str, str] = {}
     for line in proc_cpuinfo.split("\n\n", 1)[0].splitlines():   # the first CPU's block
         key, _, value = line.partition(":")
         first.setdefault(key.strip(), value.strip())

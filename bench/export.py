@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -251,7 +252,7 @@ def bencher(run: Run) -> dict:
     """Bencher Metric Format: benchmark name -> measure -> value with its bounds."""
     out = {}
     for cell in cell_figures(run):
-        measures = {
+        measures: dict[str, dict[str, Any]] = {
             "latency": {"value": cell.step_median_s * 1e9, "lower_value": cell.step_ci_low_s * 1e9,
                         "upper_value": cell.step_ci_high_s * 1e9},
             "throughput": {"value": cell.images_per_s,

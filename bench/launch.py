@@ -25,8 +25,12 @@ def worker_environment(device: Requested, backend: str = "tensorflow", base: dic
     ``replicas`` > 1 on the CPU, JAX splits the CPU into that many devices."""
     env = dict(os.environ if base is None else base)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"          # the same numbering as nvidia-smi
-    env["CUDA_VISIBLE_DEVICES"] = "-1" if device.id == "cpu" else ",".join(
-        str(device.found.index + i) for i in range(replicas))
+    if device.id == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+    elif device.found is None:
+        raise ValueError(f"{device.id}: not on this machine ({device.reason})")
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(device.found.gpu_index + i) for i in range(replicas))
     env.pop("TF_CONFIG", None)                       # the cluster comes in the cell spec
     env["KERAS_BACKEND"] = backend
     if device.id == "cpu":

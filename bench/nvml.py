@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 try:
     import pynvml
@@ -35,7 +36,7 @@ class NvmlUnavailable(Exception):
 
 
 @contextmanager
-def session() -> Iterator[object]:
+def session() -> Iterator[Any]:
     """``with session() as nvml:`` the initialised ``pynvml`` module, shut down afterwards."""
     if pynvml is None:
         raise NvmlUnavailable("NVML unavailable: nvidia-ml-py is not installed")
@@ -81,7 +82,7 @@ class GpuSensor:
         self._others = 0
         self._throttle = 0
         self._clock_max: int | None = None
-        self._nvml = None
+        self._nvml: Any = None  # the pynvml module once the session is open
         self._handle = None
         try:
             self._nvml = self._session.__enter__()

@@ -136,7 +136,7 @@ def given_settings(args: argparse.Namespace) -> list[str]:
 def run_config_from(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunConfig:
     """Validate every run option into a RunConfig (nothing touches the disk)."""
     profile = PROFILES[args.profile or SETTING["profile"].default]
-    values = {}
+    values: dict[str, Any] = {}
     for s in SETTINGS:
         given = getattr(args, s.name, None)
         if given is None:

@@ -86,6 +86,7 @@ def run_worker(payload: str, env: dict, log_path: Path, timeout_s: float | None,
     pump = threading.Thread(target=_pump, args=(process.stdout, lines, log, outcome), daemon=True)
     pump.start()
     try:
+        assert process.stdin is not None          # started with stdin=PIPE
         try:
             process.stdin.write(payload)
             process.stdin.close()

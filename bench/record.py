@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, make_dataclass
-from typing import TYPE_CHECKING, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import numpy as np
 
@@ -216,17 +216,17 @@ def planned(cell: matrix.Cell, run_wide: dict, context: dict) -> dict:
             **{k: run_wide[k] for k in _RUN_SETTINGS if k in run_wide}}
 
 
-def skipped_row(planned_: dict, reason: str) -> "RunRow":
+def skipped_row(planned_: dict, reason: str) -> Any:   # a RunRow (made at run time: no static type)
     return RunRow(**planned_, status="skipped", reason=reason)
 
 
-def failed_row(planned_: dict, reason: str, contention: dict | None = None) -> "RunRow":
+def failed_row(planned_: dict, reason: str, contention: dict | None = None) -> Any:   # a RunRow
     return RunRow(**planned_, status="failed", reason=reason, **_contention_columns(contention))
 
 
 def ok_row(planned_: dict, result: WorkerResult, yardstick: Yardstick | None = None,
            contention: dict | None = None, peers: Sequence[WorkerResult] = (),
-           prices: Prices | None = None) -> "RunRow":
+           prices: Prices | None = None) -> Any:   # a RunRow
     """A measured cell: the worker's typed result condensed into the schema's columns.
 
     Every figure comes from :class:`cifar_model.TrainResult`'s own fields and properties;
@@ -314,7 +314,7 @@ def ok_row(planned_: dict, result: WorkerResult, yardstick: Yardstick | None = N
 SCALING_DIMENSIONS = ("replicas", "workers")
 
 
-def with_scaling(row: "RunRow", earlier: list[dict], note: str | None = None) -> "RunRow":
+def with_scaling(row: Any, earlier: list[dict], note: str | None = None) -> Any:   # RunRow -> RunRow
     """``row`` with its speed-up over the 1-replica, 1-worker cell of the same settings among
     ``earlier`` rows (the planner runs that cell first); ``note`` says what it can show."""
     values = asdict(row)
@@ -342,7 +342,8 @@ def _contention_columns(contention: dict | None) -> dict:
 
 def _target_columns(train: TrainResult) -> dict:
     """The curve's count and time, and the time to target when one was asked."""
-    out = {"curve_evals": len(train.curve), "curve_eval_s": train.curve_eval_seconds} if train.curve else {}
+    out: dict[str, Any] = ({"curve_evals": len(train.curve), "curve_eval_s": train.curve_eval_seconds}
+                           if train.curve else {})
     if train.target_accuracy is None:
         return out
     out["target_accuracy"] = train.target_accuracy

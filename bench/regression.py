@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -387,11 +388,12 @@ def _contention_text(side: SideContention | None) -> str:
 
 
 def _lookup(env: dict, path: tuple[str, ...]):
+    node: Any = env
     for part in path:
-        if not isinstance(env, dict):
+        if not isinstance(node, dict):
             return None
-        env = env.get(part)
-    return env
+        node = node.get(part)
+    return node
 
 
 def environment_differences(baseline_env: dict, current_env: dict) -> list[str]:
@@ -467,14 +469,14 @@ def target_verdict(baseline: pd.DataFrame, current: pd.DataFrame, max_slowdown: 
     seed, so only a gap beyond both sides' spread counts). A target not reached on a side is
     said in words, never given a time.
     """
-    sides = [_target_side(rows) for rows in (baseline, current)]
-    if sides[0] is None and sides[1] is None:
+    base_side, cur_side = sides = [_target_side(rows) for rows in (baseline, current)]
+    if base_side is None and cur_side is None:
         return None
-    if sides[0] is None or sides[1] is None or sides[0][0] != sides[1][0]:
+    if base_side is None or cur_side is None or base_side[0] != cur_side[0]:
         targets = ["none" if side is None else f"{side[0]:.0%}" for side in sides]
         return TargetVerdict("not compared", f"time to target not compared: target {targets[0]} in the baseline, "
                                     f"{targets[1]} in the run")
-    (target, base_times, base_n), (_, cur_times, cur_n) = sides
+    (target, base_times, base_n), (_, cur_times, cur_n) = base_side, cur_side
     said = f"time to {target:.0%}: baseline {_reached_text(base_times, base_n)}, run {_reached_text(cur_times, cur_n)}"
     if len(base_times) == base_n and len(cur_times) < cur_n:
         return TargetVerdict("stopped", f"{said}: the run stopped reaching the target")
@@ -559,6 +561,9 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
                 final = REGRESSION
             why = f"{why}; {target.text}" if why else target.text
         batch = float(spec["batch_size"])
+        costs: dict[str, Any] = {
+            **{f"baseline_{name}": value for name, value in base_costs.get(key, {}).items()},
+            **{f"current_{name}": value for name, value in cur_costs.get(key, {}).items()}}
         comparison.cells.append(CellComparison(
             cell=_cell_label(spec), key={k: str(matrix.plain(v)) for k, v in spec.items()},
             baseline_images_per_s=batch / float(np.median(np.concatenate(base))),
@@ -572,9 +577,7 @@ def compare(baseline: Run, current: Run, max_slowdown: float = 0.10,
             current_contention=_contention_text(cur_load),
             baseline_pressure_pct=base_load.pressure_pct if base_load else None,
             current_pressure_pct=cur_load.pressure_pct if cur_load else None,
-            time_to_target=target.text if target else "",
-            **{f"baseline_{name}": value for name, value in base_costs.get(key, {}).items()},
-            **{f"current_{name}": value for name, value in cur_costs.get(key, {}).items()}))
+            time_to_target=target.text if target else "", **costs))
     return comparison
 
 

@@ -96,7 +96,7 @@ def energy_spec(cell: matrix.Cell, config: RunConfig) -> EnergySpec | None:
     if not config.energy:
         return None
     found = cell.device.found
-    gpus = (tuple(found.index + i for i in range(cell["replicas"]))
+    gpus = (tuple(found.gpu_index + i for i in range(cell["replicas"]))
             if cell.device_type == "GPU" and found is not None else ())
     return EnergySpec(min_window_s=config.energy_window, nvml_indices=gpus)
 
@@ -133,9 +133,9 @@ class RunContext:
     machine_label: str | None = None
     worker_command: tuple[str, ...] = process.WORKER_COMMAND
     #: measured peak of each (device id, precision, threads, backend), for the efficiency columns
-    measured_peaks: Mapping[tuple, yardsticks.MeasuredPeak] = field(default_factory=dict)
+    measured_peaks: Mapping[yardsticks.PeakKey, yardsticks.MeasuredPeak] = field(default_factory=dict)
     #: theoretical peak of each (device id, precision), see yardsticks.theoretical_peaks
-    theoretical: Mapping[tuple, yardsticks.TheoreticalPeak] = field(default_factory=dict)
+    theoretical: Mapping[tuple[str, str], yardsticks.TheoreticalPeak] = field(default_factory=dict)
     gpu_count: int | None = None          # GPUs on the machine (None: not checked)
     usable_cpus: float | None = None
     #: ``watch(pid, cell, cell_pids)`` starts a contention sampler for a worker (None: none)
@@ -177,7 +177,7 @@ def skip_reason(cell: matrix.Cell, config: RunConfig | None = None,
         return "single-worker cells run on the chief (--task-index 0) only"
     available = None
     if gpu_count is not None and cell.device_type == "GPU":
-        available = gpu_count - cell.device.found.index
+        available = gpu_count - cell.device.found.gpu_index
     return backend_missing(cell["backend"]) or backend_limitation(
         cell["backend"], cell["jit_compile"], cell["cpu_threads"], cell["replicas"], cell["workers"],
         cell["steps_per_execution"], cell["engine"]
@@ -235,6 +235,7 @@ def start_peers(cell: matrix.Cell, config: RunConfig, cluster: tuple[str, ...], 
             peer = process.start_process(worker_command, stdin=subprocess.PIPE, stdout=log,
                                          stderr=subprocess.STDOUT, env=env, text=True)
         peers.append((peer, log_path))
+        assert peer.stdin is not None                # started with stdin=PIPE
         try:
             peer.stdin.write(cell_spec(cell, config, cluster, task).to_json())
             peer.stdin.close()
@@ -321,7 +322,8 @@ def _run_cell(cell: matrix.Cell, planned, writer: RunWriter, context: RunContext
     if reason:
         return record.skipped_row(planned, reason), [], []
     env = worker_environment(cell.device, cell["backend"], replicas=cell["replicas"])
-    cluster, task, peers, timeout, result = (), 0, [], config.cell_timeout, None
+    cluster: tuple[str, ...] = ()
+    task, peers, timeout, result = 0, [], config.cell_timeout, None
     if cell["workers"] > 1:
         cluster = config.cluster or free_loopback_ports(cell["workers"])
         task = config.task_index if config.cluster else 0

@@ -125,7 +125,7 @@ class Session:
 
     def __init__(self, request: RunRequest, held: contextlib.ExitStack, say: Callable[[str], None]):
         self.request, self.held, self.say = request, held, say
-        self.config: RunConfig = request.config          # type: ignore[assignment] - set by open() on resume
+        self.config: RunConfig = request.config          # type: ignore[assignment]  # None on resume: set by open()
         self.previous: store.Run | None = None
         self.planned: list[matrix.Cell] = []
         self.todo: list[matrix.Cell] = []
@@ -174,7 +174,7 @@ class Session:
         """Claim a new directory (or reopen the resumed one) and write env.json. From here on
         the directory is a run ``--resume`` can finish, whatever stops this process."""
         if self.previous is not None:
-            self._reopen_writer()
+            self._reopen_writer(self.previous)
         else:
             self._claim()
 
@@ -204,8 +204,9 @@ class Session:
         self.writer = store.RunWriter(self.out, request.run_id or self.out.name)
         self._write_env()
 
-    def _reopen_writer(self) -> None:
-        previous, out = self.previous, Path(self.request.resume)
+    def _reopen_writer(self, previous: store.Run) -> None:
+        assert self.request.resume is not None   # self.previous is only set on resume
+        out = Path(self.request.resume)
         differences = regression.environment_differences(previous.env, self.here)
         if environment.machine_id(previous.env) != environment.machine_id(self.here) or differences:
             raise UsageError(f"--resume {out}: this is not the machine or software the run "
@@ -271,6 +272,8 @@ class Session:
 
     def execute(self, cells: list[matrix.Cell], reporter: Reporter) -> runner.Outcome:
         """Run ``cells`` into this run's files; what ended it early is kept in the outcome."""
+        if self.context is None:
+            raise RuntimeError("Session.execute before the run context was made")
         try:
             step = runner.execute(cells, self.writer, self.context, reporter)
         except runner.Stopped as stop:

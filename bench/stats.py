@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TypeGuard
 
 import numpy as np
 
@@ -152,7 +153,7 @@ def _as_samples(samples) -> np.ndarray:
     return x
 
 
-def finite_positive(value) -> bool:
+def finite_positive(value) -> TypeGuard[float]:
     """A real, finite number above zero (not a bool, not text): what a time or a rate must be."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value) and value > 0)

@@ -26,7 +26,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -240,8 +240,8 @@ class RunWriter:
     ``existing`` rows and steps (a resumed run) are kept in front of the new ones.
     """
 
-    def __init__(self, directory: Path, run_id: str, existing_rows: list[dict] = (),
-                 existing_steps: list[dict] = (), existing_curves: list[dict] = ()):
+    def __init__(self, directory: Path, run_id: str, existing_rows: Sequence[dict] = (),
+                 existing_steps: Sequence[dict] = (), existing_curves: Sequence[dict] = ()):
         self.directory = Path(directory)
         self.run_id = run_id
         self.rows: list[dict] = list(existing_rows)
@@ -252,7 +252,7 @@ class RunWriter:
         env = {**env, "schema_version": SCHEMA_VERSION}
         write_atomically(self.directory / ENV_JSON, json.dumps(env, indent=2, sort_keys=True) + "\n")
 
-    def add(self, row, steps: list[dict] = (), curves: list[dict] = ()) -> None:
+    def add(self, row, steps: Sequence[dict] = (), curves: Sequence[dict] = ()) -> None:
         """Keep ``row`` (a RunRow), its ``steps`` and its held-out ``curves`` rows in memory,
         then on disk; OSError if the disk refuses.
 
@@ -479,14 +479,14 @@ def read_env(path: Path) -> dict:
     if "gpus" in env and any(not isinstance(g, dict) for g in env["gpus"] or []):
         raise ResultsError(f"{path}: every entry of 'gpus' must be a JSON object")
     cpu = env.get("cpu") or {}
-    for name, value, kind in (
+    for name, value, expected in (
             ("system", env.get("system"), str), ("machine", env.get("machine"), str),
             ("memory_bytes", env.get("memory_bytes"), int), ("cpu.model", cpu.get("model"), str),
             *((f"cpu.{k}", cpu.get(k), int) for k in ("logical_cpus", "usable_cpus", "physical_cores")),
             *((f"gpus[{i}].name", g.get("name"), str) for i, g in enumerate(env.get("gpus") or []))):
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
-                                  or (kind is int and value < 0)):
-            raise ResultsError(f"{path}: '{name}' must be {'text' if kind is str else 'a whole number >= 0'}"
+        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)
+                                  or (expected is int and isinstance(value, int) and value < 0)):
+            raise ResultsError(f"{path}: '{name}' must be {'text' if expected is str else 'a whole number >= 0'}"
                                f" (got {json.dumps(value)[:40]})")
     _check_scalars(path, env)
     version = env.get("schema_version", 1)
@@ -522,9 +522,10 @@ def _check_scalars(path: Path, env: dict) -> None:
 
 
 def _at(env: dict, where: tuple[str, ...]) -> dict:
+    node: object = env
     for key in where:
-        env = env.get(key) if isinstance(env, dict) else None
-    return env if isinstance(env, dict) else {}
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
 
 
 def read_run(directory: str | os.PathLike, started: bool = False) -> Run:

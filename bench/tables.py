@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -105,7 +106,8 @@ def run_label(run: Run) -> str | None:
 
 def machine_names(runs: Sequence[Run]) -> list[str]:
     """One short name per run: its label, else "CPU (OS)"; two machines never share a name."""
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, str] = {}
     for run in runs:
         ident = machine_id(run.env) if run.env else str(run.directory)
         name = run_label(run) or f"{short_cpu((run.env.get('cpu') or {}).get('model'))} " \
@@ -328,7 +330,7 @@ def _row(group: pd.DataFrame, speedup: Speedup, reference: Reference, dims: list
          several: bool, show_run: bool, scaling: bool) -> dict:
     first = group.iloc[0]
     ok = group[group["status"] == "ok"]
-    row = {"Machine": first["machine"]} if several else {"System": _system(first)}
+    row: dict[str, Any] = {"Machine": first["machine"]} if several else {"System": _system(first)}
     if show_run:
         row["Run"] = first["run_id"]
     row.update({"Device": first["device_name"] or first["device_id"], "Device Type": first["device_type"],
@@ -614,10 +616,10 @@ def _speedup_notes(table: Table) -> list[str]:
     for basis, rows in by_basis.items():
         out.append(f"**{column}** of {_listing(rows)} (no reference row of the same settings): "
                    f"{basis} ÷ this row's.")
-    for reason, rows in by_missing.items():
-        batches = [str(b) for b in dict.fromkeys(b for _, b in rows) if b is not None]
+    for reason, missing_rows in by_missing.items():
+        batches = [str(b) for b in dict.fromkeys(b for _, b in missing_rows) if b is not None]
         at = f" at batch {_either(batches)}" if batches else ""
-        out.append(f"**{column}** is – for {_listing([what for what, _ in rows])}: {reason}{at}.")
+        out.append(f"**{column}** is – for {_listing([what for what, _ in missing_rows])}: {reason}{at}.")
     return out
 
 

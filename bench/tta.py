@@ -77,11 +77,11 @@ class TimeToTarget:
         when fewer than three did (then :attr:`single_runs` applies)."""
         if len(self.reached) < len(self.runs):
             return None          # MLPerf: a run that misses the target fails the whole result
-        return olympic_mean([r.mlperf_seconds for r in self.reached])
+        return olympic_mean([t for r in self.reached if (t := r.mlperf_seconds) is not None])
 
     @property
     def spread(self) -> tuple[float, float] | None:
-        times = [r.mlperf_seconds for r in self.reached]
+        times = [t for r in self.reached if (t := r.mlperf_seconds) is not None]   # all: each reached
         return (min(times), max(times)) if times else None
 
     @property

@@ -95,6 +95,7 @@ def run_cell(spec: CellSpec) -> WorkerResult:
         if meter is not None:
             emit("phase", phase="measuring idle power")
             idle = measure_idle(meter)
+            assert spec.energy is not None       # open_energy_meter gives a meter only then
             window = energy_callback(meter, settings.warmup_steps, spec.energy.min_window_s)
         emit("phase", phase="building the model")
         result = train(dataset, settings, device="gpu:0" if spec.device_type == "GPU" else "cpu:0",

@@ -33,7 +33,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +165,8 @@ def measure(device: Requested, precisions: list[str], cpu_threads: int, backend:
             log_path: Path, timeout_s: float = PEAK_TIMEOUT_S, command=PEAK_COMMAND) -> dict[str, MeasuredPeak]:
     """Time the matrix multiply on ``device`` in each precision (one worker process); each peak
     says, in ``busy``, whether other processes competed for the device meanwhile."""
+    if device.found is None:
+        raise ValueError(f"{device.id}: no peak for a device not on this machine ({device.reason})")
     spec = PeakSpec(tuple(precisions), MATMUL_SIZE[device.found.type], cpu_threads, backend)
     gpu = device.found.index if device.found.type == "GPU" else None
     outcome = process.run_worker(
@@ -203,6 +205,8 @@ def peaks_for(combos: Iterable[tuple[Requested, str, int, str]], env: dict, vers
     found: dict[PeakKey, MeasuredPeak] = {}
     keys = {}
     for device, precision, threads, backend in combos:
+        if device.found is None:
+            raise ValueError(f"{device.id}: no peak for a device not on this machine ({device.reason})")
         key = cache_key(device.id, precision, threads, backend, versions.get(backend), usable)
         keys[(device.id, precision, threads, backend)] = key
         entry = cached.get(key)
@@ -271,7 +275,7 @@ def peak_table(found: dict[PeakKey, MeasuredPeak]) -> str:
 
 def peak_combinations(cells: list[matrix.Cell]) -> list[tuple[Requested, str, int, str]]:
     """Each (usable device, precision, threads, backend) the cells need a peak for, in plan order."""
-    combos = {}
+    combos: dict[tuple[str, str, int, str], tuple[Requested, str, int, str]] = {}
     for cell in cells:
         if cell.device.found is not None and cell.device.found.usable and backend_missing(cell["backend"]) is None:
             key = (cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"])
@@ -433,8 +437,8 @@ class Yardstick:
     theoretical: TheoreticalPeak | None = None
 
 
-def for_cell(cell: matrix.Cell, train: TrainResult, measured: dict[PeakKey, MeasuredPeak],
-             theoretical: dict[tuple[str, str], TheoreticalPeak]) -> Yardstick:
+def for_cell(cell: matrix.Cell, train: TrainResult, measured: Mapping[PeakKey, MeasuredPeak],
+             theoretical: Mapping[tuple[str, str], TheoreticalPeak]) -> Yardstick:
     """The yardsticks of ``cell``, which trained and reported ``train``."""
     peak = measured.get((cell.device.id, cell["precision"], cell["cpu_threads"], cell["backend"]))
     return Yardstick(*_measured_for(train, peak), theoretical=_theoretical_for(theoretical, cell, train))
@@ -457,7 +461,7 @@ def _measured_for(train: TrainResult, peak: MeasuredPeak | None) -> tuple[Measur
     return peak, ""
 
 
-def _theoretical_for(theoretical: dict[tuple[str, str], TheoreticalPeak], cell: matrix.Cell,
+def _theoretical_for(theoretical: Mapping[tuple[str, str], TheoreticalPeak], cell: matrix.Cell,
                      train: TrainResult) -> TheoreticalPeak | None:
     """Its precision's theoretical peak, but for an fp32 cell whose worker reports its
     convolutions ran in TF32 the GPU's TF32 figure, saying why; never the fp32 one, which

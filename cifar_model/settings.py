@@ -10,6 +10,7 @@ made, not minutes later inside a worker.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Literal, overload
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,10 @@ BACKEND_PACKAGES = tuple(dict.fromkeys(package for info in BACKEND_INFO.values()
                                        for package in (info.package, *info.extra_packages)))
 
 
+@overload
+def backend_entry(name: str, strict: Literal[True] = True) -> BackendInfo: ...
+@overload
+def backend_entry(name: str, strict: bool) -> BackendInfo | None: ...
 def backend_entry(name: str, strict: bool = True) -> BackendInfo | None:
     """The registry row of backend ``name``; an unknown name is a ValueError that lists the known
     ones (None instead with ``strict=False``, for names read back from old files)."""
@@ -178,7 +183,7 @@ def resolve_data_placement(requested: str, device_type: str, memory_bytes: int |
         raise ValueError(f"unknown data placement {requested!r}; choose one of {', '.join(DATA_PLACEMENTS)}")
     if requested != "auto":
         return requested
-    fits = bool(memory_bytes) and data_bytes <= RESIDENT_MAX_FRACTION * memory_bytes
+    fits = bool(memory_bytes and data_bytes <= RESIDENT_MAX_FRACTION * memory_bytes)
     return "device" if device_type == "GPU" and fits and total_replicas == 1 else "host"
 
 

@@ -7,12 +7,13 @@ B A, ... so drift and background load hit both arms alike.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench import isolation, regression, runner, session, store
+from bench import isolation, matrix, regression, runner, session, store
 from bench.options import (
     EXIT_CELL_FAILED,
     EXIT_NOTHING_MEASURED,
@@ -100,7 +101,7 @@ def arm_env(env: dict, versions: dict, python: Path, arm: str) -> dict:
                            "keras": versions.get("keras")}}
 
 
-def interleaved(cells: list) -> list[tuple[str, object]]:
+def interleaved(cells: list[matrix.Cell]) -> list[tuple[str, matrix.Cell]]:
     """(arm, cell) in the order they run: repeats are rounds; within them A B, B A, A B, ...
     (counterbalanced, so neither arm always runs first, i.e. right after the other's warm caches)."""
     order = []
@@ -124,7 +125,7 @@ def run(args) -> int:
             request = session.RunRequest(
                 config=config, command=command, results_root=root, require_devices=args.require_devices,
                 dry_run=args.dry_run, worker_command=tuple(isolation.worker_command(python)),
-                describe_env=lambda env, v=arm_versions_, p=python, a=arm: arm_env(env, v, p, a))
+                describe_env=functools.partial(arm_env, versions=arm_versions_, python=python, arm=arm))
             sessions[arm] = session.Session(request, held, stderr)
         estimate = sessions["a"].plan()
         if args.dry_run:
@@ -160,9 +161,11 @@ def run(args) -> int:
     first = next((o for o in outcomes.values() if o.write_error), None) or next(
         (o for o in outcomes.values() if o.stopped_by is not None), None)
     if first is not None:
-        return stopped_or_write_status(replace(first, out=out, planned=2 * first.planned,
-                                               finished=sum(o.finished for o in outcomes.values())),
-                                       resume_hint=False)
+        status = stopped_or_write_status(replace(first, out=out, planned=2 * first.planned,
+                                                 finished=sum(o.finished for o in outcomes.values())),
+                                         resume_hint=False)
+        assert status is not None            # first has a write error or a stop signal
+        return status
     failed = [f"arm {arm.upper()} {c}" for arm in ARMS for c in outcomes[arm].failed]
     nothing = next((o.nothing_measured for o in outcomes.values() if o.nothing_measured), "")
     if nothing:           # the arms share the plan: what one skipped entirely, the other did too

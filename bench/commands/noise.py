@@ -55,9 +55,10 @@ def run(args) -> int:
             raise UsageError("--run: give two or more identical runs to compare")
         runs = [load_run_arg(path, root) for path in args.runs]
     else:
-        runs = make_runs(args, root)
-        if isinstance(runs, int):
-            return runs
+        made = make_runs(args, root)
+        if isinstance(made, int):
+            return made
+        runs = made
     try:
         report = regression.noise_report(runs, args.confidence)
     except regression.BaselineError as exc:
@@ -83,6 +84,7 @@ def make_runs(args, root: Path) -> list[store.Run] | int:
         stderr(f"noise: run {i + 1} of {args.repeat}")
         outcome = session.run(request, stderr, reporter_for(sys.stderr))
         if args.dry_run:
+            assert outcome.estimate is not None      # a dry run's outcome carries its plan
             show(f"plan: {outcome.estimate.describe()}, in each of {args.repeat} runs; nothing run, "
                  "nothing written (--dry-run)")
             return EXIT_OK

@@ -39,6 +39,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     root = store.results_root(args.results_dir)
     out = check_report_path("--out", args.out)
+    assert out is not None                     # --out is required
     headline_png = check_report_path("--headline-png", args.headline_png)
     if args.runs:
         runs = [load_run_or_baseline(str(path), root) for path in args.runs]

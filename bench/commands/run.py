@@ -122,6 +122,7 @@ def run_fleet(args, config, root) -> int:
 def report(outcome: session.RunOutcome, dry_run: bool = False, resume_hint: bool = True) -> int:
     """What a finished run prints: the table, then where it is, then what failed or regressed."""
     if dry_run:
+        assert outcome.estimate is not None          # a dry run's outcome carries its plan
         show(f"plan: {outcome.estimate.describe()}; nothing run, nothing written (--dry-run)")
         return EXIT_OK
     if outcome.summary:
