@@ -222,7 +222,7 @@ class Jax(Backend):
         """The default precision of float32 dots and convolutions alike."""
         import jax
 
-        value = jax.config.jax_default_matmul_precision
+        value = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]  # a run-time option: not in jax's stubs
         return value not in JAX_IEEE_PRECISIONS, (f"jax_default_matmul_precision={value!r} "
                                                   "(matmuls and convolutions)")
 
@@ -300,7 +300,7 @@ class Torch(Backend):
         import torch
 
         conv = _torch_flag(lambda: torch.backends.cudnn.allow_tf32,
-                           lambda: torch.backends.cudnn.conv.fp32_precision)
+                           lambda: torch.backends.cudnn.conv.fp32_precision)  # type: ignore[attr-defined]  # torch >= 2.9
         matmul = _torch_flag(lambda: torch.backends.cuda.matmul.allow_tf32,
                              lambda: torch.backends.cuda.matmul.fp32_precision)
         note = f"torch.backends.cudnn.allow_tf32={conv} (convolutions)"

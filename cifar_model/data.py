@@ -57,8 +57,10 @@ import socket
 import tarfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -191,7 +193,8 @@ def _dtype_from_pickle(spec, align=False, copy=True) -> np.dtype:
     # numpy's shared builtin dtype (which ``copy=False`` would return).
     if not isinstance(spec, (str, bytes)) or len(spec) > 8:
         raise _Unsafe(f"refusing dtype spec of type {type(spec).__name__}; expected a type code")
-    return _plain_dtype(np.dtype(spec, align=bool(align), copy=True))
+    # numpy takes a bytes type code too; its stubs say str only
+    return _plain_dtype(np.dtype(spec, align=bool(align), copy=True))  # type: ignore[arg-type]
 
 
 def _declared_bytes(shape, dtype: np.dtype) -> int:
@@ -288,9 +291,9 @@ def _check_opcodes(payload: bytes) -> None:
         if count > MAX_PICKLE_OPCODES:
             raise _Unsafe(f"more than {MAX_PICKLE_OPCODES:,} pickle opcodes; a CIFAR-10 batch "
                           "needs about 3 per image")
-        if opcode.name in _MEMO_OPCODES and arg > MAX_PICKLE_OPCODES:
+        if opcode.name in _MEMO_OPCODES and isinstance(arg, int) and arg > MAX_PICKLE_OPCODES:
             raise _Unsafe(f"memo index {_short(arg)} is beyond any CIFAR-10 batch")
-        if opcode.name == "FRAME" and arg > len(payload):
+        if opcode.name == "FRAME" and isinstance(arg, int) and arg > len(payload):
             raise _Unsafe(f"a frame declares {_short(arg)} bytes in a {len(payload):,}-byte file")
 
 
@@ -423,7 +426,8 @@ def _too_big(shown: str, size: int, filename: str, claimed: str = "is") -> DataE
                      f"CIFAR-10 {kind} can hold; refusing to read it")
 
 
-_DECOMPRESSORS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+_DECOMPRESSORS: dict[bytes, Callable[[BinaryIO], io.BufferedIOBase]] = {
+    b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
 
 
 class _BoundedStream:
@@ -468,7 +472,8 @@ def _read_archive(path: Path) -> dict[str, bytes]:
             file.seek(0)
             decompress = next((d for m, d in _DECOMPRESSORS.items() if magic.startswith(m)), None)
             with (decompress(file) if decompress else file) as stream, \
-                    tarfile.open(fileobj=_BoundedStream(stream, path), mode="r:") as archive:
+                    tarfile.open(fileobj=_BoundedStream(stream, path),  # type: ignore[call-overload]
+                                 mode="r:") as archive:   # read-only: "r:" never writes; stubs want write()
                 for count, member in enumerate(archive, 1):
                     if count > MAX_ARCHIVE_MEMBERS:
                         raise DataError(f"{path}: more than {MAX_ARCHIVE_MEMBERS} members; not "
@@ -490,6 +495,8 @@ def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: Path,
     payload = bytearray(member.size)
     view = memoryview(payload)
     source = archive.extractfile(member)
+    if not isinstance(source, io.BufferedIOBase):   # None for a member that is not a regular file
+        raise DataError(f"{shown}: not a regular file in the archive")
     done = 0
     while done < member.size:  # chunked, so tarfile's reads stay under ARCHIVE_READ_CHUNK
         got = source.readinto(view[done:done + ARCHIVE_READ_CHUNK])
@@ -588,7 +595,7 @@ def read_cifar10(path: str | os.PathLike) -> RawCifar10:
     suffix, meta_file, parse = _LAYOUTS[layout]
     train = [parse(files.read(b + suffix), files.shown(b + suffix)) for b in TRAIN_BATCHES]
     x_test, y_test = parse(files.read(TEST_BATCH + suffix), files.shown(TEST_BATCH + suffix))
-    class_names = CLASS_NAMES
+    class_names: tuple[str, ...] = CLASS_NAMES
     if files.has(meta_file):
         class_names = _parse_meta(files.read(meta_file), files.shown(meta_file), layout == "binary")
     return RawCifar10(

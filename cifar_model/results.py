@@ -254,7 +254,8 @@ def _required(f) -> bool:
 def check_types(obj) -> None:
     """Each field of the dataclass ``obj`` against its annotation (int, float, str, bool, None,
     unions, tuples and lists, dicts of str): a ``ValueError`` naming the first that is wrong."""
-    hints = _hints(type(obj))
+    cls: type = type(obj)       # as ``type``: mypy takes a type[Any] for unhashable
+    hints = _hints(cls)
     for f in fields(obj):
         value = getattr(obj, f.name)
         if not _is_a(value, hints[f.name]):

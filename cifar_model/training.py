@@ -329,6 +329,7 @@ def train(
         timed = [timer, *([curve] if curve is not None else [])]
         started = time.perf_counter()
         if multi_worker:
+            assert deadline is not None           # multi-worker: workers > 1, which joins first
             history = distribution.fit_multi_worker(
                 trainer, distribution.worker_batches(pipeline, strategy, settings.batch_size),
                 strategy, settings.epochs, steps, [*timed, *callbacks], on_first_step=deadline.joined)
@@ -352,6 +353,8 @@ def train(
             total = UNSYNCED_SKIP + settings.unsynced_steps
             trainer.fit(pipeline, epochs=1, steps_per_epoch=total, shuffle=False, verbose=0,
                         callbacks=[unsynced])
+            if unsynced.started is None or unsynced.ended is None or unsynced.first_timed_step is None:
+                raise RuntimeError(f"no unsynced step was timed in {total} steps")
             unsynced_seconds = unsynced.ended - unsynced.started
             unsynced_steps = total - unsynced.first_timed_step
 
@@ -367,8 +370,8 @@ def train(
         batch_size=settings.batch_size, epochs=settings.epochs, steps_per_epoch=steps,
         warmup_steps=settings.warmup_steps, precision=settings.precision,
         jit_compile=settings.jit_compile, steps_per_execution=settings.steps_per_execution,
-        device=device, data=dataset.label, split=dataset.split, records=timer.records,
-        epoch_seconds=timer.epoch_seconds, train_seconds=train_seconds,
+        device=device, data=dataset.label, split=dataset.split, records=tuple(timer.records),
+        epoch_seconds=tuple(timer.epoch_seconds), train_seconds=train_seconds,
         steady_wall_seconds=steady_wall, data_seconds=data_seconds, build_seconds=build_seconds,
         train_loss=float(history["loss"][-1]),
         train_accuracy=float(history["accuracy"][-1]),

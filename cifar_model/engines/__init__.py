@@ -141,10 +141,10 @@ def train_native(dataset: Dataset, settings: TrainSettings, *, device: str | Non
         for _ in range(UNSYNCED_SKIP):
             engine.loss_value(engine.run(np.stack([next(batches)])))
         started = time.perf_counter()
-        loss = None
+        last = None                   # the last step's loss, still on the device
         for _ in range(settings.unsynced_steps):
-            loss = engine.run(np.stack([next(batches)]))
-        engine.loss_value(loss)
+            last = engine.run(np.stack([next(batches)]))
+        engine.loss_value(last)
         unsynced_seconds = time.perf_counter() - started
         unsynced_steps = settings.unsynced_steps
         engine.epoch_metrics()  # leave the training figures as they were
@@ -156,8 +156,8 @@ def train_native(dataset: Dataset, settings: TrainSettings, *, device: str | Non
         batch_size=settings.batch_size, epochs=settings.epochs, steps_per_epoch=steps,
         warmup_steps=settings.warmup_steps, precision=settings.precision,
         jit_compile=settings.jit_compile, steps_per_execution=settings.steps_per_execution,
-        device=device, data=dataset.label, split=dataset.split, records=timer.records,
-        epoch_seconds=timer.epoch_seconds, train_seconds=train_seconds,
+        device=device, data=dataset.label, split=dataset.split, records=tuple(timer.records),
+        epoch_seconds=tuple(timer.epoch_seconds), train_seconds=train_seconds,
         steady_wall_seconds=steady_wall, data_seconds=data_seconds, build_seconds=build_seconds,
         train_loss=train_loss, train_accuracy=train_accuracy, **evaluation,
         training_flops_per_image=training_flops_per_image(model), params=model.count_params(),

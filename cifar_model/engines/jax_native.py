@@ -140,7 +140,12 @@ class JaxEngine:
         self.dtype = COMPUTE_DTYPES[settings.precision]
         self.batch_size = settings.batch_size
         params = {name: tuple(jnp.asarray(w, jnp.float32) for w in weights[name]) for name in CONVS + DENSES}
-        key = jax.random.key(settings.seed if settings.seed is not None else np.random.SeedSequence().entropy % 2**32)
+        seed = settings.seed
+        if seed is None:
+            entropy = np.random.SeedSequence().entropy   # a fresh one draws an int from the OS
+            assert isinstance(entropy, int)
+            seed = entropy % 2**32
+        key = jax.random.key(seed)
         state = TrainState(params, optimizer().init(params), key, jnp.zeros((), jnp.float32),
                            jnp.zeros((), jnp.int32))
         self.state = jax.device_put(state, self.device)

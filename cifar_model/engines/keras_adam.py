@@ -65,7 +65,7 @@ def torch_keras_adam(params, lr: float):
 # --------------------------------------------------------------------------- JAX / optax
 
 class KerasAdamState(NamedTuple):
-    count: object   # jax int32 scalar: steps taken
+    count: object   # type: ignore[assignment]  # jax int32 scalar: steps taken (shadows tuple.count, as optax's)
     m: object       # pytree like the parameters
     v: object
 

@@ -50,6 +50,16 @@ class SeedNet(nn.Module):
     """The seed network's layers in :mod:`cifar_model.model`'s order; input NCHW (channels-last
     strides), output float32 logits."""
 
+    # made by name in __init__ (CONVS, DENSES); declared here for the type checker
+    conv1: nn.Conv2d
+    conv2: nn.Conv2d
+    conv3: nn.Conv2d
+    conv4: nn.Conv2d
+    conv5: nn.Conv2d
+    fc1: nn.Linear
+    fc2: nn.Linear
+    fc3: nn.Linear
+
     def __init__(self, dropout_rate: float = DROPOUT_RATE):
         super().__init__()
         for name, cin, cout in CONVS:
@@ -111,7 +121,8 @@ class TorchEngine:
         on_gpu = self.device.type == "cuda"
         self.net = SeedNet(dropout_rate)
         self.net.load_keras_weights(weights)
-        self.net.to(self.device, memory_format=torch.channels_last).train()
+        # Module.to takes memory_format (documented); torch's stubs leave it out
+        self.net.to(self.device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]
         self.autocast_dtype = AUTOCAST_DTYPES.get(settings.precision)
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if settings.precision == "mixed_float16" else None)
