@@ -155,15 +155,25 @@ def _ray():
 
 
 def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Join the Ray cluster at ``address`` (host:port) as a driver; FleetError when it cannot.
+    """Join the Ray cluster at ``address`` (host:port, or ``auto``: the cluster this host's
+    ``ray start`` joined) as a driver; FleetError when it cannot.
 
-    The port is tried first with a plain TCP connect, so a wrong address fails in seconds
+    A host:port is tried first with a plain TCP connect, so a wrong address fails in seconds
     with one line instead of Ray's minutes of retries.
     """
     ray = _ray()
+    if address.strip() == "auto":
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(address="auto", log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise FleetError(f"--ray auto: no Ray cluster started on this host ({str(exc).splitlines()[0]}); "
+                             "run ray start (docs/fleet.md) or give the head's HOST:PORT") from None
+        return
     host, sep, port = address.strip().rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise FleetError(f"--ray {address}: give the head node's HOST:PORT (ray start --head prints it)")
+        raise FleetError(f"--ray {address}: give the head node's HOST:PORT (ray start --head prints it), or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:

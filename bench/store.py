@@ -48,7 +48,7 @@ BASELINE_JSON = "baseline.json"
 RUN_LOCK = ".lock"
 BASELINE_SCHEMA = "cifar-bench-baseline/1"
 #: Version of the run files written now; env.json says ``"schema_version": SCHEMA_VERSION``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESULTS_ENV = "BENCH_RESULTS_DIR"
 DEFAULT_RESULTS_ROOT = Path("results")
 MAX_NAME_LENGTH = 100
@@ -435,9 +435,7 @@ def _upgrade_1_to_2(runs: pd.DataFrame, env: dict) -> None:
     it empty (read back, a missing column is an empty one: text "", a number NaN), so their
     cells match today's; and the whole-cell columns of one replica are filled from the
     per-replica ones, which were the same thing then."""
-    for column, value in matrix.legacy_values().items():
-        if column in runs and _all_empty(runs[column]):
-            runs[column] = value
+    _legacy_dimensions(runs)
     ok = runs["status"] == "ok"
     total = (runs["replicas"] * runs["workers"]).where(ok)
     _fill(runs, "total_replicas", total)
@@ -447,6 +445,19 @@ def _upgrade_1_to_2(runs: pd.DataFrame, env: dict) -> None:
     if "framework_version" in runs and "tensorflow_version" in runs:
         tensorflow = (runs["backend"] == "tensorflow") & ok
         _fill(runs, "framework_version", runs["tensorflow_version"].where(tensorflow, ""))
+
+
+def _upgrade_2_to_3(runs: pd.DataFrame, env: dict) -> None:
+    """Version 2 runs were written before the ``engine`` dimension: each cell trained through
+    Keras, its legacy value."""
+    _legacy_dimensions(runs)
+
+
+def _legacy_dimensions(runs: pd.DataFrame) -> None:
+    """Each dimension the file lacks (read back: an all-empty column) gets its legacy value."""
+    for column, value in matrix.legacy_values().items():
+        if column in runs and _all_empty(runs[column]):
+            runs[column] = value
 
 
 def _all_empty(column: pd.Series) -> bool:
@@ -461,7 +472,7 @@ def _fill(runs: pd.DataFrame, column: str, values: pd.Series) -> None:
     runs.loc[empty, column] = values[empty]
 
 
-UPGRADES: dict[int, Callable[[pd.DataFrame, dict], None]] = {1: _upgrade_1_to_2}
+UPGRADES: dict[int, Callable[[pd.DataFrame, dict], None]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
 
 
 def read_env(path: Path) -> dict:

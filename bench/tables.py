@@ -24,6 +24,7 @@ import pandas as pd
 
 from bench import matrix, tta
 from bench.contention import BUSY_PCT
+from bench.energy import describe_energy
 from bench.environment import machine_id
 from bench.record import RUN_COLUMNS
 from bench.store import Run
@@ -352,6 +353,13 @@ def _row(group: pd.DataFrame, speedup: Speedup, reference: Reference, dims: list
         "Efficiency (theoretical)": number(_median(ok, "efficiency_theoretical_pct"), ".1f", " %"),
         "Est. notebook run": format_duration(ok["projected_seed_run_s"].median()),
     })
+    if "energy_covers" in ok and _texts(ok["energy_covers"]).size:
+        energy = ok["energy_j_per_1k_images"].dropna()
+        row["Energy"] = describe_energy({"energy_j_per_1k_images": energy.median() if len(energy) else None,
+                                         "energy_covers": _texts(ok["energy_covers"]).iloc[0]})
+        row["kWh / notebook run"] = number(_median(ok, "energy_seed_run_kwh"), ".3f")
+    if "cost_note" in ok and _texts(ok["cost_note"]).size:
+        row["$ / notebook run"] = number(_median(ok, "cost_seed_run_usd"), ",.4f")
     if "target_accuracy" in ok and ok["target_accuracy"].notna().any():
         target = float(ok["target_accuracy"].dropna().iloc[0])
         row[f"Time to {target:.0%}"] = tta.describe_times(list(ok["time_to_target_s"]), int(first["epochs"]))
@@ -446,6 +454,21 @@ def accuracy_text(ok: pd.DataFrame) -> str:
     images = int(measured["heldout_images"].iloc[0])
     full = _full_split_images(measured["split"].iloc[0])
     return text if full is None or images >= full else f"{text} (first {images:,} images)"
+
+
+def _energy_and_cost_notes(ok: pd.DataFrame) -> list[str]:
+    """What the Energy and cost columns are, and the prices behind the cost (``--price``)."""
+    out = []
+    if "energy_covers" in ok and _texts(ok["energy_covers"]).size:
+        out.append("**Energy**: joules per 1,000 training images over the cell's steady window (synced at its "
+                   "edges, extended to --energy-window with more steady steps), what the counters cover, or "
+                   "why they could not be read; **kWh / notebook run**: that energy projected to the "
+                   f"notebook's {SEED_RUN.epochs} epochs of {SEED_RUN.train_images:,} images.")
+    if "cost_note" in ok and _texts(ok["cost_note"]).size:
+        prices = "; ".join(dict.fromkeys(_texts(ok["cost_note"])))
+        out.append(f"**$ / notebook run**: the projected notebook run's hours × the price (DAWNBench's rule): "
+                   f"{prices}.")
+    return out
 
 
 def _target_note(ok: pd.DataFrame) -> str:
@@ -564,6 +587,7 @@ def _column_notes(table: Table, ok: pd.DataFrame) -> list[str]:
         f"warm-up included; framework start-up (median {ok['startup_s'].median():.1f} s), data loading "
         f"(median {ok['data_load_s'].median():.1f} s) and evaluation are not in it.",
         *([_target_note(ok)] if "target_accuracy" in ok and ok["target_accuracy"].notna().any() else []),
+        *_energy_and_cost_notes(ok),
         "**Accuracy**: " + (_accuracy_note(ok) if ok["split"].nunique() == 1 else
                             "on the held-out images of the row's split after that training, not the best mini-batch."),
         "**Images/s**: batch size ÷ median steady step time; the first "

@@ -104,13 +104,15 @@ def test_bf16_native_matches_keras_losses(backend):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 def test_native_accuracy_within_keras_seed_spread(backend, real_cifar_dir):
-    """150 steps of real training, three Keras seeds and two native ones: the native engine's
-    held-out accuracy lies within the Keras seeds' range, widened by that range on each side."""
+    """100 steps of real training at batch 32, three Keras seeds and one native: the native
+    engine's held-out accuracy lies within the Keras seeds' range, widened by that range on
+    each side."""
     os.environ["CIFAR10_DIR"] = str(real_cifar_dir)
     result = run_helper("engine_accuracy.py", backend)
     keras_acc, native_acc = result["keras"]["accuracy"], result["native"]["accuracy"]
     spread = max(keras_acc) - min(keras_acc)
-    assert min(keras_acc) > 0.2, result          # it learned something: 10 % is chance
+    # it learned something: 10 % is chance, and 15 % of 2,000 images is 7 standard errors above it
+    assert min(keras_acc) > 0.15, result
     for accuracy in native_acc:
         assert min(keras_acc) - spread <= accuracy <= max(keras_acc) + spread, result
     assert result["native"]["compile_note"].startswith("native engine")

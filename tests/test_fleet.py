@@ -95,6 +95,28 @@ def test_an_unreachable_address_is_one_line_not_minutes_of_retries():
         fleet.connect("just-a-host")
 
 
+def test_auto_joins_the_cluster_this_host_started_or_says_there_is_none(monkeypatch):
+    """``--ray auto`` is Ray's own ``address="auto"`` (the cluster ``ray start`` left on this
+    host); without one it is one line naming both ways out."""
+    from types import SimpleNamespace
+
+    joined = []
+
+    def init(address, **_):
+        joined.append(address)
+        if len(joined) == 1:
+            raise ConnectionError("Could not find any running Ray instance.\nPlease start one")
+
+    fake = SimpleNamespace(is_initialized=lambda: False, init=init)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(fleet.FleetError) as caught:
+        fleet.connect("auto")
+    assert str(caught.value) == ("--ray auto: no Ray cluster started on this host (Could not find any running "
+                                 "Ray instance.); run ray start (docs/fleet.md) or give the head's HOST:PORT")
+    fleet.connect("auto")
+    assert joined == ["auto", "auto"]
+
+
 def test_an_unreachable_cluster_leaves_no_fleet_directory(tmp_path):
     pytest.importorskip("ray")
     with pytest.raises(fleet.FleetError, match="no Ray cluster answers there"):

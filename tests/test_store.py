@@ -56,7 +56,18 @@ def test_old_files_are_upgraded_in_one_named_step(tmp_path):
     (directory / store.ENV_JSON).write_text(json.dumps(env))
     run = store.read_run(directory)
     assert run.runs["backend"].tolist() == ["tensorflow"] and run.runs["data_placement"].tolist() == ["host"]
-    assert list(store.UPGRADES) == [1]
+    assert list(store.UPGRADES) == [1, 2]
+
+
+def test_a_run_from_before_the_engine_dimension_reads_as_keras(tmp_path):
+    """Schema 2 runs were written before --engine: every cell trained through Keras."""
+    directory = good_run(tmp_path)
+    runs = pd.read_csv(directory / store.RUNS_CSV)
+    runs.drop(columns=["engine"]).to_csv(directory / store.RUNS_CSV, index=False)
+    env = json.loads((directory / store.ENV_JSON).read_text())
+    env["schema_version"] = 2
+    (directory / store.ENV_JSON).write_text(json.dumps(env))
+    assert store.read_run(directory).runs["engine"].tolist() == ["keras"]
 
 
 def test_a_run_from_before_the_math_columns_reads_with_them_empty(tmp_path):

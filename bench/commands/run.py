@@ -55,7 +55,8 @@ def add_parser(subparsers) -> None:
     ray = parser.add_argument_group("a fleet (docs/fleet.md; needs pip install 'cifar-bench[ray]')")
     ray.add_argument("--ray", metavar="HOST:PORT",
                      help="run the matrix on every selected node of the Ray cluster whose head is at "
-                          "HOST:PORT, one cell at a time per node, each node a machine of the table; "
+                          "HOST:PORT (auto: the cluster ray start joined on this host), one cell at a time "
+                          "per node, each node a machine of the table; "
                           "writes one run directory per machine plus the combined table. With "
                           "--resume, give the fleet directory")
     ray.add_argument("--ray-nodes", type=typed(fleet.parse_node_selector, "selector"), metavar="SELECTOR",

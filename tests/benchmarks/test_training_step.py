@@ -18,6 +18,7 @@ suite's conftest measures what else used the CPUs while it ran, saves it with th
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench.contention import measure_call
+from bench.contention import ContentionSampler
 from cifar_model import build_model, synthetic_dataset
 from cifar_model.pipelines import tf_host_pipeline
 from cifar_model.training import StepTimer
@@ -126,7 +127,11 @@ def test_step_timing_overhead(benchmark):
         times.clear()
     benchmark.extra_info.update(steps=OVERHEAD_BLOCK_STEPS, batch_size=64,
                                 unit="seconds per round (one synced and one unsynced block)")
-    _, contention = measure_call(benchmark.pedantic, one_round, rounds=OVERHEAD_ROUNDS, iterations=1)
+    sampler = ContentionSampler(os.getpid()).start()      # what else ran while the rounds did
+    try:
+        benchmark.pedantic(one_round, rounds=OVERHEAD_ROUNDS, iterations=1)
+    finally:
+        contention = sampler.stop()
     if benchmark.stats is None:  # --benchmark-disable: one round ran, nothing was timed
         pytest.skip("timing disabled (--benchmark-disable): the synced/unsynced ratio needs timing")
     ratio = float(np.median(np.array(seconds["synced"]) / np.array(seconds["unsynced"])))
