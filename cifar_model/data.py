@@ -378,12 +378,12 @@ def _checked(data: np.ndarray, labels: object, name: str) -> tuple[np.ndarray, n
     if len(data) > MAX_BATCH_IMAGES:
         raise DataError(f"{name}: {len(data):,} images; a CIFAR-10 batch holds at most "
                         f"{MAX_BATCH_IMAGES:,}")
-    labels = _checked_labels(labels, name)
-    if len(labels) != len(data):
-        raise DataError(f"{name}: {len(data)} images but {len(labels)} labels")
+    checked = _checked_labels(labels, name)
+    if len(checked) != len(data):
+        raise DataError(f"{name}: {len(data)} images but {len(checked)} labels")
     # Channel planes (R, G, B), each 32x32 row-major -> NHWC.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels
+    return np.ascontiguousarray(images), checked
 
 
 def _parse_meta(payload: bytes, name: str, binary: bool) -> tuple[str, ...]:
