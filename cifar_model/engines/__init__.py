@@ -151,7 +151,7 @@ def train_native(dataset: Dataset, settings: TrainSettings, *, device: str | Non
 
     cell_math, math_note = backends.cell_math(settings.precision, device_type)
     steady_wall = (timer.steady_ended - timer.steady_started
-                   if timer.steady_started is not None and timer.steady_ended is not None else math.nan)
+                   if timer.steady_started is not None and timer.steady_ended is not None else None)
     return TrainResult(
         batch_size=settings.batch_size, epochs=settings.epochs, steps_per_epoch=steps,
         warmup_steps=settings.warmup_steps, precision=settings.precision,
