@@ -158,7 +158,8 @@ def test_a_non_chief_host_leaves_the_single_worker_cells_to_the_chief():
 
 def test_speedup_is_over_the_one_replica_row_of_the_same_settings():
     base = {"status": "ok", "device_id": "cpu", "repeat": 0, "device_type": "CPU",
-            **{d.name: v for d, v in zip(matrix.DIMENSIONS, (16, "tensorflow", "fp32", "auto", 0, 1, "host", 1, 1))}}
+            **{d.name: d.default[0] for d in matrix.DIMENSIONS}, "batch_size": 16, "precision": "fp32",
+            "data_placement": "host"}
     earlier = [{**base, "global_images_per_s": 100.0},
                {**base, "batch_size": 32, "global_images_per_s": 999.0}]     # other settings: ignored
     row = record.RunRow(**{**base, "replicas": 2, "total_replicas": 2, "global_images_per_s": 150.0})
