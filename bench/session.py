@@ -57,7 +57,7 @@ class RunRequest:
     check: CheckRequest | None = None
     dry_run: bool = False
     #: an A/B arm: the Python its workers run under, and what env.json says of its software
-    worker_command: tuple[str, ...] = runner.process.WORKER_COMMAND
+    worker_command: tuple[str, ...] | None = None    # None: process.WORKER_COMMAND when the run starts
     describe_env: Callable[[dict], dict] | None = None
     run_id: str | None = None
 
@@ -264,7 +264,7 @@ class Session:
         self.context = runner.RunContext(
             config=self.config, run_id=self.writer.run_id, log_dir=self.out / "logs",
             system=self.env.get("system"), git_commit=(self.here.get("git") or {}).get("commit"),
-            machine_label=self.env.get("machine_label"), worker_command=tuple(self.request.worker_command),
+            machine_label=self.env.get("machine_label"), worker_command=tuple(self.request.worker_command or runner.process.WORKER_COMMAND),
             measured_peaks=peaks, theoretical=yardsticks.theoretical_peaks(self.todo),
             gpu_count=len(self.inventory.gpus), usable_cpus=usable_cpus,
             watch=runner.contention_sampler(usable_cpus))
