@@ -264,7 +264,8 @@ class Session:
         self.context = runner.RunContext(
             config=self.config, run_id=self.writer.run_id, log_dir=self.out / "logs",
             system=self.env.get("system"), git_commit=(self.here.get("git") or {}).get("commit"),
-            machine_label=self.env.get("machine_label"), worker_command=tuple(self.request.worker_command or runner.process.WORKER_COMMAND),
+            machine_label=self.env.get("machine_label"),
+            worker_command=tuple(self.request.worker_command or runner.process.WORKER_COMMAND),
             measured_peaks=peaks, theoretical=yardsticks.theoretical_peaks(self.todo),
             gpu_count=len(self.inventory.gpus), usable_cpus=usable_cpus,
             watch=runner.contention_sampler(usable_cpus))
