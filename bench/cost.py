@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
 
 import pandas as pd
+
+from bench.energy import DeclaredColumns, column
 
 _DEVICE_KEY = re.compile(r"^(cpu|gpu|gpu:\d+)$")
 _LOOKS_LIKE_DEVICE = re.compile(r"^(cpu|gpu):", re.IGNORECASE)   # "gpu:x", "cpu:0"; "gpu-box" is a label
@@ -64,28 +66,17 @@ def parse_prices(text: str) -> Prices:
     return Prices(prices)
 
 
-def _column(doc: str, dtype: str = "float"):
-    return field(default=None, metadata={"doc": doc, "dtype": dtype})
-
-
 @dataclass(frozen=True)
-class CostColumns:
+class CostColumns(DeclaredColumns):
     """The cost columns of a runs.csv row, declared once (each field's metadata is its doc)."""
 
-    cost_usd_per_hour: float | None = _column("the price used, US dollars per hour (--price)")
-    cost_price_of: str | None = _column("which --price key matched: gpu:N, gpu, cpu or the machine label", "text")
-    cost_seed_run_usd: float | None = _column("projected_seed_run_s / 3600 x cost_usd_per_hour: US dollars "
+    cost_usd_per_hour: float | None = column("the price used, US dollars per hour (--price)")
+    cost_price_of: str | None = column("which --price key matched: gpu:N, gpu, cpu or the machine label", "text")
+    cost_seed_run_usd: float | None = column("projected_seed_run_s / 3600 x cost_usd_per_hour: US dollars "
                                               "for the notebook's run (26 epochs x 40,000 images)")
-    cost_usd_per_million_images: float | None = _column("1e6 / global_images_per_s / 3600 x "
+    cost_usd_per_million_images: float | None = column("1e6 / global_images_per_s / 3600 x "
                                                         "cost_usd_per_hour")
-    cost_note: str | None = _column("the price used, or why there is no cost", "text")
-
-    @classmethod
-    def schema(cls) -> dict[str, tuple[str, str]]:
-        return {f.name: (f.metadata["doc"], f.metadata["dtype"]) for f in fields(cls)}
-
-    def as_row(self) -> dict:
-        return asdict(self)
+    cost_note: str | None = column("the price used, or why there is no cost", "text")
 
     @classmethod
     def build(cls, prices: Prices | None, device_id: str, machine_label: str | None,

@@ -565,43 +565,50 @@ def energy_callback(meter: EnergyMeter, warmup_steps: int, min_window_s: float =
 # ---------------------------------------------------------------------------- the row
 
 
-def _column(doc: str, dtype: str = "float"):
+def column(doc: str, dtype: str = "float"):
+    """A declared runs.csv column: empty by default, its doc and CSV type in its metadata."""
     return field(default=None, metadata={"doc": doc, "dtype": dtype})
 
 
+class DeclaredColumns:
+    """Columns declared once as dataclass fields (:func:`column`): the schema and the row
+    derive from the declaration (energy here, cost in :mod:`bench.cost`)."""
+
+    @classmethod
+    def schema(cls) -> dict[str, tuple[str, str]]:
+        """Column name -> (doc, dtype), the shape ``bench.matrix.columns()`` has."""
+        # the subclasses are dataclasses; the mixin itself cannot say so to the type checker
+        return {f.name: (f.metadata["doc"], f.metadata["dtype"]) for f in fields(cls)}  # type: ignore[arg-type]
+
+    def as_row(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]  # a dataclass subclass, as above
+
+
 @dataclass(frozen=True)
-class EnergyColumns:
+class EnergyColumns(DeclaredColumns):
     """The energy columns of a runs.csv row, declared once (each field's metadata is its doc).
 
     Numbers are empty where nothing was measured; ``energy_covers`` then says
     "not available: <reason>".
     """
 
-    energy_covers: str | None = _column("what the energy covers (GPU board; CPU package-N with or without "
+    energy_covers: str | None = column("what the energy covers (GPU board; CPU package-N with or without "
                                         "DRAM, and the share attributed to the cell's CPUs), or "
                                         "'not available: <reason>'", "text")
-    energy_method: str | None = _column("how it was read: NVML energy counter, NVML power sampled (GPUs "
+    energy_method: str | None = column("how it was read: NVML energy counter, NVML power sampled (GPUs "
                                         "before Volta), RAPL powercap counters", "text")
-    energy_window_s: float | None = _column("length of the measured steady window (wall clock, synced at "
+    energy_window_s: float | None = column("length of the measured steady window (wall clock, synced at "
                                             "both edges; extended to --energy-window with more steps)")
-    energy_window_images: int | None = _column("images trained inside the window (steps x global batch)", "int")
-    energy_j: float | None = _column("energy over the window (J)")
-    energy_avg_w: float | None = _column("energy_j / energy_window_s (W)")
-    energy_j_per_1k_images: float | None = _column("1000 x energy_j / energy_window_images")
-    energy_idle_w: float | None = _column("the device's power while idle, measured for a few seconds before "
+    energy_window_images: int | None = column("images trained inside the window (steps x global batch)", "int")
+    energy_j: float | None = column("energy over the window (J)")
+    energy_avg_w: float | None = column("energy_j / energy_window_s (W)")
+    energy_j_per_1k_images: float | None = column("1000 x energy_j / energy_window_images")
+    energy_idle_w: float | None = column("the device's power while idle, measured for a few seconds before "
                                           "the cell trained (same coverage as energy_covers)")
-    energy_above_idle_j_per_1k_images: float | None = _column(
+    energy_above_idle_j_per_1k_images: float | None = column(
         "1000 x (energy_avg_w - energy_idle_w) x energy_window_s / energy_window_images")
-    energy_seed_run_kwh: float | None = _column("projected energy of the notebook's run (26 epochs x "
+    energy_seed_run_kwh: float | None = column("projected energy of the notebook's run (26 epochs x "
                                                 "40,000 images) at energy_j_per_1k_images (kWh)")
-
-    @classmethod
-    def schema(cls) -> dict[str, tuple[str, str]]:
-        """Column name -> (doc, dtype), the shape ``bench.matrix.columns()`` has."""
-        return {f.name: (f.metadata["doc"], f.metadata["dtype"]) for f in fields(cls)}
-
-    def as_row(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def build(cls, window: EnergyReading, idle: EnergyReading | None, global_batch_size: int,
