@@ -119,6 +119,17 @@ def test_native_accuracy_within_keras_seed_spread(backend, real_cifar_dir):
     assert result["native"]["params"] == 1_454_922
 
 
+def test_native_torch_trains_through_train_into_a_real_result(real_cifar_dir):
+    """``train()`` with ``engine="native"`` returns a TrainResult that parses strictly, as the
+    worker's does (a missing field once broke every native cell)."""
+    from cifar_model import TrainResult
+
+    os.environ["CIFAR10_DIR"] = str(real_cifar_dir)
+    result = TrainResult.from_dict(run_helper("engine_train.py", "torch"))
+    assert result.total_steps == 6 and result.steady_steps == 4
+    assert result.compile_note.startswith("native engine") and result.heldout_images == 200
+
+
 def test_devices_lists_each_backends_engines(monkeypatch):
     from bench import devices
 

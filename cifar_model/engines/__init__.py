@@ -164,5 +164,6 @@ def train_native(dataset: Dataset, settings: TrainSettings, *, device: str | Non
         xla=engine.xla, backend=settings.backend, compile_note=f"native engine: {engine.compile_note}",
         unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
         data_placement=placement, data_device=engine.data_device,
+        replicas=settings.replicas, workers=settings.workers, task_index=settings.task_index,
         strategy=settings.strategy, math=cell_math, math_note=math_note,
     )
