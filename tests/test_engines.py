@@ -104,17 +104,21 @@ def test_bf16_native_matches_keras_losses(backend):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 def test_native_accuracy_within_keras_seed_spread(backend, real_cifar_dir):
-    """100 steps of real training at batch 32, three Keras seeds and one native: the native
-    engine's held-out accuracy lies within the Keras seeds' range, widened by that range on
-    each side."""
+    """150 steps of real training at batch 64, three Keras seeds and two native ones: the native
+    engine's held-out accuracy lies within the Keras seeds' range, widened on each side by that
+    range or three standard errors of the measurement, whichever is larger."""
     os.environ["CIFAR10_DIR"] = str(real_cifar_dir)
     result = run_helper("engine_accuracy.py", backend)
     keras_acc, native_acc = result["keras"]["accuracy"], result["native"]["accuracy"]
-    spread = max(keras_acc) - min(keras_acc)
+    # three seeds can land close together by chance: the band is at least three standard errors
+    # of an accuracy measured on 2,000 images (about 2.5 points at 17 %)
+    images = result["keras"]["heldout_images"][0]
+    mean = sum(keras_acc) / len(keras_acc)
+    band = max(max(keras_acc) - min(keras_acc), 3 * (mean * (1 - mean) / images) ** 0.5)
     # it learned something: 10 % is chance, and 15 % of 2,000 images is 7 standard errors above it
-    assert min(keras_acc) > 0.15, result
+    assert mean > 0.15, result
     for accuracy in native_acc:
-        assert min(keras_acc) - spread <= accuracy <= max(keras_acc) + spread, result
+        assert min(keras_acc) - band <= accuracy <= max(keras_acc) + band, result
     assert result["native"]["compile_note"].startswith("native engine")
     assert result["native"]["params"] == 1_454_922
 
