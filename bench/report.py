@@ -276,10 +276,9 @@ def write_headline_png(cells: Sequence[ReportCell], path: Path) -> Path | None:
         return None
     import textwrap
 
-    import matplotlib
+    from bench.plots import pyplot
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    plt = pyplot()
 
     bars = found.bars
     figure, axes = plt.subplots(figsize=(11, 1.4 + 0.42 * len(bars)), dpi=110)

@@ -148,11 +148,9 @@ def accuracy_plot(curves, labels: dict[str, str], target: float | None, path, ti
     seconds and a CPU's minutes both show their shape. Returns the path, or None when no
     cell was evaluated more than once.
     """
-    import matplotlib
+    from bench.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = curves.groupby(["cell_id", "repeat"]).filter(lambda g: len(g) > 1)
     if shown.empty:
         return None
