@@ -217,3 +217,23 @@ def test_every_published_block_regenerates_byte_for_byte(tmp_path, monkeypatch, 
         argv += ["--run", run]
     assert cli.main(argv) == 0
     assert copy.read_bytes() == original, f"{document}:{marker} no longer regenerates from {runs}"
+
+
+@pytest.mark.parametrize("checkout", ["main", "check/work/main", "."])
+def test_a_produced_by_line_does_not_depend_on_where_readme_runs(tmp_path, monkeypatch, checkout):
+    """CI regenerates the published blocks in a checkout somewhere else than where they were
+    made: the recorded command is shown as recorded (only --out follows the run), whatever the
+    working directory, so an absolute --data-dir is not re-relativized into ../shared here and
+    left absolute there."""
+    import pandas as pd
+
+    from bench import store
+    from bench.commands.readme import readme_command
+
+    data = tmp_path / "shared" / "datasets" / "cifar-10-batches-py"
+    recorded = f"python -m bench run --devices cpu --data-dir {data} --no-download --out /elsewhere/precision"
+    run_ = store.Run(Path("results/published/precision"), pd.DataFrame(), pd.DataFrame(), {"command": recorded})
+    (tmp_path / checkout).mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path / checkout)
+    assert readme_command(run_) == (f"python -m bench run --devices cpu --data-dir {data} --no-download "
+                                    "--out results/published/precision")

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench import readme, session, store, tables
+from bench import readme, store, tables
 from bench.options import (
     EXIT_OK,
     REFERENCE_HELP,
@@ -37,7 +37,10 @@ def add_parser(subparsers) -> None:
 
 
 def readme_command(run_: store.Run) -> str | None:
-    """The command that made ``run_``, with its output directory where the run now lives."""
+    """The command that made ``run_`` as it was recorded, with its output directory where the run
+    now lives. Nothing else is rewritten: the recorded command was already shown relative to the
+    directory it ran in, and re-relativizing it here would make a published block depend on where
+    ``bench readme`` runs (a CI checkout elsewhere would regenerate different bytes)."""
     command = run_.env.get("command")
     if not command:
         return None
@@ -45,10 +48,11 @@ def readme_command(run_: store.Run) -> str | None:
         tokens = shlex.split(command)
     except ValueError:
         return command
-    for i, token in enumerate(tokens[:-1]):
-        if token == "--out":
-            tokens[i + 1] = os.path.relpath(run_.directory)
-    return session.display_command(tokens[3:]) if tokens[:3] == ["python", "-m", "bench"] else command
+    if tokens[:3] != ["python", "-m", "bench"] or "--out" not in tokens[3:-1]:
+        return command
+    at = tokens.index("--out", 3)
+    tokens[at + 1] = os.path.relpath(run_.directory)
+    return "python -m bench " + shlex.join(tokens[3:])
 
 
 def run(args) -> int:
