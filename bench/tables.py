@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench import matrix, tta
+from bench import matrix, text, tta
 from bench.contention import BUSY_PCT
 from bench.energy import describe_energy
 from bench.environment import machine_id
@@ -153,6 +154,13 @@ class Reference:
     def named(self) -> str:
         """The reference as the user names it: "laptop cpu torch"."""
         return " ".join(p for p in (self.machine, self.device_id, self.backend) if p)
+
+    @property
+    def option(self) -> str | None:
+        """The ``--reference`` value that names this reference again (None: the default)."""
+        if self.machine is None:
+            return None
+        return ":".join(p for p in (self.machine, self.device_id, self.backend) if p)
 
     @property
     def column(self) -> str:
@@ -341,6 +349,7 @@ def _row(group: pd.DataFrame, speedup: Speedup, reference: Reference, dims: list
     row.update({SETTINGS[s]: str(matrix.plain(first[s])) for s in settings})
     if ok.empty:
         row["Time"] = f"{group.iloc[-1]['status']}: {group.iloc[-1]['reason']}"
+        row["_failure"] = (str(group.iloc[-1]["status"]), str(group.iloc[-1]["reason"]))
         return row
     row.update({
         "Time": format_duration(ok["train_s"].median()),
@@ -411,6 +420,12 @@ def build(runs: Sequence[Run], reference: Reference = Reference()) -> Table:
 
 def frame_of(table: Table) -> pd.DataFrame:
     """One row per cell, ordered by machine, device type, device and batch size."""
+    frame = _full_frame(table)
+    return frame.drop(columns=[c for c in frame if c.startswith("_")])
+
+
+def _full_frame(table: Table) -> pd.DataFrame:
+    """:func:`frame_of` with its bookkeeping columns (``_failure``: a failed cell's status and reason)."""
     frame = table.frame
     dims, settings = shown_dimensions(frame), varying_settings(frame)
     scaling = not table.several and is_scaling_run(frame)
@@ -428,7 +443,10 @@ def frame_of(table: Table) -> pd.DataFrame:
         rows.append(row)
     rows.sort(key=lambda r: r["_order"])
     result = pd.DataFrame(rows).drop(columns="_order") if rows else pd.DataFrame()
+    failures = result.pop("_failure") if "_failure" in result else None
     result = result.fillna("–")
+    if failures is not None:
+        result["_failure"] = failures
     # a column no row could fill (no theoretical peak known here) is left out; the notes say why
     result = result.drop(columns=[c for c in ("Efficiency (theoretical)",)
                                   if c in result and (result[c] == "–").all()])
@@ -849,22 +867,82 @@ def header(table: Table) -> str:
             + ", ".join(f"`{run.run_id}` ({name})" for run, name in zip(runs, names)) + ".")
 
 
+#: a note longer than this is wrapped onto indented continuation lines (the same list item)
+NOTE_WIDTH = 100
+
+
+def markdown_frame(table: Table) -> tuple[pd.DataFrame, list[str]]:
+    """The table as a Markdown reader gets it: fewer columns than :func:`frame_of` (the device
+    type joins the device's name; a one-machine table's System is in the header line), a
+    failed cell's Time a short word with a numbered footnote giving the reason, and every
+    cell escaped (:func:`bench.text.markdown_cell`: a label cannot split the table or plant a
+    marker). Returns the frame and the footnotes, in row order."""
+    frame = _full_frame(table)
+    if frame.empty:
+        return frame, []
+    if "Device Type" in frame:
+        frame["Device"] = [f"{name} ({kind})" if kind and kind not in str(name) else str(name)
+                           for name, kind in zip(frame["Device"], frame.pop("Device Type"))]
+    if "System" in frame and frame["System"].nunique() == 1:
+        frame = frame.drop(columns="System")
+    footnotes: list[str] = []
+    if "_failure" in frame:
+        for i, failure in frame.pop("_failure").items():
+            if isinstance(failure, tuple):
+                status, reason = failure
+                note = f"{status}: {reason}"
+                if note not in footnotes:                # one footnote per reason, however many rows
+                    footnotes.append(note)
+                frame.at[i, "Time"] = f"{status} [{footnotes.index(note) + 1}]"
+        footnotes = [f"[{n}] {note}" for n, note in enumerate(footnotes, 1)]
+    return frame.map(text.markdown_cell), [text.markdown_cell(f) for f in footnotes]
+
+
+#: a word Markdown could read as the start of a block (a list item, a quote, a heading, a
+#: table row) if it began a continuation line; the wrap keeps it on the line before
+_BLOCK_START = re.compile(r"^([-+*>#|=]+|\d+[.)])$")
+
+
+def wrap_note(note: str, width: int = NOTE_WIDTH, item: bool = True) -> str:
+    """One list item (or, ``item=False``, a paragraph) on lines of about ``width`` characters,
+    continuation lines indented, so it renders exactly as the one long line did: words are
+    never split, spaces are kept, no line starts with a word Markdown could read as a new
+    block, and no line breaks inside a ``**bold**`` or ```code``` span."""
+    words: list[str] = []
+    for word in note.split(" "):                 # a **bold** or `code` span stays on one line
+        if words and (words[-1].count("`") % 2 or words[-1].count("**") % 2):
+            words[-1] += " " + word
+        else:
+            words.append(word)
+    indent = "  " if item else ""
+    lines, line = [], ("- " if item else "") + words[0]
+    for word in words[1:]:
+        if len(line) + 1 + len(word) > width and word and not _BLOCK_START.match(word) and line.strip(" -"):
+            lines.append(line)
+            line = indent + word
+        else:
+            line += " " + word
+    return "\n".join(lines + [line])
+
+
 def markdown(runs: Sequence[Run], reference: Reference = Reference(),
              commands: Sequence[str | None] = ()) -> str:
     """The table, its notes and one "Produced by" line per run: deterministic, so a README
     regenerated from the same runs does not change."""
     table = build(runs, reference)
-    frame = frame_of(table)
-    lines = [header(table), ""]
+    frame, footnotes = markdown_frame(table)
+    lines = [wrap_note(header(table), item=False), ""]
     lines += [frame.to_markdown(index=False, disable_numparse=True) if len(frame)
               else "_No cell was measured._", ""]
-    lines += [f"- {note}" for note in notes(table)]
+    lines += [wrap_note(note) for note in footnotes + notes(table)]
     names = machine_names(runs)
     produced = [(command, name) for command, name in zip(commands, names) if command]
     if produced:
         lines.append("")
         lines += [f"Produced by `{command}`" + (f" ({name})." if table.several else ".")
                   for command, name in produced]
+        if reference.option is not None:           # so the block can be made again as it is
+            lines.append(f"Speed-up divides by `--reference {shlex.quote(reference.option)}`.")
     return "\n".join(lines) + "\n"
 
 

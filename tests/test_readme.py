@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from pathlib import Path
 
@@ -200,11 +201,13 @@ def generated_blocks():
         text = (REPO / document).read_text(encoding="utf-8")
         for marker, body in re.findall(r"<!-- bench:([a-z0-9-]+):start -->(.*?)<!-- bench:\1:end -->", text, re.S):
             runs = re.findall(r"^Produced by `[^`]*--out (\S+?)`", body, re.M)
-            yield pytest.param(document, marker, runs, id=f"{document}:{marker}")
+            reference = re.findall(r"^Speed-up divides by `--reference (.+)`\.$", body, re.M)
+            yield pytest.param(document, marker, runs, [arg for r in reference for arg in ["--reference", *shlex.split(r)]],
+                               id=f"{document}:{marker}")
 
 
-@pytest.mark.parametrize("document, marker, runs", list(generated_blocks()))
-def test_every_published_block_regenerates_byte_for_byte(tmp_path, monkeypatch, document, marker, runs):
+@pytest.mark.parametrize("document, marker, runs, reference", list(generated_blocks()))
+def test_every_published_block_regenerates_byte_for_byte(tmp_path, monkeypatch, document, marker, runs, reference):
     from bench import cli
 
     assert runs, f"{document}:{marker}: no 'Produced by ... --out RUN' line names its runs"
@@ -212,7 +215,7 @@ def test_every_published_block_regenerates_byte_for_byte(tmp_path, monkeypatch, 
     original = (REPO / document).read_bytes()
     copy.write_bytes(original)
     monkeypatch.chdir(REPO)                 # "Produced by" names each run relative to the project
-    argv = ["readme", "--readme", str(copy), "--marker", marker]
+    argv = ["readme", "--readme", str(copy), "--marker", marker, *reference]
     for run in runs:
         argv += ["--run", run]
     assert cli.main(argv) == 0

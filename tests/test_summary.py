@@ -274,3 +274,62 @@ def test_bench_summary_of_a_pinned_run_says_its_cpus_were_restricted(tmp_path):
     assert done.returncode == 0, done.stderr
     assert ("**Restricted CPUs**: this run could use 1 of the machine's 2 logical CPUs (affinity: CPU 0)"
             in done.stdout)
+
+
+# --------------------------------------------------------------------------- the Markdown table
+
+def markdown_of(runs: pd.DataFrame, env: dict | None = None) -> str:
+    return tables.markdown([tables.in_memory(runs, env or {})])
+
+
+def test_the_markdown_table_is_shorter_than_the_frame_and_a_failure_is_a_word_with_a_footnote():
+    runs = pd.DataFrame([row("CPU", 64, 0.2, device_name="AMD EPYC"),
+                         row("CPU", 128, None, status="failed", reason="worker killed by signal 9 " * 6,
+                             device_name="Test CPU"),
+                         row("CPU", 256, None, status="failed", reason="worker killed by signal 9 " * 6,
+                             device_name="Test CPU")])
+    frame, footnotes = tables.markdown_frame(tables.build([tables.in_memory(runs, {})]))
+    full = table_of(runs)
+    assert len(frame.columns) == len(full.columns) - 2          # Device Type joined Device; System in the header
+    assert list(frame["Device"]) == ["AMD EPYC (CPU)", "Test CPU", "Test CPU"]   # the type only where the name lacks it
+    assert list(frame["Time"])[1:] == ["failed [1]", "failed [1]"]                 # one footnote per reason
+    assert footnotes == ["[1] failed: " + "worker killed by signal 9 " * 6]
+    text = markdown_of(runs)
+    table_lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert all("worker killed" not in line for line in table_lines)
+    assert "- [1] failed: worker killed" in text
+
+
+def test_a_hostile_label_cannot_split_the_markdown_table_or_plant_a_marker():
+    runs = pd.DataFrame([row("CPU", 64, 0.2, device_name="evil | <!-- bench:table:end --> cpu\nnext")])
+    text = markdown_of(runs)
+    [body] = [line for line in text.splitlines() if line.startswith("| evil")]
+    assert body.count(" | ") + body.count("|") - body.count("\\|") * 2 >= 2    # cells intact
+    assert "\\|" in body and "<!--" not in text and "&lt;!--" in body
+
+
+def blockish_word(word: str) -> bool:
+    return bool(__import__("re").fullmatch(r"([-+*>#|=]+|\d+[.)])", word))
+
+
+@pytest.mark.parametrize("note", [
+    "a " * 80 + "end",
+    "**Speed-up vs CPU** is – for 2 rows: " + "word - 1. # > + * | = " * 12,
+    "x" * 150 + " short",
+    "lead " * 15 + "**Not a scaling result** and `python -m bench run --devices cpu --out x` " * 3,
+])
+def test_a_wrapped_note_renders_as_the_one_line_it_was(note):
+    wrapped = tables.wrap_note(note)
+    lines = wrapped.split("\n")
+    assert lines[0].startswith("- ") and all(line.startswith("  ") for line in lines[1:])
+    assert " ".join([lines[0][2:]] + [line[2:] for line in lines[1:]]) == note
+    for line, after in zip(lines, lines[1:] + [""]):     # a line runs over only to keep a word whole
+        words = after.split()
+        assert (len(line) <= tables.NOTE_WIDTH or len(line.strip().split(" ")) <= 2
+                or (words and blockish_word(words[0])) or blockish_word(line.split(" ")[-1]))
+    blockish = __import__("re").compile(r"^  ([-+*>#|=]+|\d+[.)])( |$)")
+    assert not any(blockish.match(line) for line in lines[1:])
+    if len(note) > 2 * tables.NOTE_WIDTH:
+        assert len(lines) > 1
+    for line in lines:                                        # spans are never broken across lines
+        assert line.count("**") % 2 == 0 and line.count("`") % 2 == 0
