@@ -201,9 +201,9 @@ def generated_blocks():
         text = (REPO / document).read_text(encoding="utf-8")
         for marker, body in re.findall(r"<!-- bench:([a-z0-9-]+):start -->(.*?)<!-- bench:\1:end -->", text, re.S):
             runs = re.findall(r"^Produced by `[^`]*--out (\S+?)`", body, re.M)
-            reference = re.findall(r"^Speed-up divides by `--reference (.+)`\.$", body, re.M)
-            yield pytest.param(document, marker, runs, [arg for r in reference for arg in ["--reference", *shlex.split(r)]],
-                               id=f"{document}:{marker}")
+            named = re.findall(r"^Speed-up divides by `--reference (.+)`\.$", body, re.M)
+            reference = [arg for r in named for arg in ["--reference", *shlex.split(r)]]
+            yield pytest.param(document, marker, runs, reference, id=f"{document}:{marker}")
 
 
 @pytest.mark.parametrize("document, marker, runs, reference", list(generated_blocks()))
