@@ -268,6 +268,11 @@ SETTINGS: tuple[Setting, ...] = (
                  "--workers then defaults to the host count. The workers' ports are unauthenticated "
                  "(TensorFlow's listen on every interface, even for local workers; JAX's on the "
                  "cluster address): firewall them to the cluster's hosts"),
+    Setting(name="allow_open_ports", example=None, flag="--allow-open-ports", default=False,
+            help="run TensorFlow multi-worker cells on this machine (--workers N or a loopback "
+                 "--cluster) although TensorFlow's gRPC server listens on every interface "
+                 "(0.0.0.0:PORT, unauthenticated, and it cannot be bound to loopback); without it "
+                 "those cells are skipped rows. Use it only behind a firewall that closes the ports"),
     Setting(name="task_index", example="1", flag="--task-index", parse=integer(0, MAX_TASK_INDEX), default=0,
             help="this host's place in --cluster; 0, the chief, writes the rows that count "
                  "(default: $TF_CONFIG's task, else 0)"),
@@ -317,6 +322,7 @@ class RunConfig:
     cluster: tuple[str, ...] = ()         # host:port of every worker (--cluster); () : local workers
     task_index: int = 0                   # this host's place in ``cluster`` (0: the chief)
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_S
+    allow_open_ports: bool = False        # TensorFlow's loopback clusters listen on 0.0.0.0: only when asked
     profile: str = "quick"
     devices: tuple[str, ...] | None = None    # None: every device found
     data: str = "cifar10"                 # as asked; ``source`` says what it became

@@ -28,7 +28,7 @@ from bench.launch import backend_missing, worker_environment
 from bench.progress import Reporter
 from bench.protocol import MARK, CellSpec, Event, ProtocolError, WorkerResult
 from bench.store import RunWriter
-from cifar_model.settings import backend_limitation, parallel_limitation
+from cifar_model.settings import backend_limitation, is_loopback_cluster, parallel_limitation
 
 #: A multi-worker cell's time limit when ``--cell-timeout`` is not given: its peers can hang.
 DEFAULT_MULTI_WORKER_TIMEOUT_S = 3600
@@ -183,7 +183,27 @@ def skip_reason(cell: matrix.Cell, config: RunConfig | None = None,
         cell["steps_per_execution"], cell["engine"]
     ) or parallel_limitation(cell.device_type, cell["replicas"], cell["workers"], cell["data_placement"],
                              cell["steps_per_execution"],
-                             config.unsynced_steps if config is not None else 0, available)
+                             config.unsynced_steps if config is not None else 0, available
+    ) or (OPEN_PORTS_REASON if open_ports_refused(cell, config) else None)
+
+
+OPEN_PORTS_REASON = ("TensorFlow's multi-worker gRPC server would listen on every interface "
+                     "(0.0.0.0:PORT, unauthenticated; TensorFlow cannot bind it to loopback), beyond "
+                     "this loopback cluster; add --allow-open-ports to run it behind a firewall that "
+                     "closes the port")
+
+
+def open_ports_refused(cell: matrix.Cell, config: RunConfig | None) -> bool:
+    """A TensorFlow multi-worker cell on this machine's loopback (local workers, or a
+    ``--cluster`` of loopback addresses) the user did not allow to open a port on every
+    interface. A ``--cluster`` of other hosts asked for the network: it runs."""
+    if cell["backend"] != "tensorflow" or cell["workers"] <= 1:
+        return False
+    if config is None:
+        return True
+    if config.allow_open_ports:
+        return False
+    return not config.cluster or is_loopback_cluster(config.cluster)
 
 
 def scaling_note(cell: matrix.Cell, config: RunConfig, usable_cpus: float | None) -> str | None:
@@ -194,8 +214,7 @@ def scaling_note(cell: matrix.Cell, config: RunConfig, usable_cpus: float | None
         return (f"{cell['replicas']} logical devices sharing {cores} CPU cores: a functional "
                 "check, no speed-up expected (no hardware is added; a speed-up here only means "
                 "one device left some cores idle)")
-    hosts = {address.rpartition(":")[0] for address in config.cluster}
-    if cell["workers"] > 1 and (not config.cluster or hosts <= {"127.0.0.1", "localhost", "::1", "[::1]"}):
+    if cell["workers"] > 1 and (not config.cluster or is_loopback_cluster(config.cluster)):
         return (f"{cell['workers']} worker processes on this one machine sharing {cores} CPU cores"
                 + (" and its GPU(s)" if cell.device_type == "GPU" else "")
                 + ": a functional check of the multi-worker path, no speed-up expected")

@@ -35,20 +35,22 @@ one machine, or an explicit ``127.0.0.1``/``localhost``/``::1`` ``--cluster``) m
 reachable from elsewhere: JAX's coordination service is bound to the cluster's first
 address and gloo's collectives to the loopback address (:func:`bind_jax_to_loopback`).
 TensorFlow's gRPC server cannot be bound: it listens on ``0.0.0.0:PORT`` (every interface,
-hard-coded in its ``grpc_server_lib.cc``), so every worker says so in its log
-(:func:`listening_note`). Real clusters must be firewalled to the cluster's hosts.
+hard-coded in its ``grpc_server_lib.cc``), so the harness skips TensorFlow loopback clusters
+unless the user passes ``--allow-open-ports`` (``bench.runner.open_ports_refused``), and every
+worker says where it listens in its log (:func:`listening_note`). Real clusters must be
+firewalled to the cluster's hosts.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import sys
 
 import keras
 
-from cifar_model.settings import TrainSettings
+from cifar_model.settings import TrainSettings, is_loopback_cluster
+from cifar_model.settings import cluster_host as _host
 
 #: What ends a worker whose peers never joined (see :class:`join_deadline`).
 DEADLINE_SIGNAL = "SIGALRM"
@@ -152,24 +154,6 @@ def keras_multi_process(settings: TrainSettings, device_type: str):
         raise ValueError(f"{settings.workers} workers x {settings.replicas} replicas need "
                          f"{settings.total_replicas} JAX devices in all; the cluster has {len(devices)}")
     return keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
-
-
-def _host(address: str) -> str:
-    """``host`` of ``host:port``, ``[v6]:port`` or ``v6`` without brackets."""
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
-    return host.strip("[]")
-
-
-def is_loopback_cluster(cluster) -> bool:
-    """Whether every address of ``cluster`` is this machine's loopback (``localhost`` included)."""
-    def loopback(host: str) -> bool:
-        if host.lower() == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-    return bool(cluster) and all(loopback(_host(address)) for address in cluster)
 
 
 def bind_jax_to_loopback(cluster) -> None:

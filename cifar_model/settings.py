@@ -9,6 +9,7 @@ made, not minutes later inside a worker.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, overload
 
@@ -396,3 +397,23 @@ def parallel_limitation(device_type: str, replicas: int, workers: int, data_plac
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------- cluster addresses
+
+def cluster_host(address: str) -> str:
+    """``host`` of ``host:port``, ``[v6]:port`` or ``v6`` without brackets."""
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    return host.strip("[]")
+
+
+def is_loopback_cluster(cluster) -> bool:
+    """Whether every address of ``cluster`` is this machine's loopback (``localhost`` included)."""
+    def loopback(host: str) -> bool:
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+    return bool(cluster) and all(loopback(cluster_host(address)) for address in cluster)

@@ -149,6 +149,35 @@ def test_what_cannot_run_is_a_skipped_row_with_its_reason(backend, replicas, wor
     assert fragment in runner.skip_reason(cell, config(), **extra)
 
 
+@pytest.mark.parametrize("backend, cluster, allowed, runs", [
+    ("tensorflow", (), False, False),                                  # local workers: 0.0.0.0 unasked
+    ("tensorflow", ("127.0.0.1:7000", "localhost:7001"), False, False),  # a loopback --cluster too
+    ("tensorflow", ("[::1]:7000", "[::1]:7001"), False, False),
+    ("tensorflow", (), True, True),                                    # --allow-open-ports
+    ("tensorflow", ("10.0.0.1:7000", "10.0.0.2:7001"), False, True),   # other hosts: the network was asked for
+    ("jax", (), False, True),                                          # JAX binds its loopback address
+])
+def test_a_tensorflow_loopback_cluster_opens_no_port_on_every_interface_unless_allowed(backend, cluster,
+                                                                                       allowed, runs):
+    cell = matrix.plan(matrix.Plan({"batch_size": (16,), "backend": (backend,), "workers": (2,),
+                                    "data_placement": ("host",)}), [CPU], 1, 50_000)[-1]
+    reason = runner.skip_reason(cell, config(cluster=cluster, allow_open_ports=allowed))
+    if runs:
+        assert reason is None
+    else:
+        assert "0.0.0.0" in reason and "--allow-open-ports" in reason
+
+
+def test_allow_open_ports_is_a_run_option_kept_in_the_config(tmp_path):
+    from bench import cli, options
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["run", "--allow-open-ports", "--out", str(tmp_path / "r")])
+    assert options.run_config_from(args).allow_open_ports is True
+    args = parser.parse_args(["run", "--out", str(tmp_path / "r")])
+    assert options.run_config_from(args).allow_open_ports is False
+
+
 def test_a_non_chief_host_leaves_the_single_worker_cells_to_the_chief():
     cells = matrix.plan(matrix.Plan({"batch_size": (16,), "workers": (2,)}), [CPU], 1, 50_000)
     cfg = config(cluster=("a:1", "b:1"), task_index=1)
@@ -177,7 +206,8 @@ def parallel_run(tmp_path_factory):
     workers (MultiWorkerMirroredStrategy); 2 x 2 is planned and skipped on a CPU."""
     root = tmp_path_factory.mktemp("scale")
     started = time.monotonic()
-    done = bench("run", *TINY, "--replicas", "1,2", "--workers", "1,2", "--out", root / "run", cwd=root)
+    done = bench("run", *TINY, "--replicas", "1,2", "--workers", "1,2", "--allow-open-ports",
+                 "--out", root / "run", cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = pd.read_csv(root / "run" / "runs.csv")
     return root / "run", runs.set_index(["replicas", "workers"]), time.monotonic() - started
