@@ -271,10 +271,12 @@ class RunWriter:
 
     def flush(self) -> None:
         # steps and curves first: runs.csv never names a cell whose steps are not on disk yet
-        write_atomically(self.directory / STEPS_CSV, _schema_frame(self.steps, STEP_COLUMNS).to_csv(index=False))
+        steps = _neutralised(_schema_frame(self.steps, STEP_COLUMNS), STEP_COLUMNS)
+        write_atomically(self.directory / STEPS_CSV, steps.to_csv(index=False))
         if self.curves or (self.directory / CURVES_CSV).exists():
-            write_atomically(self.directory / CURVES_CSV, self.curve_frame().to_csv(index=False))
-        write_atomically(self.directory / RUNS_CSV, _neutralised(self.frame()).to_csv(index=False))
+            write_atomically(self.directory / CURVES_CSV,
+                             _neutralised(self.curve_frame(), CURVE_SCHEMA).to_csv(index=False))
+        write_atomically(self.directory / RUNS_CSV, _neutralised(self.frame(), RUN_COLUMNS).to_csv(index=False))
 
     def frame(self) -> pd.DataFrame:
         return _schema_frame(self.rows, RUN_COLUMNS)
@@ -283,11 +285,12 @@ class RunWriter:
         return _schema_frame(self.curves, CURVE_SCHEMA)
 
 
-def _neutralised(frame: pd.DataFrame) -> pd.DataFrame:
-    """runs.csv's text as a spreadsheet must show it: a label or reason starting with = + - @
-    is not a formula (see :func:`bench.text.csv_cell`)."""
+def _neutralised(frame: pd.DataFrame, schema) -> pd.DataFrame:
+    """A CSV file's text as a spreadsheet must show it: a label, run name or reason starting
+    with = + - @ is not a formula (see :func:`bench.text.csv_cell`); the same in runs.csv,
+    steps.csv and curves.csv, so a run's name reads back alike from each."""
     frame = frame.copy()
-    for name in columns_of("text", RUN_COLUMNS):
+    for name in columns_of("text", schema):
         frame[name] = frame[name].map(csv_cell)
     return frame
 

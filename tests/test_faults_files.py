@@ -188,6 +188,15 @@ def test_a_formula_label_is_text_in_runs_csv(tmp_path):
     assert list(labels) == ["'=HYPERLINK(\"x\")"]
 
 
+def test_a_formula_run_name_is_text_in_every_csv_file_alike(tmp_path):
+    done = bench("run", *FAST, "--batch-sizes", "32", "--out", "=cmd|' -C calc'!A0", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "=cmd|' -C calc'!A0"
+    for name in (store.RUNS_CSV, store.STEPS_CSV):
+        run_ids = set(pd.read_csv(out / name, dtype=str)["run_id"])
+        assert run_ids == {"'=cmd|' -C calc'!A0"}, name
+
+
 # --------------------------------------------------------------------------- 17. claiming and locks
 
 def test_a_run_leaves_no_lock_file_and_a_killed_claim_leaves_no_directory(tmp_path, monkeypatch):
