@@ -323,9 +323,7 @@ def train(
                      }.get(settings.strategy)
         timer = StepTimer(settings.warmup_steps)
         # after the step timer: an evaluation runs once that step's clock has stopped
-        curve = (HeldOutCurve(lambda: _scores(model, dataset, settings, logits_of), settings.eval_every,
-                              settings.global_batch_size, settings.target_accuracy)
-                 if settings.eval_every is not None and not dataset.synthetic else None)
+        curve = held_out_curve(settings, dataset, model, logits_of)
         timed = [timer, *([curve] if curve is not None else [])]
         started = time.perf_counter()
         if multi_worker:
@@ -359,13 +357,40 @@ def train(
             unsynced_steps = total - unsynced.first_timed_step
 
     xla, compile_note = backends.describe_compilation(settings.jit_compile, bool(trainer.jit_compile))
-    cell_math, math_note = backends.cell_math(settings.precision, _device_type(device))
     if parallel:
         compile_note = f"{compile_note}; {distribution.ENGINE_NOTES[settings.strategy]}"
         if jax_processes:
             compile_note += f", across {settings.workers} processes (jax.distributed)"
+    return measured_result(
+        settings, dataset, device, steps, timer, curve, model,
+        train_seconds=train_seconds, data_seconds=data_seconds, build_seconds=build_seconds,
+        train_loss=float(history["loss"][-1]), train_accuracy=float(history["accuracy"][-1]),
+        evaluation=evaluation, xla=xla, compile_note=compile_note,
+        unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
+        data_placement=data_placement, data_device=data_device)
+
+
+def held_out_curve(settings: TrainSettings, dataset: Dataset, model, logits_of=None) -> HeldOutCurve | None:
+    """The evaluations during training ``settings.eval_every`` asks for (None: none asked, or
+    synthetic data, which has no accuracy to reach)."""
+    if settings.eval_every is None or dataset.synthetic:
+        return None
+    return HeldOutCurve(lambda: _scores(model, dataset, settings, logits_of), settings.eval_every,
+                        settings.global_batch_size, settings.target_accuracy)
+
+
+def measured_result(settings: TrainSettings, dataset: Dataset, device: str | None, steps: int,
+                    timer: StepTimer, curve: HeldOutCurve | None, model: keras.Model, *,
+                    train_seconds: float, data_seconds: float, build_seconds: float,
+                    train_loss: float, train_accuracy: float, evaluation: dict, xla: bool,
+                    compile_note: str, unsynced_steps: int, unsynced_seconds: float | None,
+                    data_placement: str, data_device: str) -> TrainResult:
+    """The one place a training run becomes a :class:`TrainResult`, for the Keras path and
+    the native engines alike: what the settings asked, what the step timer and the curve
+    measured, what the model is, and what the caller measured around them."""
     steady_wall = (timer.steady_ended - timer.steady_started
                    if timer.steady_started is not None and timer.steady_ended is not None else None)
+    cell_math, math_note = backends.cell_math(settings.precision, _device_type(device))
     return TrainResult(
         batch_size=settings.batch_size, epochs=settings.epochs, steps_per_epoch=steps,
         warmup_steps=settings.warmup_steps, precision=settings.precision,
@@ -373,16 +398,15 @@ def train(
         device=device, data=dataset.label, split=dataset.split, records=tuple(timer.records),
         epoch_seconds=tuple(timer.epoch_seconds), train_seconds=train_seconds,
         steady_wall_seconds=steady_wall, data_seconds=data_seconds, build_seconds=build_seconds,
-        train_loss=float(history["loss"][-1]),
-        train_accuracy=float(history["accuracy"][-1]),
-        **evaluation,
+        train_loss=train_loss, train_accuracy=train_accuracy, **evaluation,
         training_flops_per_image=training_flops_per_image(model), params=model.count_params(),
-        xla=xla, backend=backend, compile_note=compile_note,
+        xla=xla, backend=settings.backend, compile_note=compile_note,
         unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
         data_placement=data_placement, data_device=data_device,
         replicas=settings.replicas, workers=settings.workers, task_index=settings.task_index,
         strategy=settings.strategy, math=cell_math, math_note=math_note,
-        curve=tuple(curve.points) if curve is not None else (), curve_eval_seconds=curve_eval_seconds,
+        curve=tuple(curve.points) if curve is not None else (),
+        curve_eval_seconds=sum(p.eval_seconds for p in curve.points) if curve is not None else 0.0,
         target_accuracy=settings.target_accuracy,
     )
 

@@ -134,6 +134,24 @@ def test_native_torch_trains_through_train_into_a_real_result(real_cifar_dir):
     assert result.compile_note.startswith("native engine") and result.heldout_images == 200
 
 
+def test_a_native_engine_evaluates_on_the_cadence_and_stops_at_its_target(real_cifar_dir):
+    """--eval-every and --target-accuracy hold for the native engines as for Keras: the curve
+    at every half epoch, training stopped at the first evaluation reaching the target, and
+    evaluation time kept out of train_seconds."""
+    from cifar_model import TrainResult
+
+    os.environ["CIFAR10_DIR"] = str(real_cifar_dir)
+    never, first = (TrainResult.from_dict(r) for r in run_helper("engine_train.py", "torch", "curve"))
+    assert [p.step for p in never.curve] == [3, 6, 9, 12] and never.total_steps == 12
+    assert [p.epoch for p in never.curve] == [1, 1, 2, 2]
+    assert never.target_accuracy == 1.0 and never.curve_eval_seconds > 0
+    assert never.curve_eval_seconds == pytest.approx(sum(p.eval_seconds for p in never.curve))
+    assert all(b.wall_seconds - b.train_seconds >= a.wall_seconds - a.train_seconds
+               for a, b in zip(never.curve, never.curve[1:]))      # evaluations accumulate outside training
+    assert [p.step for p in first.curve] == [3] and first.total_steps == 3    # stopped there
+    assert first.curve[0].heldout_accuracy >= 0.01
+
+
 def test_devices_lists_each_backends_engines(monkeypatch):
     from bench import devices
 

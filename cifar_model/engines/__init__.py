@@ -24,9 +24,8 @@ from typing import Protocol
 import keras
 import numpy as np
 
-from cifar_model import backends
 from cifar_model.data import Dataset
-from cifar_model.model import DROPOUT_RATE, build_network, training_flops_per_image
+from cifar_model.model import DROPOUT_RATE, build_network
 from cifar_model.pipelines import shuffled_index_batches
 from cifar_model.settings import (
     TrainSettings,
@@ -34,7 +33,7 @@ from cifar_model.settings import (
     steps_per_epoch,
     training_set_bytes,
 )
-from cifar_model.training import UNSYNCED_SKIP, StepTimer, TrainResult, _evaluate
+from cifar_model.training import UNSYNCED_SKIP, StepTimer, TrainResult, _evaluate, held_out_curve, measured_result
 
 
 class NativeEngine(Protocol):
@@ -107,8 +106,17 @@ def train_native(dataset: Dataset, settings: TrainSettings, *, device: str | Non
     data_seconds = dataset.load_seconds + (time.perf_counter() - started)  # incl. the copy to the device
     batches = shuffled_index_batches(n_train, settings.batch_size, settings.seed)
 
+    def logits_of(_model, images, size):        # the Keras path's evaluation signature
+        return engine.logits(images, size)
+
     timer = StepTimer(settings.warmup_steps)
-    hooks = [timer, *callbacks]
+    # after the step timer, as on the Keras path: an evaluation runs once that step's clock stopped
+    curve = held_out_curve(settings, dataset, model, logits_of)
+    hooks = [timer, *([curve] if curve is not None else []), *callbacks]
+    run = _NativeRun()
+    for hook in hooks:
+        hook.set_model(run)           # HeldOutCurve stops training through run.stop_training
+        hook.set_params({"epochs": settings.epochs, "steps": steps, "verbose": 0})
     per_call = settings.steps_per_execution
     for hook in hooks:
         hook.on_train_begin()
@@ -118,7 +126,7 @@ def train_native(dataset: Dataset, settings: TrainSettings, *, device: str | Non
         for hook in hooks:
             hook.on_epoch_begin(epoch)
         step = 0
-        while step < steps:
+        while step < steps and not run.stop_training:
             k = min(per_call, steps - step)
             indices = np.stack([next(batches) for _ in range(k)])
             for hook in hooks:
@@ -130,11 +138,15 @@ def train_native(dataset: Dataset, settings: TrainSettings, *, device: str | Non
         train_loss, train_accuracy = engine.epoch_metrics()
         for hook in hooks:
             hook.on_epoch_end(epoch, {"loss": train_loss, "accuracy": train_accuracy})
+        if run.stop_training:
+            break
     train_seconds = time.perf_counter() - started
     for hook in hooks:
         hook.on_train_end()
+    if curve is not None:             # evaluations during training are not training time
+        train_seconds -= sum(p.eval_seconds for p in curve.points)
 
-    evaluation = _evaluate(model, dataset, settings, lambda _, images, size: engine.logits(images, size))
+    evaluation = _evaluate(model, dataset, settings, logits_of)
 
     unsynced_steps, unsynced_seconds = 0, None
     if settings.unsynced_steps:
@@ -149,21 +161,17 @@ def train_native(dataset: Dataset, settings: TrainSettings, *, device: str | Non
         unsynced_steps = settings.unsynced_steps
         engine.epoch_metrics()  # leave the training figures as they were
 
-    cell_math, math_note = backends.cell_math(settings.precision, device_type)
-    steady_wall = (timer.steady_ended - timer.steady_started
-                   if timer.steady_started is not None and timer.steady_ended is not None else None)
-    return TrainResult(
-        batch_size=settings.batch_size, epochs=settings.epochs, steps_per_epoch=steps,
-        warmup_steps=settings.warmup_steps, precision=settings.precision,
-        jit_compile=settings.jit_compile, steps_per_execution=settings.steps_per_execution,
-        device=device, data=dataset.label, split=dataset.split, records=tuple(timer.records),
-        epoch_seconds=tuple(timer.epoch_seconds), train_seconds=train_seconds,
-        steady_wall_seconds=steady_wall, data_seconds=data_seconds, build_seconds=build_seconds,
-        train_loss=train_loss, train_accuracy=train_accuracy, **evaluation,
-        training_flops_per_image=training_flops_per_image(model), params=model.count_params(),
-        xla=engine.xla, backend=settings.backend, compile_note=f"native engine: {engine.compile_note}",
+    return measured_result(
+        settings, dataset, device, steps, timer, curve, model,
+        train_seconds=train_seconds, data_seconds=data_seconds, build_seconds=build_seconds,
+        train_loss=train_loss, train_accuracy=train_accuracy, evaluation=evaluation,
+        xla=engine.xla, compile_note=f"native engine: {engine.compile_note}",
         unsynced_steps=unsynced_steps, unsynced_seconds=unsynced_seconds,
-        data_placement=placement, data_device=engine.data_device,
-        replicas=settings.replicas, workers=settings.workers, task_index=settings.task_index,
-        strategy=settings.strategy, math=cell_math, math_note=math_note,
-    )
+        data_placement=placement, data_device=engine.data_device)
+
+
+class _NativeRun:
+    """What a Keras callback sees as its model on the native path: the flag a callback sets to
+    stop training (``HeldOutCurve`` at its target)."""
+
+    stop_training = False
