@@ -8,6 +8,7 @@ that names the problem and the fix, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,8 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench import matrix, regression, store, tables
-from bench.config import PROFILES, SETTING, SETTINGS, RunConfig, cluster, devices, path_text
+from bench import matrix, regression, store, tables, tta
+from bench.config import PROFILES, SETTING, SETTINGS, RunConfig, cluster, devices, fraction, path_text
 from bench.errors import UsageError, WriteError
 from bench.protocol import DataSpec
 
@@ -244,6 +245,30 @@ def load_runs_arg(run_args: list[Path] | None, root: Path) -> list[store.Run]:
     if not run_args:
         return [load_run_arg(None, root)]
     return [load_run_or_baseline(str(arg), root) for arg in run_args]
+
+
+RESCORE_HELP = ("score time to this held-out accuracy (a fraction, 0.6 = 60 %%) from the runs' "
+                "curves.csv instead of the target they ran with: for choosing a target after "
+                "measuring curves (a run evaluated with --eval-every and no target, or a higher one)")
+
+
+def target_arg(text: str) -> float:
+    """``--target-accuracy`` of summary and readme, parsed as the run option's."""
+    try:
+        return fraction(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def rescored_runs(runs: list[store.Run], target: float | None) -> list[store.Run]:
+    """``runs`` with time to ``target`` recomputed from their curves (None: as they ran)."""
+    if target is None:
+        return runs
+    try:
+        return [dataclasses.replace(run_, runs=tta.rescored(run_.runs, run_.curves, target, str(run_.directory)))
+                for run_ in runs]
+    except tta.RescoreError as exc:
+        raise UsageError(f"--target-accuracy {target:g}: {exc}") from None
 
 
 def load_run_or_baseline(text: str, root: Path) -> store.Run:

@@ -926,9 +926,10 @@ def wrap_note(note: str, width: int = NOTE_WIDTH, item: bool = True) -> str:
 
 
 def markdown(runs: Sequence[Run], reference: Reference = Reference(),
-             commands: Sequence[str | None] = ()) -> str:
+             commands: Sequence[str | None] = (), rescored_at: float | None = None) -> str:
     """The table, its notes and one "Produced by" line per run: deterministic, so a README
-    regenerated from the same runs does not change."""
+    regenerated from the same runs does not change. ``rescored_at``: the runs' time to target
+    was recomputed from their curves at that accuracy (``--target-accuracy``), said under them."""
     table = build(runs, reference)
     frame, footnotes = markdown_frame(table)
     lines = [wrap_note(header(table), item=False), ""]
@@ -941,8 +942,11 @@ def markdown(runs: Sequence[Run], reference: Reference = Reference(),
         lines.append("")
         lines += [f"Produced by `{command}`" + (f" ({name})." if table.several else ".")
                   for command, name in produced]
-        if reference.option is not None:           # so the block can be made again as it is
-            lines.append(f"Speed-up divides by `--reference {shlex.quote(reference.option)}`.")
+    if rescored_at is not None:                    # so the block can be made again as it is
+        lines += ([] if produced else [""]) + [
+            f"Time to target scored from the curves at `--target-accuracy {rescored_at:g}`."]
+    if produced and reference.option is not None:
+        lines.append(f"Speed-up divides by `--reference {shlex.quote(reference.option)}`.")
     return "\n".join(lines) + "\n"
 
 

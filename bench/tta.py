@@ -123,6 +123,73 @@ def describe_times(times: list[float | None], epochs_budget: int) -> str:
     return f"{format_seconds(low)}–{format_seconds(high)} ({n} single runs: too few to score)"
 
 
+class RescoreError(ValueError):
+    """A run cannot be scored at the asked target (no curves, or curves cut short)."""
+
+
+#: runs.csv's time-to-target columns, recomputed by :func:`rescored`
+TARGET_COLUMNS = ("target_accuracy", "target_note", "time_to_target_s", "train_time_to_target_s",
+                  "epochs_to_target", "images_to_target")
+
+
+def rescored(rows, curves, target: float, where: str = "the run"):
+    """``rows`` (runs.csv) with time to ``target`` recomputed from ``curves`` (curves.csv), as
+    the run would have recorded it with ``--target-accuracy target``: MLPerf's clock (data
+    loading + wall seconds to the first evaluation at or above the target), training time,
+    epochs and images to it, or "not reached in N epochs". Lets a target be chosen after the
+    curves were measured (MLPerf sets its targets from measured curves) without training again.
+
+    Refused (:class:`RescoreError`) for a measured cell without curves, and for one that
+    stopped at a lower target of its own before reaching this one: its curve ends there, so
+    whether it would have reached ``target`` is unknown.
+    """
+    import pandas as pd
+
+    rows = rows.copy()
+    for column in TARGET_COLUMNS:
+        if column not in rows:
+            rows[column] = None
+    rows["target_accuracy"] = rows["target_accuracy"].astype(object)
+    rows["target_note"] = rows["target_note"].astype(object)
+    for i, row in rows.iterrows():
+        if row["status"] != "ok":
+            continue
+        mine = curves[(curves["cell_id"] == row["cell_id"]) & (curves["repeat"] == row["repeat"])]
+        if mine.empty:
+            raise RescoreError(f"{where}: cell {row['cell_id']} has no held-out curve (curves.csv); "
+                               "time to a target needs a run evaluated during training (--eval-every)")
+        points = [_point(r) for r in mine.sort_values("step").to_dict("records")]
+        reached = first_reaching(points, target)
+        own = row["target_accuracy"]
+        if reached is None and own is not None and not pd.isna(own) and float(own) < target \
+                and not pd.isna(row["time_to_target_s"]):
+            raise RescoreError(f"{where}: cell {row['cell_id']} stopped at its own target {float(own):g}; "
+                               f"its curve ends there, so it cannot be scored at {target:g}")
+        rows.at[i, "target_accuracy"] = target
+        if reached is None:
+            rows.at[i, "target_note"] = f"not reached in {int(row['epochs'])} epochs"
+            for column in TARGET_COLUMNS[2:]:
+                rows.at[i, column] = None
+            continue
+        rows.at[i, "target_note"] = None
+        rows.at[i, "time_to_target_s"] = float(row["data_load_s"]) + reached.wall_seconds
+        rows.at[i, "train_time_to_target_s"] = reached.train_seconds
+        rows.at[i, "epochs_to_target"] = reached.step / float(row["steps_per_epoch"])
+        rows.at[i, "images_to_target"] = reached.images_seen
+    for column in ("time_to_target_s", "train_time_to_target_s", "epochs_to_target", "images_to_target"):
+        rows[column] = pd.to_numeric(rows[column])
+    return rows
+
+
+def _point(record: dict) -> CurvePoint:
+    """A curves.csv row (already checked on reading) as the point the worker measured."""
+    return CurvePoint(
+        epoch=int(record["epoch"]), step=int(record["step"]), images_seen=int(record["images_seen"]),
+        train_seconds=float(record["train_seconds"]), wall_seconds=float(record["wall_seconds"]),
+        eval_seconds=float(record["eval_seconds"]), heldout_accuracy=float(record["heldout_accuracy"]),
+        heldout_loss=float(record["heldout_loss"]))
+
+
 def format_seconds(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "–"

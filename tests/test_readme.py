@@ -203,6 +203,9 @@ def generated_blocks():
             runs = re.findall(r"^Produced by `[^`]*--out (\S+?)`", body, re.M)
             named = re.findall(r"^Speed-up divides by `--reference (.+)`\.$", body, re.M)
             reference = [arg for r in named for arg in ["--reference", *shlex.split(r)]]
+            reference += [arg for t in re.findall(r"^Time to target scored from the curves at "
+                                                  r"`--target-accuracy ([0-9.]+)`\.$", body, re.M)
+                          for arg in ("--target-accuracy", t)]
             yield pytest.param(document, marker, runs, reference, id=f"{document}:{marker}")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import cli, process, regression, store
+from bench import cli, process, regression, store, tta
 from bench.config import PROFILES
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
@@ -171,3 +171,46 @@ def test_target_verdict_says_not_reached_plainly_and_refuses_different_targets()
     assert "baseline 10.0 s (1/1 reached), run not reached in 1 run(s)" in verdict.text
     assert regression.target_verdict(_rows([10.0], 0.5), _rows([10.0], 0.6)).kind == "not compared"
     assert regression.target_verdict(_rows([10.0], None), _rows([10.0], None)) is None
+
+
+# --------------------------------------------------------------------------- a target chosen afterwards
+
+def test_summary_and_readme_score_a_target_from_the_curves_as_a_run_with_it_would(bench, tmp_path):
+    """A run stopped at 0.5 re-scored at 0.3 gives what a run with --target-accuracy 0.3
+    records; a higher target than it stopped at is refused (its curve ends there)."""
+    assert bench("run", *TTA, "--out", tmp_path / "at-50")[0] == 0
+    low = [a if a != "0.5" else "0.3" for a in TTA]
+    assert bench("run", *low, "--out", tmp_path / "at-30")[0] == 0
+    measured = store.read_run(tmp_path / "at-30").runs.iloc[0]
+    run = store.read_run(tmp_path / "at-50")
+    rescored = tta.rescored(run.runs, run.curves, 0.3).iloc[0]
+    for column in ("epochs_to_target", "images_to_target"):
+        assert rescored[column] == measured[column], column
+    curve = run.curves.set_index("step")
+    assert rescored["time_to_target_s"] == pytest.approx(rescored["data_load_s"] + curve.loc[4, "wall_seconds"])
+    assert rescored["train_time_to_target_s"] == pytest.approx(curve.loc[4, "train_seconds"])
+
+    status, out, err = bench("summary", "--run", tmp_path / "at-50", "--target-accuracy", "0.3", data_dir=False)
+    assert status == 0, err
+    assert "Time to 30%" in out and "Time to 50%" not in out
+    assert "Time to target scored from the curves at `--target-accuracy 0.3`." in out
+
+    status, _, err = bench("summary", "--run", tmp_path / "at-50", "--target-accuracy", "0.7", data_dir=False)
+    assert status == 2 and "stopped at its own target 0.5" in err and err.count("\n") == 1
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- bench:table:start -->\n<!-- bench:table:end -->\n")
+    status, _, err = bench("readme", "--readme", readme, "--run", tmp_path / "at-50", "--target-accuracy", "0.3",
+                           data_dir=False)
+    assert status == 0, err
+    assert "`--target-accuracy 0.3`" in readme.read_text() and "Time to 30%" in readme.read_text()
+
+
+def test_a_target_without_curves_or_out_of_range_is_one_line_exit_2(bench, tmp_path):
+    plain = ["--devices", "cpu", "--steps", "3", "--warmup", "1", "--no-peak", "--no-download", "--batch-sizes", "32"]
+    assert bench("run", *plain, "--out", tmp_path / "plain")[0] == 0
+    status, _, err = bench("summary", "--run", tmp_path / "plain", "--target-accuracy", "0.3", data_dir=False)
+    assert status == 2 and "has no held-out curve" in err and "--eval-every" in err and err.count("\n") == 1
+    for bad in ("1.5", "0", "x"):
+        status, _, err = bench("summary", "--run", tmp_path / "plain", "--target-accuracy", bad, data_dir=False)
+        assert status == 2 and "fraction above 0 and at most 1" in err, err

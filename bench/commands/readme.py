@@ -12,12 +12,15 @@ from bench import readme, store, tables
 from bench.options import (
     EXIT_OK,
     REFERENCE_HELP,
+    RESCORE_HELP,
     UsageError,
     load_runs_arg,
     path_arg,
     reference_arg,
+    rescored_runs,
     results_dir_parent,
     show,
+    target_arg,
 )
 
 
@@ -29,6 +32,7 @@ def add_parser(subparsers) -> None:
                         help="run directory or baseline; repeat it for one table of several runs "
                              "(default: the latest run)")
     parser.add_argument("--reference", metavar="REF", help=REFERENCE_HELP)
+    parser.add_argument("--target-accuracy", type=target_arg, metavar="FRACTION", help=RESCORE_HELP)
     parser.add_argument("--readme", type=path_arg, default=Path("README.md"),
                         help="the file to update (default: README.md)")
     parser.add_argument("--marker", default=readme.DEFAULT_MARKER,
@@ -59,8 +63,10 @@ def run(args) -> int:
     if not re.fullmatch(r"[a-z0-9-]+", args.marker):
         raise UsageError(f"--marker '{args.marker}': use lowercase letters, digits and dashes")
     runs, reference = load_runs_arg(args.run, store.results_root(args.results_dir)), reference_arg(args.reference)
+    runs = rescored_runs(runs, args.target_accuracy)
     try:
-        table = tables.markdown(runs, reference, [readme_command(r) for r in runs])
+        table = tables.markdown(runs, reference, [readme_command(r) for r in runs],
+                                rescored_at=args.target_accuracy)
         changed = readme.update_readme(args.readme, table, args.marker)
     except (readme.ReadmeError, tables.TableError) as exc:
         raise UsageError(str(exc)) from None

@@ -10,14 +10,17 @@ from bench.options import (
     EXIT_OK,
     EXIT_WRITE,
     REFERENCE_HELP,
+    RESCORE_HELP,
     UsageError,
     check_report_path,
     load_runs_arg,
     path_arg,
     reference_arg,
+    rescored_runs,
     results_dir_parent,
     show,
     stderr,
+    target_arg,
 )
 
 
@@ -29,6 +32,7 @@ def add_parser(subparsers) -> None:
                              "of one machine or many (default: the latest run)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON, for scripts")
     parser.add_argument("--reference", metavar="REF", help=REFERENCE_HELP)
+    parser.add_argument("--target-accuracy", type=target_arg, metavar="FRACTION", help=RESCORE_HELP)
     parser.add_argument("--plot", type=path_arg, metavar="FILE.png",
                         help="also draw images/s by batch size, one line per machine and device")
 
@@ -37,6 +41,7 @@ def run(args) -> int:
     root = store.results_root(args.results_dir)
     plot_path = check_report_path("--plot", args.plot)
     runs, reference = load_runs_arg(args.run, root), reference_arg(args.reference)
+    runs = rescored_runs(runs, args.target_accuracy)
     if args.json and reference.machine is not None:
         raise UsageError("--reference picks what the table's Speed-up column divides by; --json gives every "
                          "cell's numbers with units instead, to divide as you need: drop one of them")
@@ -46,7 +51,7 @@ def run(args) -> int:
                     else export.summary_json_of_runs(runs))
             text = json.dumps(data, indent=2, ensure_ascii=False)
         else:
-            text = tables.markdown(runs, reference)
+            text = tables.markdown(runs, reference, rescored_at=args.target_accuracy)
     except tables.TableError as exc:
         raise UsageError(str(exc)) from None
     show(text)
