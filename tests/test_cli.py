@@ -144,7 +144,7 @@ def test_summary_and_readme_commands(synthetic_run, tmp_path):
     first = bench("readme", "--run", out, "--readme", readme, cwd=root)
     assert first.returncode == 0 and "table updated" in first.stdout
     text = readme.read_text()
-    assert "\nold\n" not in text and "| System" in text and text.endswith("<!-- bench:table:end -->\ntail\n")
+    assert "\nold\n" not in text and "| Device" in text and text.endswith("<!-- bench:table:end -->\ntail\n")
     assert "Produced by `python -m bench run" in text
     second = bench("readme", "--run", out, "--readme", readme, cwd=root)
     assert "already up to date" in second.stdout and readme.read_text() == text
@@ -192,7 +192,7 @@ def test_ctrl_c_keeps_every_finished_cell(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert 1 <= len(runs) < 3 and (runs["status"] == "ok").all()
     assert "stopped by SIGINT" in stderr and "--resume" in stderr and "Traceback" not in stderr
-    assert (out / "summary.md").exists() and "| System" in stdout
+    assert (out / "summary.md").exists() and "| Device" in stdout
     steps = pd.read_csv(out / "steps.csv")
     assert set(steps["cell_id"]) == set(runs["cell_id"])
 

@@ -255,7 +255,8 @@ def test_a_peer_that_never_joins_fails_the_cell_within_the_connect_timeout(tmp_p
             ports.append(sock.getsockname()[1])
     started = time.monotonic()
     done = bench("run", *TINY, "--backend", backend, "--cluster", ",".join(f"127.0.0.1:{p}" for p in ports),
-                 "--task-index", "1", "--connect-timeout", "5", "--out", tmp_path / "run", cwd=tmp_path,
+                 "--task-index", "1", "--connect-timeout", "5", "--allow-open-ports",   # TF: 0.0.0.0
+                 "--out", tmp_path / "run", cwd=tmp_path,
                  timeout=150)
     assert time.monotonic() - started < 150
     runs = pd.read_csv(tmp_path / "run" / "runs.csv").set_index("workers")

@@ -322,7 +322,7 @@ def test_16_a_stdout_that_cannot_encode_the_summary_costs_nothing(tmp_path):
     assert "1.00?" in done.stdout                          # the "×" replaced, the rest printed
     assert "1.00×" in (tmp_path / "run" / store.SUMMARY_MD).read_text(encoding="utf-8")
     shown = bench(tmp_path, "summary", "--run", "run", env=ascii_out)
-    assert shown.returncode == 0 and "Traceback" not in shown.stderr and "| System" in shown.stdout
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr and "| Device" in shown.stdout
 
 
 #: Ctrl-C arriving while the harness still imports its modules (pandas, the first heavy one)
