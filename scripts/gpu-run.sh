@@ -5,9 +5,12 @@
 #   2. PyTorch's native step through torch.compile(mode="reduce-overhead") on the GPU, beside
 #      step 1's explicit CUDA graph of the eager step (which of the two is faster);
 #   3. the notebook's 26-epoch run (--profile seed) on the GPU with the engine fastest in step 1
-#      at the notebook's batch 128, fp32.
-# All three land in one directory (one bench run directory each) to commit under results/published/.
-# Sized for about 8 minutes of GPU time; nothing here needs the machine to be quiet.
+#      at the notebook's batch 128, fp32;
+#   4. with CIFAR-10 only (a target needs real accuracy): time to accuracy, --profile seed-tta in
+#      bf16 with 5 seeds, for JAX (Keras and native) and PyTorch's native engine (Keras on
+#      PyTorch is left out for time: about 2 minutes a seed on an H100).
+# All land in one directory (one bench run directory each) to commit under results/published/.
+# Sized for about 10 minutes of GPU time; nothing here needs the machine to be quiet.
 #
 # Usage: scripts/gpu-run.sh [OUT_DIR]      (default results/published/<date>-engines-gpu)
 #   GPU_RUN_DRY=1   dry run on this machine's CPU: --devices cpu, batch 128 only, a few steps, a
@@ -32,8 +35,10 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TF_CPP_MIN_
 
 if [ "$DRY" = 1 ]; then
     devices=cpu; gpu=cpu; batches=128; steps=4; warmup=1; seed_epochs=(--epochs 1 --steps 4 --eval-images 256)
+    tta=(--epochs 1 --steps 4 --eval-every 0.5 --target-accuracy 0.11 --eval-images 256 --repeats 2)
 else
     devices=cpu,gpu; gpu=gpu; batches=128,512; steps=40; warmup=10; seed_epochs=()
+    tta=(--repeats 5)
 fi
 backends=$("$PY" -c "import importlib.util as u; print(','.join(b for b in ('tensorflow', 'jax', 'torch') if u.find_spec(b)))")
 if [ -n "${CIFAR10_DIR:-}" ] && [ -d "$CIFAR10_DIR" ]; then
@@ -70,5 +75,18 @@ PYEOF
 )
 echo "gpu-run: the seed run trains with $backend, engine $engine"
 bench --profile seed --devices "$gpu" --backend "$backend" --engine "$engine" "${seed_epochs[@]}" \
-      "${data[@]}" --split seed --out "$OUT/seed"
+      "${data[@]}" --split seed --out "$OUT/seed" || true
+
+if [ "${data[1]}" = cifar10 ]; then
+    if [[ ,$backends, == *,jax,* ]]; then
+        bench --profile seed-tta --devices "$gpu" --backend jax --engine keras,native --precision mixed_bfloat16 \
+              "${tta[@]}" "${data[@]}" --out "$OUT/tta-jax" || true
+    fi
+    if [[ ,$backends, == *,torch,* ]]; then
+        bench --profile seed-tta --devices "$gpu" --backend torch --engine native --precision mixed_bfloat16 \
+              "${tta[@]}" "${data[@]}" --out "$OUT/tta-torch" || true
+    fi
+else
+    echo "gpu-run: no CIFAR-10 (CIFAR10_DIR): no time-to-accuracy run (a target needs real accuracy)"
+fi
 echo "gpu-run: done; commit $OUT"
