@@ -145,27 +145,9 @@ def test_fp32_is_ieee_on_a_cpu_and_each_backends_default_is_tf32_on_an_ampere_gp
                      "torch.backends.cuda.matmul.allow_tf32=False"}[backend] in note
 
 
-REAL_DATA_RUN = textwrap.dedent("""
-    import json, os
-    from cifar_model import TrainSettings, backends, load_dataset, train
-    dataset = load_dataset(os.environ["CIFAR10_DIR"], split="standard")
-    result = train(dataset, TrainSettings(batch_size=64, max_steps_per_epoch=150, warmup_steps=3,
-                                          seed=0, eval_images=2000, backend=backends.backend_name()))
-    print(MARK + json.dumps(result.to_dict()))
-""")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_the_network_learns_real_cifar10_on(backend, real_cifar_dir, monkeypatch):
-    monkeypatch.setenv("CIFAR10_DIR", str(real_cifar_dir))
-    result = run_on(backend, REAL_DATA_RUN, timeout=600)
-    assert result["backend"] == backend and result["heldout_images"] == 2000
-    assert result["accuracy_note"].startswith("first 2000 of the 10000 held-out images")
-    # Chance is 10 %, with a standard error of 0.7 % on 2,000 images: 12 % is three of them
-    # above. (150 steps is early: seeds 0/1 reached 17.3/18.9 % on JAX, 12.5/16.5 % on
-    # PyTorch, and the held-out loss can still sit above log(10) from overconfident logits.)
-    assert result["heldout_accuracy"] > 0.12
+# Real CIFAR-10 on JAX and PyTorch is covered without a Keras run of its own here: each native
+# engine computes the Keras network's function on its backend (tests/test_engines.py, 20 steps
+# from the same weights) and learns real CIFAR-10 within the Keras seeds' spread there.
 
 
 # --------------------------------------------------------------------------- fp32 math, with fakes
