@@ -28,7 +28,7 @@ from bench.launch import backend_missing, worker_environment
 from bench.progress import Reporter
 from bench.protocol import MARK, CellSpec, Event, ProtocolError, WorkerResult
 from bench.store import RunWriter
-from cifar_model.settings import backend_limitation, is_loopback_cluster, parallel_limitation
+from cifar_model.settings import backend_limitation, is_loopback_cluster, listening_note, parallel_limitation
 
 #: A multi-worker cell's time limit when ``--cell-timeout`` is not given: its peers can hang.
 DEFAULT_MULTI_WORKER_TIMEOUT_S = 3600
@@ -347,6 +347,8 @@ def _run_cell(cell: matrix.Cell, planned, writer: RunWriter, context: RunContext
         cluster = config.cluster or free_loopback_ports(cell["workers"])
         task = config.task_index if config.cluster else 0
         timeout = timeout or DEFAULT_MULTI_WORKER_TIMEOUT_S
+    if cell["workers"] > 1:   # the run says where the cluster listens, not only the workers' logs
+        reporter.say(f"    {cell.cell_id}: worker {task} " + listening_note(cluster, task, cell["backend"]))
     try:
         if cell["workers"] > 1 and not config.cluster:
             peers = start_peers(cell, config, cluster, context.log_dir, env, context.worker_command)

@@ -49,7 +49,7 @@ import sys
 
 import keras
 
-from cifar_model.settings import TrainSettings, is_loopback_cluster
+from cifar_model.settings import TrainSettings, is_loopback_cluster, listening_note
 from cifar_model.settings import cluster_host as _host
 
 #: What ends a worker whose peers never joined (see :class:`join_deadline`).
@@ -94,7 +94,7 @@ def make_strategy(settings: TrainSettings, device_type: str):
             split_cpu(settings.replicas)
         prefix = "/cpu" if device_type == "CPU" else "/gpu"
         return tf.distribute.MirroredStrategy([f"{prefix}:{i}" for i in range(settings.replicas)])
-    print(listening_note(settings, "tensorflow"), file=sys.stderr, flush=True)
+    print(listening_note(settings.cluster, settings.task_index, "tensorflow"), file=sys.stderr, flush=True)
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec({"worker": list(settings.cluster)}), task_type="worker",
         task_id=settings.task_index, rpc_layer="grpc")
@@ -147,7 +147,7 @@ def keras_multi_process(settings: TrainSettings, device_type: str):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if is_loopback_cluster(settings.cluster):
         bind_jax_to_loopback(settings.cluster)
-    print(listening_note(settings, "jax"), file=sys.stderr, flush=True)
+    print(listening_note(settings.cluster, settings.task_index, "jax"), file=sys.stderr, flush=True)
     keras.distribution.initialize(",".join(settings.cluster), settings.workers, settings.task_index)
     devices = jax.devices()
     if len(devices) != settings.total_replicas:
@@ -175,22 +175,6 @@ def bind_jax_to_loopback(cluster) -> None:
     make = getattr(_jax, "make_gloo_tcp_collectives", None)
     if make is not None and not isinstance(make, functools.partial):
         _jax.make_gloo_tcp_collectives = functools.partial(make, hostname=ip)
-
-
-def listening_note(settings: TrainSettings, backend: str) -> str:
-    """What this worker will listen on, for its log: where, and who can reach it."""
-    own = settings.cluster[settings.task_index]
-    port = own.rsplit(":", 1)[-1]
-    if backend == "jax":
-        if is_loopback_cluster(settings.cluster):
-            return (f"listening on loopback only: {settings.cluster[0]} (JAX coordination service, task 0) "
-                    f"and gloo collectives on {_host(settings.cluster[0])}")
-        return (f"listening on every interface: [::]:{settings.cluster[0].rsplit(':', 1)[-1]} (JAX coordination "
-                "service, task 0) and gloo collectives; these ports are unauthenticated: firewall them to "
-                "the cluster's hosts")
-    return (f"listening on every interface: 0.0.0.0:{port} (TensorFlow's gRPC server cannot be bound to "
-            f"one address{', even for this loopback cluster' if is_loopback_cluster(settings.cluster) else ''}); "
-            "the port is unauthenticated and runs what it is sent: firewall it to the cluster's hosts")
 
 
 def process_slices(batches, task_index: int, local_images: int):

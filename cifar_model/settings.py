@@ -10,6 +10,7 @@ made, not minutes later inside a worker.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, overload
 
@@ -417,3 +418,19 @@ def is_loopback_cluster(cluster) -> bool:
         except ValueError:
             return False
     return bool(cluster) and all(loopback(cluster_host(address)) for address in cluster)
+
+
+def listening_note(cluster: Sequence[str], task_index: int, backend: str) -> str:
+    """Where the worker ``task_index`` of ``cluster`` will listen, and who can reach it: for
+    its log, and for the run's own output when the cell starts."""
+    port = cluster[task_index].rsplit(":", 1)[-1]
+    if backend == "jax":
+        if is_loopback_cluster(cluster):
+            return (f"listening on loopback only: {cluster[0]} (JAX coordination service, task 0) "
+                    f"and gloo collectives on {cluster_host(cluster[0])}")
+        return (f"listening on every interface: [::]:{cluster[0].rsplit(':', 1)[-1]} (JAX coordination "
+                "service, task 0) and gloo collectives; these ports are unauthenticated: firewall them to "
+                "the cluster's hosts")
+    return (f"listening on every interface: 0.0.0.0:{port} (TensorFlow's gRPC server cannot be bound to "
+            f"one address{', even for this loopback cluster' if is_loopback_cluster(cluster) else ''}); "
+            "the port is unauthenticated and runs what it is sent: firewall it to the cluster's hosts")

@@ -17,7 +17,6 @@ import psutil
 import pytest
 
 from cifar_model.distribution import is_loopback_cluster, listening_note
-from cifar_model.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("--devices", "cpu", "--data", "synthetic", "--synthetic-images", "256", "--batch-sizes", "16",
@@ -33,12 +32,12 @@ def test_which_clusters_are_loopback(cluster, loopback):
 
 
 def test_each_worker_says_where_it_listens_and_that_the_port_is_open():
-    real = TrainSettings(backend="tensorflow", workers=2, cluster=("10.0.0.1:7000", "10.0.0.2:7001"), task_index=1)
-    assert "0.0.0.0:7001" in listening_note(real, "tensorflow") and "firewall" in listening_note(real, "tensorflow")
-    local = TrainSettings(backend="jax", workers=2, cluster=("127.0.0.1:7000", "127.0.0.1:7001"))
-    assert "loopback only: 127.0.0.1:7000" in listening_note(local, "jax")
-    remote = TrainSettings(backend="jax", workers=2, cluster=("10.0.0.1:7000", "10.0.0.2:7001"))
-    assert "[::]:7000" in listening_note(remote, "jax") and "firewall" in listening_note(remote, "jax")
+    remote = ("10.0.0.1:7000", "10.0.0.2:7001")
+    tensorflow = listening_note(remote, 1, "tensorflow")
+    assert "0.0.0.0:7001" in tensorflow and "firewall" in tensorflow
+    assert "loopback only: 127.0.0.1:7000" in listening_note(("127.0.0.1:7000", "127.0.0.1:7001"), 0, "jax")
+    jax = listening_note(remote, 0, "jax")
+    assert "[::]:7000" in jax and "firewall" in jax
 
 
 def _loopback(ip: str) -> bool:
@@ -83,3 +82,5 @@ def test_a_local_jax_multi_worker_cell_listens_on_loopback_only(tmp_path):
     assert seen, "no listening socket seen: the two-worker cell did not run"
     exposed = sorted(a for a in seen if not _loopback(a[0]))
     assert not exposed, f"listening beyond loopback: {exposed}"
+    said = run.stderr.read()       # the run itself says where the cluster listens
+    assert "worker 0 listening on loopback only: 127.0.0.1:" in said, said[-2000:]
