@@ -885,6 +885,8 @@ def markdown_frame(table: Table) -> tuple[pd.DataFrame, list[str]]:
                            for name, kind in zip(frame["Device"], frame.pop("Device Type"))]
     if "System" in frame and frame["System"].nunique() == 1:
         frame = frame.drop(columns="System")
+    if speedup_says_nothing(table, frame):          # every row is its own reference: 1.00× throughout
+        frame = frame.drop(columns=table.reference.column)
     footnotes: list[str] = []
     if "_failure" in frame:
         for i, failure in frame.pop("_failure").items():
@@ -896,6 +898,15 @@ def markdown_frame(table: Table) -> tuple[pd.DataFrame, list[str]]:
                 frame.at[i, "Time"] = f"{status} [{footnotes.index(note) + 1}]"
         footnotes = [f"[{n}] {note}" for n, note in enumerate(footnotes, 1)]
     return frame.map(text.markdown_cell), [text.markdown_cell(f) for f in footnotes]
+
+
+def speedup_says_nothing(table: Table, frame: pd.DataFrame) -> bool:
+    """A table of CPU rows divided by their own machine's CPU: its Speed-up column is 1.00× in
+    every row and answers nothing, so the Markdown table leaves it (and its note) out."""
+    column = table.reference.column
+    return (table.reference.machine is None and column in frame and bool(len(frame))
+            and set(table.frame.loc[table.frame["status"] != "skipped", "device_type"]) <= {"CPU"}
+            and set(frame[column]) <= {"1.00×", "–"})
 
 
 #: a word Markdown could read as the start of a block (a list item, a quote, a heading, a
@@ -932,10 +943,12 @@ def markdown(runs: Sequence[Run], reference: Reference = Reference(),
     was recomputed from their curves at that accuracy (``--target-accuracy``), said under them."""
     table = build(runs, reference)
     frame, footnotes = markdown_frame(table)
+    shown = [note for note in notes(table)
+             if reference.column in frame or not note.startswith(f"**{reference.column}**")]
     lines = [wrap_note(header(table), item=False), ""]
     lines += [frame.to_markdown(index=False, disable_numparse=True) if len(frame)
               else "_No cell was measured._", ""]
-    lines += [wrap_note(note) for note in footnotes + notes(table)]
+    lines += [wrap_note(note) for note in footnotes + shown]
     names = machine_names(runs)
     produced = [(command, name) for command, name in zip(commands, names) if command]
     if produced:

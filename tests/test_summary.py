@@ -290,7 +290,7 @@ def test_the_markdown_table_is_shorter_than_the_frame_and_a_failure_is_a_word_wi
                              device_name="Test CPU")])
     frame, footnotes = tables.markdown_frame(tables.build([tables.in_memory(runs, {})]))
     full = table_of(runs)
-    assert len(frame.columns) == len(full.columns) - 2          # Device Type joined Device; System in the header
+    assert len(frame.columns) == len(full.columns) - 3    # Device Type joined Device; System in the header; Speed-up 1.00×
     assert list(frame["Device"]) == ["AMD EPYC (CPU)", "Test CPU", "Test CPU"]   # the type only where the name lacks it
     assert list(frame["Time"])[1:] == ["failed [1]", "failed [1]"]                 # one footnote per reason
     assert footnotes == ["[1] failed: " + "worker killed by signal 9 " * 6]
@@ -298,6 +298,16 @@ def test_the_markdown_table_is_shorter_than_the_frame_and_a_failure_is_a_word_wi
     table_lines = [line for line in text.splitlines() if line.startswith("|")]
     assert all("worker killed" not in line for line in table_lines)
     assert "- [1] failed: worker killed" in text
+
+
+def test_a_cpu_only_table_leaves_out_its_speedup_column_and_note_a_gpu_row_keeps_them():
+    cpu_only = pd.DataFrame([row("CPU", 64, 0.2), row("CPU", 128, 0.4),
+                             row("GPU", 64, None, status="skipped", reason="no GPU detected")])
+    text = markdown_of(cpu_only)
+    assert "Speed-up" not in text and "| Images/s" in text
+    with_gpu = pd.DataFrame([row("CPU", 64, 0.2), row("GPU", 64, 0.02)])
+    text = markdown_of(with_gpu)
+    assert "| Speed-up vs CPU" in text and "- **Speed-up vs CPU**: the median step" in text and "10.00×" in text
 
 
 def test_a_hostile_label_cannot_split_the_markdown_table_or_plant_a_marker():
