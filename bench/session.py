@@ -359,9 +359,17 @@ class Session:
             labels[key] = matrix.describe(row.to_dict(), varying)
         shown = curves[curves["cell_id"].isin(cells)].assign(cell_id=lambda f: f["cell_id"].map(cells))
         target = self.config.target_accuracy
+        first = ok.iloc[0]        # what every line shares, so the picture says what it shows
+        shared = [str(first[d]) for d in ("backend", "engine", "precision") if d in ok and d not in varying]
+        label = self.env.get("machine_label")
+        cadence = (f"evaluated every {self.config.eval_every:g} epoch(s)" if self.config.eval_every
+                   else "evaluated at the end")
+        subtitle = ", ".join([*([str(label)] if label else []), *shared,
+                              f"{first['data']} {first['split']} split", cadence])
         return tta.accuracy_plot(shown, labels, target, self.out / tta.ACCURACY_PNG,
                                  "Held-out accuracy during training"
-                                 + (f" (target {target:.0%}: MLPerf-style time to accuracy)" if target else ""))
+                                 + (f" (target {target:.0%}: MLPerf-style time to accuracy)" if target else "")
+                                 + f"\n{subtitle}")
 
 
 def run(request: RunRequest, say: Callable[[str], None], reporter_class: type[Reporter]) -> RunOutcome:

@@ -113,8 +113,8 @@ def describe_times(times: list[float | None], epochs_budget: int) -> str:
     low, high = min(reached), max(reached)
     score = olympic_mean(reached) if k == n else None
     if score is not None:
-        return (f"{format_seconds(score)} (olympic mean of {n}: fastest and slowest dropped; "
-                f"range {format_seconds(low)}–{format_seconds(high)}; {k}/{n} reached)")
+        # how olympic scoring works is the table's note; every run reached it, or there is no score
+        return f"{format_seconds(score)} (olympic mean of {n}; range {format_seconds(low)}–{format_seconds(high)})"
     if k < n:
         return (f"{k}/{n} runs reached it ({format_seconds(low)}–{format_seconds(high)}); "
                 f"not reached in {epochs_budget} epochs by {n - k}: no score")
