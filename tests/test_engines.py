@@ -113,7 +113,7 @@ def keras_seed_spread(real_cifar_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 def test_native_accuracy_within_keras_seed_spread(backend, keras_seed_spread, real_cifar_dir):
-    """The same 150 steps with the native engine, two seeds: its held-out accuracy lies within
+    """The same 150 steps with the native engine, one seed: its held-out accuracy lies within
     the Keras seeds' range, widened on each side by that range or three standard errors of the
     measurement, whichever is larger."""
     os.environ["CIFAR10_DIR"] = str(real_cifar_dir)
@@ -129,7 +129,7 @@ def test_native_accuracy_within_keras_seed_spread(backend, keras_seed_spread, re
     assert mean > 0.15 and min(native_acc) > 0.12, result
     for accuracy in native_acc:
         assert min(keras_acc) - band <= accuracy <= max(keras_acc) + band, result
-    assert native["backend"] == backend and native["steps"] == [150, 150]
+    assert native["backend"] == backend and native["steps"] == [150]
     assert native["compile_note"].startswith("native engine") and native["params"] == 1_454_922
 
 
