@@ -146,6 +146,9 @@ class HeldOutCurve(keras.callbacks.Callback):
             self._evaluate_now()
 
     def _evaluate_now(self) -> None:
+        # Keras on JAX keeps the weights out of the model during fit (purged into the trainer's
+        # state): reading ``self.model`` syncs them back, or a predict mid-fit finds None
+        _ = self.model
         before = self.clock()
         accuracy, loss = self.evaluate()
         after = self.clock()
