@@ -34,8 +34,8 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 
 if [ "$DRY" = 1 ]; then
-    devices=cpu; gpu=cpu; batches=128; steps=4; warmup=1; seed_epochs=(--epochs 1 --steps 4 --eval-images 256)
-    tta=(--epochs 1 --steps 4 --eval-every 0.5 --target-accuracy 0.11 --eval-images 256 --repeats 2)
+    devices=cpu; gpu=cpu; batches=128; steps=4; warmup=1; seed_epochs=(--epochs 1 --steps 4 --warmup 1 --eval-images 256)
+    tta=(--epochs 1 --steps 4 --warmup 1 --eval-every 0.5 --target-accuracy 0.11 --eval-images 256 --repeats 2)
 else
     devices=cpu,gpu; gpu=gpu; batches=128,512; steps=40; warmup=10; seed_epochs=()
     tta=(--repeats 5)
