@@ -290,7 +290,7 @@ def test_the_markdown_table_is_shorter_than_the_frame_and_a_failure_is_a_word_wi
                              device_name="Test CPU")])
     frame, footnotes = tables.markdown_frame(tables.build([tables.in_memory(runs, {})]))
     full = table_of(runs)
-    assert len(frame.columns) == len(full.columns) - 3    # Device Type joined Device; System in the header; Speed-up 1.00×
+    assert len(frame.columns) == len(full.columns) - 3  # Device Type, System, Speed-up 1.00×
     assert list(frame["Device"]) == ["AMD EPYC (CPU)", "Test CPU", "Test CPU"]   # the type only where the name lacks it
     assert list(frame["Time"])[1:] == ["failed [1]", "failed [1]"]                 # one footnote per reason
     assert footnotes == ["[1] failed: " + "worker killed by signal 9 " * 6]
