@@ -19,7 +19,7 @@ from bench.contention import Contention
 from bench.cost import CostColumns, Prices
 from bench.energy import EnergyColumns
 from bench.protocol import WorkerResult
-from bench.tta import CURVE_COLUMNS
+from bench.tta import CURVE_COLUMNS, target_columns
 from cifar_model.results import CurvePoint, StepRecord, TrainResult
 from cifar_model.settings import SEED_RUN
 
@@ -346,13 +346,8 @@ def _target_columns(train: TrainResult) -> dict:
                            if train.curve else {})
     if train.target_accuracy is None:
         return out
-    out["target_accuracy"] = train.target_accuracy
-    reached = train.reached
-    if reached is None:
-        out["target_note"] = f"not reached in {train.epochs} epochs"
-        return out
-    return {**out, "time_to_target_s": train.time_to_target_seconds, "train_time_to_target_s": reached.train_seconds,
-            "epochs_to_target": reached.step / train.steps_per_epoch, "images_to_target": reached.images_seen}
+    return {**out, **target_columns(train.curve, train.target_accuracy, train.epochs, train.steps_per_epoch,
+                                    train.data_seconds)}
 
 
 def curve_rows(cell_id: str, repeat: int, points: Sequence[CurvePoint]) -> list[dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cifar_model.curves import first_reaching
@@ -123,6 +124,18 @@ def describe_times(times: list[float | None], epochs_budget: int) -> str:
     return f"{format_seconds(low)}–{format_seconds(high)} ({n} single runs: too few to score)"
 
 
+def target_columns(points: Sequence[CurvePoint], target: float, epochs: int, steps_per_epoch: float,
+                   data_seconds: float) -> dict:
+    """runs.csv's time-to-target columns of one run from its curve: the one rule, for a run
+    stopped at its target and for a curve re-scored afterwards (:func:`rescored`)."""
+    reached = first_reaching(list(points), target)
+    if reached is None:
+        return {"target_accuracy": target, "target_note": f"not reached in {epochs} epochs"}
+    return {"target_accuracy": target, "time_to_target_s": data_seconds + reached.wall_seconds,
+            "train_time_to_target_s": reached.train_seconds, "epochs_to_target": reached.step / steps_per_epoch,
+            "images_to_target": reached.images_seen}
+
+
 class RescoreError(ValueError):
     """A run cannot be scored at the asked target (no curves, or curves cut short)."""
 
@@ -159,23 +172,15 @@ def rescored(rows, curves, target: float, where: str = "the run"):
             raise RescoreError(f"{where}: cell {row['cell_id']} has no held-out curve (curves.csv); "
                                "time to a target needs a run evaluated during training (--eval-every)")
         points = [_point(r) for r in mine.sort_values("step").to_dict("records")]
-        reached = first_reaching(points, target)
+        columns = target_columns(points, target, int(row["epochs"]), float(row["steps_per_epoch"]),
+                                 float(row["data_load_s"]))
         own = row["target_accuracy"]
-        if reached is None and own is not None and not pd.isna(own) and float(own) < target \
+        if "target_note" in columns and own is not None and not pd.isna(own) and float(own) < target \
                 and not pd.isna(row["time_to_target_s"]):
             raise RescoreError(f"{where}: cell {row['cell_id']} stopped at its own target {float(own):g}; "
                                f"its curve ends there, so it cannot be scored at {target:g}")
-        rows.at[i, "target_accuracy"] = target
-        if reached is None:
-            rows.at[i, "target_note"] = f"not reached in {int(row['epochs'])} epochs"
-            for column in TARGET_COLUMNS[2:]:
-                rows.at[i, column] = None
-            continue
-        rows.at[i, "target_note"] = None
-        rows.at[i, "time_to_target_s"] = float(row["data_load_s"]) + reached.wall_seconds
-        rows.at[i, "train_time_to_target_s"] = reached.train_seconds
-        rows.at[i, "epochs_to_target"] = reached.step / float(row["steps_per_epoch"])
-        rows.at[i, "images_to_target"] = reached.images_seen
+        for column in TARGET_COLUMNS:
+            rows.at[i, column] = columns.get(column)
     for column in ("time_to_target_s", "train_time_to_target_s", "epochs_to_target", "images_to_target"):
         rows[column] = pd.to_numeric(rows[column])
     return rows
