@@ -201,8 +201,11 @@ def open_ports_refused(cell: matrix.Cell, config: RunConfig | None) -> bool:
         return False
     if config is None:
         return True
-    if config.allow_open_ports:
-        return False
+    return not config.allow_open_ports and cluster_on_this_machine(config)
+
+
+def cluster_on_this_machine(config: RunConfig) -> bool:
+    """Local workers (no ``--cluster``) or a ``--cluster`` of loopback addresses only."""
     return not config.cluster or is_loopback_cluster(config.cluster)
 
 
@@ -214,7 +217,7 @@ def scaling_note(cell: matrix.Cell, config: RunConfig, usable_cpus: float | None
         return (f"{cell['replicas']} logical devices sharing {cores} CPU cores: a functional "
                 "check, no speed-up expected (no hardware is added; a speed-up here only means "
                 "one device left some cores idle)")
-    if cell["workers"] > 1 and (not config.cluster or is_loopback_cluster(config.cluster)):
+    if cell["workers"] > 1 and cluster_on_this_machine(config):
         return (f"{cell['workers']} worker processes on this one machine sharing {cores} CPU cores"
                 + (" and its GPU(s)" if cell.device_type == "GPU" else "")
                 + ": a functional check of the multi-worker path, no speed-up expected")
