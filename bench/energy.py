@@ -71,7 +71,7 @@ class EnergyReading:
     method: str = ""                 # how: "NVML energy counter", "RAPL powercap counters", ...
     unavailable: str = ""            # why joules is None
     steps: int = 0
-    segments: int = 1                # windows summed into this one (the extension adds one)
+    segments: int = 1                # windows summed into this one (each extension adds one)
 
     def __post_init__(self):
         """Checked when made: a worker's reading crosses a process boundary as untrusted JSON."""

@@ -414,6 +414,9 @@ def measured_result(settings: TrainSettings, dataset: Dataset, device: str | Non
     )
 
 
+MAX_WINDOW_EXTENSIONS = 4     # rounds of extra steady steps for a measured window (each re-asks)
+
+
 def _extend_measured_windows(trainer: keras.Model, pipeline, steps: int,
                              callbacks: Sequence[keras.callbacks.Callback]) -> None:
     """Train more steady steps for callbacks that measure a window needing a minimum length.
@@ -422,10 +425,16 @@ def _extend_measured_windows(trainer: keras.Model, pipeline, steps: int,
     meter lives in the harness, which this package never imports). The steps run after
     evaluation with only those callbacks, so accuracy, ``train_seconds`` and the step records
     are those of the planned run; the model trains on, unused afterwards.
+
+    The steps wanted are an estimate from the seconds per step so far; on a busy machine the
+    extension's steps can run faster than that, leaving the window short. So the callbacks
+    are asked again after each extension, at most ``MAX_WINDOW_EXTENSIONS`` times.
     """
     asking = [c for c in callbacks if callable(getattr(c, "extra_steps_wanted", None))]
-    wanted = max((c.extra_steps_wanted() for c in asking), default=0)
-    if wanted > 0:
+    for _ in range(MAX_WINDOW_EXTENSIONS):
+        wanted = max((c.extra_steps_wanted() for c in asking), default=0)
+        if wanted <= 0:
+            return
         trainer.fit(pipeline, epochs=math.ceil(wanted / steps), steps_per_epoch=min(wanted, steps),
                     shuffle=False, verbose=0, callbacks=asking)
 

@@ -179,6 +179,48 @@ def test_a_short_window_is_extended_after_evaluation_without_touching_the_timed_
     assert reading.watts == pytest.approx(10.0, rel=0.05)
 
 
+class _Trainer:
+    """Records each extension's fit; each fit's steps reach the callbacks like a real one."""
+
+    def __init__(self):
+        self.fits: list[int] = []
+
+    def fit(self, pipeline, epochs, steps_per_epoch, shuffle, verbose, callbacks):
+        self.fits.append(epochs * steps_per_epoch)
+        for callback in callbacks:
+            callback.ran(epochs * steps_per_epoch)
+
+
+class _ShortWindow:
+    """A window that gets only half the steady seconds it asked for from each extension (a
+    busy machine that sped up), until its steps reach ``needed``."""
+
+    def __init__(self, needed: float):
+        self.needed, self.have = needed, 0.0
+
+    def extra_steps_wanted(self) -> int:
+        return max(0, int(self.needed - self.have))
+
+    def ran(self, steps: int) -> None:
+        self.have += steps / 2
+
+
+def test_a_window_still_short_after_an_extension_is_extended_again_but_not_forever():
+    from cifar_model.training import MAX_WINDOW_EXTENSIONS, _extend_measured_windows
+
+    trainer = _Trainer()
+    _extend_measured_windows(trainer, pipeline=None, steps=100, callbacks=[_ShortWindow(4)])
+    assert trainer.fits == [4, 2, 1]                      # asked again after each, until 2 + 1 + 0.5 fills it
+
+    stubborn = _Trainer()
+    _extend_measured_windows(stubborn, pipeline=None, steps=100, callbacks=[_ShortWindow(10**6)])
+    assert len(stubborn.fits) == MAX_WINDOW_EXTENSIONS     # bounded: a window that never fills stops
+
+    enough = _Trainer()
+    _extend_measured_windows(enough, pipeline=None, steps=3, callbacks=[_ShortWindow(0), object()])
+    assert enough.fits == []                                # long enough: no extra steps
+
+
 @pytest.mark.slow
 def test_a_real_cell_with_energy_says_why_no_counter_could_be_read_here(tmp_path):
     import os
