@@ -19,6 +19,9 @@ from bench.config import RunConfig
 from bench.devices import Device, Requested
 from bench.protocol import DataSpec
 
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from sockets import is_loopback, run_watching_sockets  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU = Requested("cpu", Device("cpu", "CPU", "Test CPU", 2, 2, 2**34))
 GPU0 = Requested("gpu:0", Device("gpu:0", "GPU", "A100", memory_bytes=80 * 2**30))
@@ -297,13 +300,18 @@ def test_jax_data_parallel_trains_as_one_device_does():
 def test_jax_replicas_and_workers_run_end_to_end_and_train_alike(tmp_path, python_layout):
     """One run on a tiny CIFAR-10 copy (so every cell is evaluated): 1 JAX device, 2 JAX CPU
     devices in one process, 2 processes joined by jax.distributed; 2 x 2 is skipped on a CPU.
-    The two parallel cells train the same global batch on the same seed: same losses."""
+    The two parallel cells train the same global batch on the same seed: same losses. While
+    it runs, every socket its processes listen on is on loopback, and the run says where."""
     pytest.importorskip("jax")
-    done = bench("run", "--devices", "cpu", "--backend", "jax", "--precision", "fp32",
-                 "--data-dir", python_layout, "--no-download", "--batch-sizes", "16", "--steps", "3",
-                 "--warmup", "1", "--no-peak", "--replicas", "1,2", "--workers", "1,2",
-                 "--out", tmp_path / "run", cwd=tmp_path)
+    command = [sys.executable, "-m", "bench", "run", "--devices", "cpu", "--backend", "jax", "--precision", "fp32",
+               "--data-dir", str(python_layout), "--no-download", "--batch-sizes", "16", "--steps", "3",
+               "--warmup", "1", "--no-peak", "--replicas", "1,2", "--workers", "1,2", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done, listened = run_watching_sockets(command, cwd=tmp_path, env=env, timeout=RUN_LIMIT_S)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert listened, "no listening socket seen: the two-worker cell did not run"
+    assert not sorted(a for a in listened if not is_loopback(a[0])), f"listening beyond loopback: {listened}"
+    assert "worker 0 listening on loopback only: 127.0.0.1:" in done.stderr, done.stderr[-2000:]
     runs = pd.read_csv(tmp_path / "run" / "runs.csv").set_index(["replicas", "workers"])
     one, devices, processes = runs.loc[(1, 1)], runs.loc[(2, 1)], runs.loc[(1, 2)]
     assert [r["status"] for r in (one, devices, processes)] == ["ok"] * 3
