@@ -104,10 +104,21 @@ def test_bf16_native_matches_keras_losses(backend):
 @pytest.fixture(scope="module")
 def keras_seed_spread(real_cifar_dir):
     """The reference: 150 steps of the Keras network at batch 64 on TensorFlow, three seeds
-    (measured once for both native engines; Keras on TensorFlow is the reference backend, and
-    tests/test_backends.py shows the Keras network is the same function on every backend)."""
+    (measured once for both native engines and for the suite's check that the network learns
+    real CIFAR-10; Keras on TensorFlow is the reference backend, and tests/test_backends.py
+    shows the Keras network is the same function on every backend)."""
     os.environ["CIFAR10_DIR"] = str(real_cifar_dir)
     return run_helper("engine_accuracy.py", "tensorflow", "keras")
+
+
+@pytest.mark.slow
+def test_the_keras_network_learns_real_cifar10(keras_seed_spread):
+    """The reference itself learned: chance is 10 %, and 15 % of 2,000 held-out images is 7
+    standard errors above it; the loss is below log(10), better than a uniform guess."""
+    accuracy, loss = keras_seed_spread["accuracy"], keras_seed_spread["heldout_loss"]
+    assert keras_seed_spread["steps"] == [150] * 3 and keras_seed_spread["heldout_images"] == [2000] * 3
+    assert sum(accuracy) / 3 > 0.15 and min(accuracy) > 0.12, keras_seed_spread
+    assert max(loss) < 2.30, keras_seed_spread
 
 
 @pytest.mark.slow

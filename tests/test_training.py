@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_model import TrainResult, TrainSettings, load_dataset, synthetic_dataset, train
+from cifar_model import TrainResult, TrainSettings, synthetic_dataset, train
 from cifar_model.training import NO_EVAL_NOTE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -140,19 +140,6 @@ def _as_real(dataset):
     """The tiny random set, labelled as real so that it gets evaluated (its accuracy means
     nothing; only the bookkeeping is under test)."""
     return dataclasses.replace(dataset, synthetic=False, source="test")
-
-
-@pytest.mark.slow
-def test_the_network_learns_on_real_cifar10(real_cifar_dir):
-    dataset = load_dataset(real_cifar_dir, split="standard")
-    result = train(dataset, TrainSettings(batch_size=64, max_steps_per_epoch=150, warmup_steps=3,
-                                          seed=0))
-    # Accuracy on the *whole* official test split, never a sampled batch.
-    assert result.heldout_images == 10_000 and "whole held-out split" in result.accuracy_note
-    # Chance is 10 %; its standard error on 10,000 images is 0.3 %.
-    assert result.heldout_accuracy > 0.15
-    assert result.heldout_loss < 2.30                      # below log(10): better than uniform
-    assert result.data == "cifar10" and result.eval_seconds > 0
 
 
 def test_unsynced_phase_times_a_block_with_one_sync(tiny):

@@ -35,6 +35,7 @@ results = [train(data, TrainSettings(batch_size=BATCH, max_steps_per_epoch=STEPS
            for seed in SEEDS]
 print(json.dumps({"backend": backend, "engine": ENGINE,
                   "accuracy": [r.heldout_accuracy for r in results],
+                  "heldout_loss": [r.heldout_loss for r in results],
                   "heldout_images": [r.heldout_images for r in results],
                   "steps": [r.total_steps for r in results],
                   "compile_note": results[0].compile_note, "params": results[0].params,
