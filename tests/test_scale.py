@@ -30,11 +30,16 @@ TINY = ("--devices", "cpu", "--data", "synthetic", "--synthetic-images", "256", 
 RUN_LIMIT_S = 240     # a run of three tiny cells takes ~60 s on 2 shared cores
 
 
-def bench(*args, cwd: Path, timeout: float = RUN_LIMIT_S) -> subprocess.CompletedProcess:
-    """The CLI of this checkout (PYTHONPATH: the workers it starts import it too)."""
+def bench_command(*args) -> tuple[list[str], dict]:
+    """The command line and environment of this checkout's CLI (PYTHONPATH: the workers it
+    starts import it too)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, text=True,
-                          capture_output=True, timeout=timeout, env=env)
+    return [sys.executable, "-m", "bench", *map(str, args)], env
+
+
+def bench(*args, cwd: Path, timeout: float = RUN_LIMIT_S) -> subprocess.CompletedProcess:
+    command, env = bench_command(*args)
+    return subprocess.run(command, cwd=cwd, text=True, capture_output=True, timeout=timeout, env=env)
 
 
 def config(**kwargs) -> RunConfig:
@@ -303,10 +308,10 @@ def test_jax_replicas_and_workers_run_end_to_end_and_train_alike(tmp_path, pytho
     The two parallel cells train the same global batch on the same seed: same losses. While
     it runs, every socket its processes listen on is on loopback, and the run says where."""
     pytest.importorskip("jax")
-    command = [sys.executable, "-m", "bench", "run", "--devices", "cpu", "--backend", "jax", "--precision", "fp32",
-               "--data-dir", str(python_layout), "--no-download", "--batch-sizes", "16", "--steps", "3",
-               "--warmup", "1", "--no-peak", "--replicas", "1,2", "--workers", "1,2", "--out", str(tmp_path / "run")]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command, env = bench_command("run", "--devices", "cpu", "--backend", "jax", "--precision", "fp32",
+                                 "--data-dir", python_layout, "--no-download", "--batch-sizes", "16", "--steps", "3",
+                                 "--warmup", "1", "--no-peak", "--replicas", "1,2", "--workers", "1,2",
+                                 "--out", tmp_path / "run")
     done, listened = run_watching_sockets(command, cwd=tmp_path, env=env, timeout=RUN_LIMIT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert listened, "no listening socket seen: the two-worker cell did not run"
