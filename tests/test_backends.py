@@ -19,6 +19,9 @@ from types import SimpleNamespace
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests" / "helpers"))
+from cpu_share import pin_to_worker_share  # noqa: E402
+
 MARK = "@@result "
 
 BLOCK_TENSORFLOW = "import sys; sys.modules['tensorflow'] = None  # import tensorflow -> ImportError\n"
@@ -75,7 +78,7 @@ def run_on(backend: str, script: str, timeout: int = 300) -> dict:
     prelude = "import sys\n" + ("" if backend == "tensorflow" else BLOCK_TENSORFLOW)
     prelude += f"MARK = {MARK!r}\n"
     done = subprocess.run([sys.executable, "-c", prelude + script], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT,
+                          timeout=timeout, cwd=REPO_ROOT, preexec_fn=pin_to_worker_share(),
                           env={**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "-1",
                                "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0 and MARK in done.stdout, done.stderr[-3000:]

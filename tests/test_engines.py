@@ -23,6 +23,9 @@ from cifar_model.settings import TrainSettings, backend_limitation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HELPERS = REPO_ROOT / "tests" / "helpers"
+sys.path.insert(0, str(HELPERS))
+from cpu_share import pin_to_worker_share  # noqa: E402
+
 NATIVE_BACKENDS = ("torch", "jax")
 STEPS = 20
 EXACT_STEPS = 5   # steps whose fp32 losses agree to rounding (see the fp32 test)
@@ -31,7 +34,7 @@ EXACT_STEPS = 5   # steps whose fp32 losses agree to rounding (see the fp32 test
 def run_helper(script: str, backend: str, *args: str, timeout: int = 1800) -> dict:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, str(HELPERS / script), *args], check=False, env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=pin_to_worker_share())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
