@@ -28,7 +28,7 @@ from cpu_share import pin_to_worker_share  # noqa: E402
 
 NATIVE_BACKENDS = ("torch", "jax")
 STEPS = 20
-EXACT_STEPS = 5   # steps whose fp32 losses agree to rounding (see the fp32 test)
+EXACT_STEPS = 5   # steps whose fp32 losses agree to 1e-4 (see the fp32 test)
 
 
 def run_helper(script: str, backend: str, *args: str, timeout: int = 1800) -> dict:
@@ -76,19 +76,69 @@ def test_keras_cells_keep_their_ids_and_old_runs_read_as_keras():
 
 # --------------------------------------------------------------------------- agreement
 
+def test_the_engines_adam_is_keras_adam_where_the_library_adams_are_not():
+    """Ten Adam steps of gradients from 1e-8 to 1e-2 (this network's smallest are of that
+    order): the engines' own updates (cifar_model/engines/keras_adam.py) move the weights as
+    ``keras.optimizers.Adam`` does, to float rounding; torch's and optax's Adam, with the same
+    epsilon added after the bias correction, move them 16 % differently. The network agreement
+    tests below are chaotic after a few steps; this shows the optimizer on its own."""
+    import jax.numpy as jnp
+    import keras
+    import numpy as np
+    import optax
+    import torch
+
+    from cifar_model.engines.keras_adam import EPSILON, optax_keras_adam, torch_keras_adam
+    from cifar_model.model import LEARNING_RATE
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=256).astype("float32")
+    grads = [(rng.normal(size=256) * 10.0 ** rng.integers(-8, -1, size=256)).astype("float32") for _ in range(10)]
+    weights = keras.Variable(start)
+    reference = keras.optimizers.Adam(learning_rate=LEARNING_RATE)
+    for grad in grads:
+        reference.apply_gradients([(keras.ops.convert_to_tensor(grad), weights)])
+    keras_moved = np.asarray(weights) - start
+
+    def torch_moved(make):
+        param = torch.nn.Parameter(torch.tensor(start))
+        optimizer = make([param])
+        for grad in grads:
+            param.grad = torch.tensor(grad)
+            optimizer.step()
+        return param.detach().numpy() - start
+
+    def optax_moved(transform):
+        params = jnp.asarray(start)
+        state = transform.init(params)
+        for grad in grads:
+            updates, state = transform.update(jnp.asarray(grad), state, params)
+            params = optax.apply_updates(params, updates)
+        return np.asarray(params) - start
+
+    def off(moved):
+        return float(np.linalg.norm(moved - keras_moved) / np.linalg.norm(keras_moved))
+
+    assert off(torch_moved(lambda params: torch_keras_adam(params, LEARNING_RATE))) < 1e-6
+    assert off(optax_moved(optax_keras_adam(LEARNING_RATE))) < 1e-6
+    assert off(torch_moved(lambda params: torch.optim.Adam(params, lr=LEARNING_RATE, eps=EPSILON))) > 0.05
+    assert off(optax_moved(optax.adam(LEARNING_RATE, eps=EPSILON))) > 0.05
+
+
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 def test_fp32_native_matches_keras_logits_and_losses(backend):
-    """Same logits; the same losses to float rounding for the first steps (four Adam updates:
-    torch's and optax's own Adam, epsilon placed after the bias correction, already missed by
-    3e-5 at step 2 and 1.5e-4 at step 5); then within 1 % to step 20. Not 1e-4 to step 20:
-    this network's first steps are chaotic (losses near 28), and the kernels' rounding
-    differences, 1e-7 at first, grew to 1.1e-4 by step 17 at batch 32 and 2.6e-3 by step 19
-    at batch 64 on PyTorch (docs/method.md, "Engines")."""
+    """Same logits; the same losses to 1e-4 for the first 5 steps (torch's and optax's own Adam,
+    epsilon placed after the bias correction, already missed by 1.5e-4 at step 5); then within
+    1 % to step 20. Not 1e-4 to step 20: this network's first steps are chaotic (losses near
+    28), and the kernels' rounding differences, 1e-7 at first, grow one ReLU or max-pool tie at a
+    time, by how much depends on the threads: on PyTorch, on 2 threads under 1e-6 for 14 steps,
+    1.1e-4 by step 17; on one, 3.4e-5 at step 5 and 1.4e-3 by step 20 (docs/method.md,
+    "Engines")."""
     result = run_helper("engine_agreement.py", backend, "fp32", str(STEPS), "32")
     errors = result["loss_relative_errors"]
     assert result["logits_relative_error"] < 1e-5
     assert len(errors) == STEPS
-    assert max(errors[:EXACT_STEPS]) < 1e-5, result
+    assert max(errors[:EXACT_STEPS]) < 1e-4, result
     assert max(errors) < 1e-2, result
     assert result["native_losses"][-1] < result["native_losses"][0]  # it trained
 
@@ -96,7 +146,8 @@ def test_fp32_native_matches_keras_logits_and_losses(backend):
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 def test_bf16_native_matches_keras_losses(backend):
     """bf16 keeps 3 significant digits: the first steps agree to a few 1e-3 (PyTorch: at most
-    5.8e-3 in steps 1-5), and the chaos of the fp32 test grows that to 4.7e-2 by step 20."""
+    5.8e-3 in steps 1-5 on 2 threads, 6.1e-3 on one), and the chaos of the fp32 test grows that
+    to 4.7e-2 (4.8e-2) by step 20."""
     result = run_helper("engine_agreement.py", backend, "mixed_bfloat16", str(STEPS), "32")
     errors = result["loss_relative_errors"]
     assert max(errors[:EXACT_STEPS]) < 1e-2, result
