@@ -41,6 +41,11 @@ else
     tta=(--repeats 5)
 fi
 backends=$("$PY" -c "import importlib.util as u; print(','.join(b for b in ('tensorflow', 'jax', 'torch') if u.find_spec(b)))")
+if [ -z "$backends" ] || ! "$PY" -c "import bench.session" 2>/dev/null; then
+    echo "gpu-run: $PY cannot import the harness with a backend (tensorflow, jax or torch); install it" \
+         "(pip install '.[jax,torch]') or set PYTHON to the interpreter that has them" >&2
+    exit 2
+fi
 if [ -n "${CIFAR10_DIR:-}" ] && [ -d "$CIFAR10_DIR" ]; then
     data=(--data cifar10 --data-dir "$CIFAR10_DIR" --no-download)
 else
