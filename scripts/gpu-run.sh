@@ -40,7 +40,8 @@ else
     devices=cpu,gpu; gpu=gpu; batches=128,512; steps=40; warmup=10; seed_epochs=()
     tta=(--repeats 5)
 fi
-backends=$("$PY" -c "import importlib.util as u; print(','.join(b for b in ('tensorflow', 'jax', 'torch') if u.find_spec(b)))")
+backends=$("$PY" -c "import importlib.util as u; print(','.join(b for b in ('tensorflow', 'jax', 'torch') if u.find_spec(b)))" \
+           2>/dev/null || true)
 if [ -z "$backends" ] || ! "$PY" -c "import bench.session" 2>/dev/null; then
     echo "gpu-run: $PY cannot import the harness with a backend (tensorflow, jax or torch); install it" \
          "(pip install '.[jax,torch]') or set PYTHON to the interpreter that has them" >&2
