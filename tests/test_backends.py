@@ -20,7 +20,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "helpers"))
-from cpu_share import pin_to_worker_share  # noqa: E402
+from cpu_share import on_worker_share  # noqa: E402
 
 MARK = "@@result "
 
@@ -77,8 +77,8 @@ def run_on(backend: str, script: str, timeout: int = 300) -> dict:
     blocked unless it is the backend. Returns the JSON the script printed after MARK."""
     prelude = "import sys\n" + ("" if backend == "tensorflow" else BLOCK_TENSORFLOW)
     prelude += f"MARK = {MARK!r}\n"
-    done = subprocess.run([sys.executable, "-c", prelude + script], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT, preexec_fn=pin_to_worker_share(),
+    done = subprocess.run(on_worker_share([sys.executable, "-c", prelude + script]), capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO_ROOT,
                           env={**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "-1",
                                "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0 and MARK in done.stdout, done.stderr[-3000:]

@@ -24,7 +24,7 @@ from cifar_model.settings import TrainSettings, backend_limitation
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HELPERS = REPO_ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
-from cpu_share import pin_to_worker_share  # noqa: E402
+from cpu_share import on_worker_share  # noqa: E402
 
 NATIVE_BACKENDS = ("torch", "jax")
 STEPS = 20
@@ -33,8 +33,8 @@ EXACT_STEPS = 5   # steps whose fp32 losses agree to 1e-4 (see the fp32 test)
 
 def run_helper(script: str, backend: str, *args: str, timeout: int = 1800) -> dict:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, str(HELPERS / script), *args], check=False, env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=pin_to_worker_share())
+    proc = subprocess.run(on_worker_share([sys.executable, str(HELPERS / script), *args]), check=False, env=env,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -20,7 +20,7 @@ from bench.devices import Device, Requested
 from bench.protocol import DataSpec
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from cpu_share import pin_to_worker_share  # noqa: E402
+from cpu_share import on_worker_share  # noqa: E402
 from sockets import is_loopback, run_watching_sockets  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -276,8 +276,9 @@ def test_a_peer_that_never_joins_fails_the_cell_within_the_connect_timeout(tmp_p
 
 def test_the_multi_worker_loop_trains_as_keras_fit_does():
     """Same seed, data and global batch: one worker's custom loop vs ``fit``, step by step."""
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "helpers" / "custom_loop_vs_fit.py")],
-                          capture_output=True, text=True, timeout=180, preexec_fn=pin_to_worker_share(),
+    helper = REPO_ROOT / "tests" / "helpers" / "custom_loop_vs_fit.py"
+    done = subprocess.run(on_worker_share([sys.executable, str(helper)]),
+                          capture_output=True, text=True, timeout=180,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-3000:]
     losses = json.loads(done.stdout.strip().splitlines()[-1])
@@ -288,8 +289,9 @@ def test_the_multi_worker_loop_trains_as_keras_fit_does():
 def test_jax_data_parallel_trains_as_one_device_does():
     """Same seed, data and global batch: Keras DataParallel over 2 JAX CPU devices vs one
     device, step by step."""
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "helpers" / "jax_data_parallel_vs_one.py")],
-                          capture_output=True, text=True, timeout=180, preexec_fn=pin_to_worker_share(),
+    helper = REPO_ROOT / "tests" / "helpers" / "jax_data_parallel_vs_one.py"
+    done = subprocess.run(on_worker_share([sys.executable, str(helper)]),
+                          capture_output=True, text=True, timeout=180,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(done.stdout.strip().splitlines()[-1])

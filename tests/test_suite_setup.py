@@ -30,7 +30,7 @@ def test_each_worker_gets_its_own_slice_of_the_cpus(monkeypatch):
 
 def test_no_pinning_outside_xdist_with_one_worker_or_too_few_cpus(monkeypatch):
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    assert cpu_share.worker_cpus() is None and cpu_share.pin_to_worker_share() is None
+    assert cpu_share.worker_cpus() is None and cpu_share.on_worker_share(["x", "y"]) == ["x", "y"]
     as_worker(monkeypatch, "gw0", 1, {0, 1})
     assert cpu_share.worker_cpus() is None
     as_worker(monkeypatch, "gw2", 4, {0, 1})       # shares would overlap
@@ -45,6 +45,9 @@ def test_a_pinned_subprocess_runs_on_the_workers_share_only(monkeypatch):
         pytest.skip("this process may use one CPU: there is no share to pin to")
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
-    done = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
-                          capture_output=True, text=True, check=True, preexec_fn=cpu_share.pin_to_worker_share())
-    assert done.stdout.strip() == str(mine[len(mine) // 2:len(mine) // 2 * 2])
+    command = cpu_share.on_worker_share([sys.executable, "-c", "import os, sys; "
+                                         "print(sorted(os.sched_getaffinity(0)), sys.argv[1:])", "a b", "-c"])
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    # the share, and the command's own arguments passed through as they were
+    assert done.stdout.strip() == f"{mine[len(mine) // 2:len(mine) // 2 * 2]} ['a b', '-c']"
+    assert command[0] == sys.executable and "-c" in command[:2]

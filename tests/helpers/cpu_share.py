@@ -16,7 +16,7 @@ and its contention notes, are themselves under test elsewhere.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
 
 
 def worker_cpus() -> set[int] | None:
@@ -33,9 +33,16 @@ def worker_cpus() -> set[int] | None:
     return set(cpus[index * share:(index + 1) * share])
 
 
-def pin_to_worker_share() -> Callable[[], None] | None:
-    """A ``preexec_fn`` for ``subprocess.run`` that pins the child to ``worker_cpus()``."""
+#: Sets the affinity, then becomes the command (argv[1:]); run by a fresh interpreter, so no
+#: Python code runs between fork and exec in the (multithreaded) test process.
+_PIN_THEN_EXEC = "import os, sys; os.sched_setaffinity(0, {cpus}); os.execv(sys.argv[1], sys.argv[1:])"
+
+
+def on_worker_share(command: list[str]) -> list[str]:
+    """``command`` pinned to ``worker_cpus()``, as a new argv (unchanged when there is nothing to
+    pin). Not ``preexec_fn``: that runs Python between fork and exec, which can deadlock a test
+    process whose JAX or TensorFlow threads hold a lock at the fork (and JAX warns of it)."""
     cpus = worker_cpus()
     if cpus is None:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
+        return list(command)
+    return [sys.executable, "-c", _PIN_THEN_EXEC.format(cpus=sorted(cpus)), *command]
