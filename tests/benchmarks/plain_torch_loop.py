@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifar_model import TrainSettings, synthetic_dataset, train
+from cifar_model.model import DROPOUT_RATE, LEARNING_RATE
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 BATCH = int(sys.argv[2]) if len(sys.argv) > 2 else 128
@@ -35,16 +36,16 @@ AUTOCAST = {"mixed_bfloat16": torch.bfloat16}.get(PRECISION)
 def plain_network() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.MaxPool2d(2), nn.Dropout(0.3), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.MaxPool2d(2), nn.Dropout(DROPOUT_RATE), nn.ReLU(),
         nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(128, 128, 3, padding=1), nn.MaxPool2d(2), nn.Dropout(0.3), nn.ReLU(),
+        nn.Conv2d(128, 128, 3, padding=1), nn.MaxPool2d(2), nn.Dropout(DROPOUT_RATE), nn.ReLU(),
         nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.Flatten(),
         nn.Linear(8 * 8 * 128, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
 def plain_images_per_s(images: torch.Tensor, labels: torch.Tensor) -> float:
     net = plain_network().to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
     starts = []
     for step in range(WARMUP + STEPS):
         first = (step * BATCH) % (len(images) - BATCH)
